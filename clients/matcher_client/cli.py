@@ -1,0 +1,111 @@
+"""``matcher-client``: the merchant's command line, a thin layer over :mod:`matcher_client.api`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from matcher.errors import MatcherError
+from matcher_client import api
+
+console = Console(stderr=True)
+server_option = click.option("--server", required=True, help="HOST:PORT of the matcher server.")
+token_option = click.option("--token", envvar="MATCHER_TOKEN", required=True,
+                            help="Your bearer token (or set MATCHER_TOKEN).")
+tls_option = click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
+                          help="CA certificate of a TLS server (plaintext when omitted).")
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MatcherError as err:
+            console.print(f"[bold red]error:[/] {err.message}")
+            if err.hint:
+                console.print(f"[dim]hint: {err.hint}[/]")
+            raise SystemExit(1) from None
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="matcher")
+def main() -> None:
+    """Match your customer list against a platform's audience without revealing it."""
+
+
+@main.command()
+@server_option
+@token_option
+@click.argument("file")
+@click.option("--id-column", required=True, help="Column holding the ID.")
+@click.option("--id-type", required=True, type=click.Choice(["phone", "email", "sha256", "opaque"]))
+@click.option("--label-column", default=None, help="Column with a small label per row (store, tier, ...).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
+@click.option("--region", default="CN", show_default=True, help="Default region for phones without a country code.")
+@click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
+              help="For --id-type sha256: what was hashed.")
+@tls_option
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def match(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
+          json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None, timeout: float | None,
+          quiet: bool) -> None:
+    """Match the IDs in FILE (CSV with a header, Parquet, or - for stdin) and print the report."""
+    with console.status("reading and normalizing", spinner="dots"):
+        merchant_list = api.read_list(file, id_column=id_column, id_type=id_type, label_column=label_column,
+                                      region=region, hashed_kind=hashed_kind)
+    prepared = merchant_list.prepared
+    console.print(f"{prepared.rows} rows: {len(prepared.keys)} unique ids, {prepared.duplicates} duplicates, "
+                  f"{sum(prepared.invalid.values())} invalid {_reasons(prepared.invalid)}")
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, disable=quiet) as progress:
+        tasks: dict[str, int] = {}
+
+        def notify(phase: str, done: int, total: int | None) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total)
+            progress.update(tasks[phase], completed=done, total=total)
+
+        report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout)
+    report.pop("report_json", None)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    Console().print(report_table(report))
+    console.print(f"job {report['job_id']}: ε spent {report['epsilon_spent']:g}, ε left {report['epsilon_left']:g}; "
+                  f"logged at leaf {report['leaf_index']}" + (f"; report written to {json_out}" if json_out else ""))
+
+
+def _reasons(invalid: dict[str, int]) -> str:
+    return "(" + ", ".join(f"{k}: {v}" for k, v in sorted(invalid.items())) + ")" if invalid else ""
+
+
+def report_table(report: dict) -> Table:
+    """Segments down, labels across; suppressed cells (below the threshold) show as '—'."""
+    labels = list(report["labels"])
+    table = Table(title=f"matcher report — job {report['job_id'][:12]}, {report['list_size']} ids")
+    table.add_column("")
+    for label in labels:
+        table.add_column(label, justify="right")
+    show = lambda v: "—" if v is None else f"{v:,}"  # noqa: E731
+    table.add_row("matched", *(show(report["labels"][lb]["matched"]) for lb in labels), style="bold")
+    for segment in report.get("segments") or next(iter(report["labels"].values()))["segments"]:
+        table.add_row(segment, *(show(report["labels"][lb]["segments"].get(segment)) for lb in labels))
+    return table
+
+
+@main.command()
+@server_option
+@token_option
+@tls_option
+def budget(server: str, token: str, tls_ca: str | None) -> None:
+    """Show your privacy budget."""
+    click.echo(json.dumps(api.budget(server, token, tls_ca=tls_ca), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""The operator CLI, ``matcher``: a thin click layer over the store, the importer and the server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from matcher import keys as keys_mod
+from matcher.errors import MatcherError
+from matcher.store import Store
+
+console = Console(stderr=True)
+db_option = click.option("--db", "db", required=True, type=click.Path(dir_okay=False, path_type=Path),
+                         help="The operator's SQLite database.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+class _Group(click.Group):
+    """Turns matcher errors into one readable line and exit code 1, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MatcherError as err:
+            console.print(f"[bold red]error:[/] {err.message}")
+            if err.hint:
+                console.print(f"[dim]hint: {err.hint}[/]")
+            raise SystemExit(1) from None
+
+
+def _print_token(token: str, as_json: bool) -> None:
+    """The token goes alone on the last line of stdout (or as JSON), so scripts can take it."""
+    click.echo(json.dumps({"token": token}) if as_json else token)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="matcher")
+def main() -> None:
+    """Operate a matcher server: audience, merchants, policy, audit log."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@db_option
+@click.option("--origin", default=None, help="Name of the audit log (default: matcher.<db file stem>).")
+@click.option("--paillier-bits", default=2048, show_default=True, type=click.IntRange(2048, 4096))
+def init(db: Path, origin: str | None, paillier_bits: int) -> None:
+    """Create the database, the schema and the operator's keys (key file DB.keys, mode 0600)."""
+    if db.exists():
+        raise click.UsageError(f"{db} already exists")
+    key_path = keys_mod.key_path_for(db)
+    origin = origin or f"matcher.{db.stem}"
+    with console.status("generating keys (Paillier, Ed25519)"):
+        keys = keys_mod.create(key_path, origin=origin, paillier_bits=paillier_bits)
+    store = Store(db, create=True)
+    store.set_meta({"origin": origin})
+    store.close()
+    console.print(f"created {db} and {key_path}")
+    click.echo(f"verifier key: {keys.signer.verifier_key}")
+
+
+@main.group()
+def audience() -> None:
+    """The platform's member audience."""
+
+
+@audience.command("import")
+@db_option
+@click.argument("file")
+@click.option("--id-column", required=True)
+@click.option("--id-type", required=True, type=click.Choice(["phone", "email", "sha256", "opaque"]))
+@click.option("--segments", default="", help="Comma-separated yes/no columns, e.g. member,paid_with_platform.")
+@click.option("--region", default="CN", show_default=True, help="Default region for phones without a country code.")
+@click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
+              help="For --id-type sha256: what was hashed.")
+def audience_import(db: Path, file: str, id_column: str, id_type: str, segments: str, region: str,
+                    hashed_kind: str) -> None:
+    """Import (or update) members from a CSV/Parquet FILE; hashes each id to the group once."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from matcher import tabular
+    from matcher.audience import import_file
+    from matcher.crypto.kernels import local_kernels
+
+    store = Store(db)
+    names = [s.strip() for s in segments.split(",") if s.strip()]
+    with local_kernels() as kernels, Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
+                                              TimeRemainingColumn(), console=console) as progress:
+        task = progress.add_task("import", total=tabular.count_rows(file))
+        summary = import_file(store, file, id_column=id_column, id_type=id_type, segments=names, region=region,
+                              hashed_kind=hashed_kind, kernels=kernels,
+                              progress=lambda n: progress.advance(task, n))
+    console.print(f"read {summary.rows} rows: imported {summary.imported}, duplicates {summary.duplicates}, "
+                  f"invalid {sum(summary.invalid.values())} {summary.invalid or ''}; audience has {summary.members} members")
+
+
+@audience.command("show")
+@db_option
+def audience_show(db: Path) -> None:
+    """Size, id kind and segments of the audience."""
+    click.echo(json.dumps(Store(db).audience_info(), indent=2))
+
+
+def _audit(store: Store, entry: dict) -> None:
+    """Operator actions are logged like job decisions: auditors see every policy and principal change."""
+    from matcher.log.auditlog import AuditLog
+
+    keys = keys_mod.load(keys_mod.key_path_for(store.path))
+    AuditLog(store, keys.signer, store.get_meta("origin") or keys.signer.name).append(
+        [{**entry, "time": round(store.now(), 3)}])
+
+
+def _add_principal(role: str, db: Path, name: str, as_json: bool) -> None:
+    store = Store(db)
+    _, token = store.add_principal(role, name)
+    _audit(store, {"type": f"{role}_added", "name": name})
+    console.print(f"{role} '{name}' added; the token is shown once, store it safely")
+    _print_token(token, as_json)
+
+
+@main.group()
+def merchant() -> None:
+    """Merchants allowed to run jobs."""
+
+
+@merchant.command("add")
+@db_option
+@click.argument("name")
+@json_option
+def merchant_add(db: Path, name: str, as_json: bool) -> None:
+    """Add merchant NAME and print its bearer token once."""
+    _add_principal("merchant", db, name, as_json)
+
+
+@merchant.command("list")
+@db_option
+def merchant_list(db: Path) -> None:
+    click.echo(json.dumps(Store(db).list_principals("merchant"), indent=2))
+
+
+@merchant.command("disable")
+@db_option
+@click.argument("name")
+def merchant_disable(db: Path, name: str) -> None:
+    """Revoke merchant NAME's token."""
+    store = Store(db)
+    store.set_disabled("merchant", name, True)
+    _audit(store, {"type": "merchant_disabled", "name": name})
+    console.print(f"merchant '{name}' disabled")
+
+
+@main.group()
+def auditor() -> None:
+    """Auditors allowed to read the audit log."""
+
+
+@auditor.command("add")
+@db_option
+@click.argument("name")
+@json_option
+def auditor_add(db: Path, name: str, as_json: bool) -> None:
+    """Add auditor NAME and print its bearer token once."""
+    _add_principal("auditor", db, name, as_json)
+
+
+@main.group()
+def policy() -> None:
+    """The release policy (operator default, per-merchant overrides)."""
+
+
+@policy.command("set")
+@db_option
+@click.argument("key")
+@click.argument("value")
+@click.option("--merchant", default=None, help="Override for one merchant only.")
+def policy_set(db: Path, key: str, value: str, merchant: str | None) -> None:
+    """Set KEY to VALUE: min_list_size, k, noise, epsilon_per_job, epsilon_budget, budget_period, jobs_per_hour, dummies, ..."""
+    store = Store(db)
+    effective = store.set_policy(key, value, merchant=merchant)
+    _audit(store, {"type": "policy", "key": key, "value": value, "merchant": merchant,
+                   "policy": effective.to_dict(), "policy_digest": effective.digest()})
+    console.print(f"{key} = {getattr(effective, key)}" + (f" for merchant '{merchant}'" if merchant else ""))
+
+
+@policy.command("show")
+@db_option
+@click.option("--merchant", default=None, help="The policy in force for this merchant.")
+@json_option
+def policy_show(db: Path, merchant: str | None, as_json: bool) -> None:
+    """Print the effective policy."""
+    store = Store(db)
+    effective = store.effective_policy(merchant)
+    if as_json:
+        click.echo(json.dumps(effective.to_dict(), indent=2, sort_keys=True))
+        return
+    overrides = {**store.policy_settings(""), **(store.policy_settings(merchant) if merchant else {})}
+    table = Table(title=f"policy{' for ' + merchant if merchant else ''} (digest {effective.digest()[:12]})")
+    table.add_column("key")
+    table.add_column("value")
+    table.add_column("source")
+    for key, value in effective.to_dict().items():
+        source = "merchant" if merchant and key in store.policy_settings(merchant) else (
+            "operator" if key in overrides else "default")
+        table.add_row(key, str(value), source)
+    Console().print(table)
+
+
+@main.group()
+def audit() -> None:
+    """The audit log."""
+
+
+@audit.command("key")
+@db_option
+def audit_key(db: Path) -> None:
+    """Print the verifier key auditors should pin."""
+    click.echo(keys_mod.load(keys_mod.key_path_for(db)).signer.verifier_key)
+
+
+@main.command()
+@db_option
+@click.option("--listen", default="127.0.0.1:50051", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--workers", default=16, show_default=True, help="gRPC worker threads.")
+@click.option("--no-parallel", is_flag=True, help="Run the crypto in the server process only.")
+def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, workers: int, no_parallel: bool) -> None:
+    """Serve MatchService and AuditService until SIGTERM or Ctrl-C, then shut down gracefully."""
+    from matcher.server import ServerConfig, build_server
+
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("TLS needs both --tls-cert and --tls-key")
+    server, port = build_server(ServerConfig(db=db, listen=listen, tls_cert=tls_cert, tls_key=tls_key,
+                                             max_workers=workers, parallel=not no_parallel))
+    stopping = threading.Event()
+
+    def shutdown(signum, frame):
+        if not stopping.is_set():
+            stopping.set()
+            console.print("shutting down: finishing running jobs (10 s grace)")
+            threading.Thread(target=server.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    server.start()
+    host = listen.rsplit(":", 1)[0]
+    console.print(f"matcher serving on {host}:{port} ({'TLS' if tls_cert else 'plaintext'})")
+    sys.stdout.flush()
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""Identifier normalization: the same person must yield the same match key on both sides.
+
+Merchant and platform run this same code, so any two spellings of one phone number
+(``138 0013 8000``, ``+86 138-0013-8000``, ``008613800138000``) become one E.164 string,
+and a list that arrives pre-hashed (``sha256`` of the normalized value, as ad platforms
+accept) meets a raw list of the same kind.
+
+Invalid rows are never fatal: :func:`prepare` counts them per stable reason word so the
+merchant can see what was dropped and why. :func:`normalize` raises :class:`InvalidId`
+carrying that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Iterable
+
+import phonenumbers
+
+from matcher.errors import InputError
+
+ID_TYPES = ("phone", "email", "sha256", "opaque")
+HASHED_KINDS = ("phone", "email")
+DEFAULT_LABEL = "all"
+MAX_OPAQUE_LENGTH = 256
+
+# Spreadsheet exports wrap cells in straight or typographic quotes; none of them can be
+# part of a phone number or a hex digest.
+_QUOTES = "\"'`\u2018\u2019\u201c\u201d\uff02\uff07"
+_HEX_DIGITS = frozenset("0123456789abcdef")
+# Cc: control characters; Cs: lone surrogates (undecodable bytes) cannot be UTF-8 encoded,
+# so they could never hash to the same key on the other side.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs"})
+# Exact-string memo for phones: normalize() is a pure function of (value, region), so a
+# cached answer is never wrong, and real lists repeat raw strings often.
+_PHONE_CACHE_SIZE = 1 << 16
+
+
+class InvalidId(InputError):
+    """One identifier that cannot be normalized. ``reason`` is a stable machine-readable word."""
+
+    def __init__(self, reason: str, message: str | None = None, *, hint: str | None = None):
+        super().__init__(message or f"invalid identifier: {reason}", hint=hint)
+        self.reason = reason
+
+
+@dataclass
+class PreparedList:
+    """A list ready for blinding: unique match keys in first-occurrence order, one label each."""
+
+    keys: list[str] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+    invalid: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    rows: int = 0
+
+    @property
+    def label_sizes(self) -> dict[str, int]:
+        """Unique keys per label, in first-seen label order (what the release policy checks)."""
+        return dict(Counter(self.labels))
+
+
+def normalize(value: str, id_type: str, *, region: str = "CN") -> str:
+    """Return the canonical form of ``value`` for ``id_type``; raise :class:`InvalidId` if none.
+
+    phone: E.164 (``+8613800138000``), parsed with ``region`` as the default country and
+    required to be a valid number; email: trimmed and lower-cased; sha256: 64 lower-case
+    hex digits; opaque: trimmed, otherwise exact.
+    """
+    _check_id_type(id_type)
+    if id_type == "phone":
+        region = _check_region(region)
+    if value is None:
+        raise InvalidId("empty")
+    if id_type == "opaque":
+        return _normalize_opaque(value)
+    if id_type == "email":
+        return _normalize_email(value)
+    # Quotes cannot be part of a phone number or a hex digest, so unwrapping them is safe.
+    text = _strip_wrapping(value)
+    if not text:
+        raise InvalidId("empty")
+    if id_type == "phone":
+        return _normalize_phone(text, region)
+    return _normalize_sha256(text)
+
+
+def match_key(value: str, id_type: str, *, region: str = "CN") -> str:
+    """The person's match key: SHA-256 hex of the normalized value (a sha256 id is one already)."""
+    normalized = normalize(value, id_type, region=region)
+    if id_type == "sha256":
+        return normalized
+    return _sha256_hex(normalized)
+
+
+def hash_kind(id_type: str, hashed_kind: str = "phone") -> str:
+    """The ID kind named in the hash-to-curve DST.
+
+    A ``sha256`` list is named after what was hashed (``hashed_kind``), so that a
+    pre-hashed phone list lands in the same group elements as a raw phone list.
+    """
+    _check_id_type(id_type)
+    if hashed_kind not in HASHED_KINDS:
+        raise InputError(
+            f"unknown hashed kind {hashed_kind!r}",
+            hint=f"--hashed-kind must be one of {', '.join(HASHED_KINDS)}",
+        )
+    return hashed_kind if id_type == "sha256" else id_type
+
+
+def prepare(
+    rows: Iterable[tuple[str, str | None]], id_type: str, *, region: str = "CN"
+) -> PreparedList:
+    """Normalize, key and de-duplicate ``(raw id, label)`` rows.
+
+    A label of ``None`` (or blank) means ``"all"``. Invalid rows are counted per reason and
+    skipped. A person seen twice, in any spelling and under any label, is kept once with
+    the label of their first row; each later row counts in ``duplicates``.
+    """
+    _check_id_type(id_type)
+    if id_type == "phone":
+        region = _check_region(region)
+    prepared = PreparedList()
+    seen: set[str] = set()
+    invalid: Counter[str] = Counter()
+    keys_append = prepared.keys.append
+    labels_append = prepared.labels.append
+    row_count = 0
+    duplicates = 0
+    for raw, label in rows:
+        row_count += 1
+        try:
+            key = match_key(raw, id_type, region=region)
+        except InvalidId as bad:
+            invalid[bad.reason] += 1
+            continue
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        keys_append(key)
+        labels_append(_clean_label(label))
+    prepared.rows = row_count
+    prepared.duplicates = duplicates
+    prepared.invalid = dict(invalid)
+    return prepared
+
+
+def _check_id_type(id_type: str) -> None:
+    if id_type not in ID_TYPES:
+        raise InputError(
+            f"unknown id type {id_type!r}", hint=f"use one of {', '.join(ID_TYPES)}"
+        )
+
+
+def _check_region(region: str) -> str:
+    canonical = region.upper() if isinstance(region, str) else region
+    if canonical not in phonenumbers.SUPPORTED_REGIONS:
+        raise InputError(
+            f"unknown phone region {region!r}",
+            hint="use an ISO 3166-1 alpha-2 code that phonenumbers knows, e.g. CN, US, GB",
+        )
+    return canonical
+
+
+def _strip_wrapping(value: str) -> str:
+    # Loop so that '" a@b.co "' and "' \"x\" '" both unwrap fully; a single pass would
+    # leave a quote behind and break idempotence.
+    previous = None
+    text = value
+    while text != previous:
+        previous = text
+        text = text.strip().strip(_QUOTES)
+    return text
+
+
+def _normalize_phone(text: str, region: str) -> str:
+    e164 = _phone_to_e164(text, region)
+    if e164 is None:
+        raise InvalidId("invalid_phone", "not a valid phone number for its country")
+    return e164
+
+
+@lru_cache(maxsize=_PHONE_CACHE_SIZE)
+def _phone_to_e164(text: str, region: str) -> str | None:
+    # Returns None rather than raising so that invalid spellings are memoized too.
+    try:
+        number = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    # Exactly what format_number(..., E164) builds, without its formatting dispatch.
+    return f"+{number.country_code}{phonenumbers.national_significant_number(number)}"
+
+
+def _normalize_email(value: str) -> str:
+    # Quotes are not unwrapped: an apostrophe is legal at either end of a local part.
+    text = value.strip()
+    if not text:
+        raise InvalidId("empty")
+    lowered = text.lower()
+    local, at, domain = lowered.rpartition("@")
+    if (
+        not at
+        or not local
+        or "@" in local
+        or not _looks_like_domain(domain)
+        or _has_space_or_control(lowered)
+    ):
+        raise InvalidId("invalid_email", "not an email address")
+    return lowered
+
+
+def _looks_like_domain(domain: str) -> bool:
+    # Letters (any script, for IDNs), digits and hyphens in at least two non-empty labels.
+    labels = domain.split(".")
+    return len(labels) >= 2 and all(
+        label and all(ch.isalnum() or ch == "-" for ch in label) for label in labels
+    )
+
+
+def _has_space_or_control(text: str) -> bool:
+    return any(ch.isspace() or unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in text)
+
+
+def _normalize_sha256(text: str) -> str:
+    digest = text.lower()
+    if len(digest) != 64 or not _HEX_DIGITS.issuperset(digest):
+        raise InvalidId("bad_sha256", "not 64 hex digits")
+    return digest
+
+
+def _normalize_opaque(value: str) -> str:
+    text = value.strip()
+    if not text:
+        raise InvalidId("empty")
+    if len(text) > MAX_OPAQUE_LENGTH:
+        raise InvalidId("too_long", f"opaque id longer than {MAX_OPAQUE_LENGTH} characters")
+    if any(unicodedata.category(ch) in _FORBIDDEN_CATEGORIES for ch in text):
+        raise InvalidId("invalid_opaque", "opaque id contains control characters")
+    return text
+
+
+def _sha256_hex(normalized: str) -> str:
+    return hashlib.sha256(normalized.encode("utf-8")).hexdigest()
+
+
+def _clean_label(label: str | None) -> str:
+    if label is None:
+        return DEFAULT_LABEL
+    text = label.strip()
+    return text or DEFAULT_LABEL

@@ -1,0 +1,161 @@
+"""A match job from the platform's point of view: policy, budget, protocol engine and audit log, in order.
+
+    runner.begin(merchant, start)    policy check, then ε reserved atomically — before any crypto
+    job.receive_blinded(chunk) ...   the protocol engine (matcher.protocol.platform)
+    job.finish_list(); job.double_blinded(); job.audience()
+    job.finish(sums)                 decrypt, release policy (thresholds + noise), audit entry, ε committed
+    job.abort(reason)                anything else: nothing released, ε refunded, failure audited
+
+Every decision — refused, released, failed — becomes one audit-log entry. Entries never hold an ID,
+a point or a ciphertext: only sizes, the policy in force, ε and the released cells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from matcher import policy as policy_mod
+from matcher.crypto.kernels import Kernels
+from matcher.errors import MatcherError, PolicyRefused
+from matcher.keys import OperatorKeys
+from matcher.log.auditlog import AuditLog, canonical_json
+from matcher.protocol.messages import AudienceChunk, BlindedChunk, JobAccepted, JobStart, LabelSums
+from matcher.protocol.platform import PlatformSession
+from matcher.store import Principal, Store
+
+Rng = Callable[[int], bytes]
+
+
+@dataclass(frozen=True)
+class Report:
+    job_id: str
+    report_json: str
+    checkpoint: str
+    leaf_index: int
+
+
+class JobRunner:
+    """Shared by every RPC of one server."""
+
+    def __init__(self, store: Store, keys: OperatorKeys, audit_log: AuditLog, *, kernels: Kernels | None = None,
+                 noise: policy_mod.NoiseSource | None = None, rng: Rng = os.urandom):
+        self.store = store
+        self.keys = keys
+        self.audit_log = audit_log
+        self.kernels = kernels or Kernels()
+        self.noise = noise or policy_mod.OpenDPNoise()
+        self.rng = rng
+
+    def begin(self, merchant: Principal, start: JobStart) -> "MatchJob":
+        job_id = uuid.UUID(bytes=self.rng(16), version=4).hex
+        pol = self.store.effective_policy(merchant.name)
+        audience = self.store.load_audience()
+        sizes = dict(zip(start.labels, start.label_sizes))
+        try:
+            policy_mod.check_request(pol, list_size=start.list_size, label_sizes=sizes,
+                                     n_segments=len(audience.segments))
+            epsilon = policy_mod.job_epsilon(pol)
+            self.store.open_job(job_id, merchant, pol=pol, epsilon=epsilon, list_size=start.list_size,
+                                labels=len(start.labels))
+        except PolicyRefused as refused:
+            self.store.record_refusal(job_id, merchant, refused.reason, start.list_size, len(start.labels))
+            self.audit_log.append([_entry("refused", job_id, merchant, pol, start, self.store.now(), reason=refused.reason)])
+            raise
+        job = MatchJob(self, job_id, merchant, pol, epsilon, start)
+        try:
+            dummies = [policy_mod.dummy_count(pol, self.noise) for _ in start.labels] if pol.dummies else []
+            job.session = PlatformSession(audience, self.keys.paillier, job_id=job_id, dummies=dummies,
+                                          rng=self.rng, kernels=self.kernels)
+            job.accepted = job.session.start(start)
+        except MatcherError as err:
+            job.abort(str(err))
+            raise
+        return job
+
+
+class MatchJob:
+    def __init__(self, runner: JobRunner, job_id: str, merchant: Principal, pol: policy_mod.Policy,
+                 epsilon: float, start: JobStart):
+        self._runner = runner
+        self.job_id = job_id
+        self.merchant = merchant
+        self.policy = pol
+        self.epsilon = epsilon
+        self.start = start
+        self.session: PlatformSession
+        self.accepted: JobAccepted
+        self._ended = threading.Event()
+
+    def receive_blinded(self, chunk: BlindedChunk) -> None:
+        self.session.receive_blinded(chunk)
+
+    def finish_list(self) -> None:
+        self.session.finish_list()
+
+    def double_blinded(self) -> Iterator[BlindedChunk]:
+        return self.session.double_blinded()
+
+    def audience(self) -> Iterator[AudienceChunk]:
+        return self.session.audience()
+
+    def finish(self, sums: LabelSums) -> Report:
+        runner = self._runner
+        aggregates = self.session.receive_sums(sums)
+        released = policy_mod.release(
+            self.policy, {label: {"matched": a.matched, "segments": a.segments} for label, a in aggregates.items()},
+            n_segments=len(self.accepted.segments), noise=runner.noise)
+        spent = runner.store.budget_spent(self.merchant.id, self.policy.budget_period_seconds)
+        report = {
+            "job_id": self.job_id,
+            "list_size": self.start.list_size,
+            "labels": released,
+            "epsilon_spent": self.epsilon,
+            "epsilon_left": max(0.0, self.policy.epsilon_budget - spent),
+            "policy_digest": self.policy.digest(),
+        }
+        report_json = canonical_json(report).decode()
+        digest = hashlib.sha256(report_json.encode()).hexdigest()
+        leaf_index, checkpoint = runner.audit_log.append([_entry(
+            "released", self.job_id, self.merchant, self.policy, self.start, runner.store.now(), epsilon=self.epsilon,
+            report_digest=digest, released=released)])
+        runner.store.finish_job(self.job_id, released=True, report_json=report_json, leaf_index=leaf_index)
+        self._ended.set()
+        return Report(self.job_id, report_json, checkpoint, leaf_index)
+
+    def abort(self, reason: str) -> None:
+        """Idempotent, and a no-op after a release: safe to call from any cleanup path."""
+        if self._ended.is_set():
+            return
+        self._ended.set()
+        runner = self._runner
+        runner.store.finish_job(self.job_id, released=False, reason=reason[:500])
+        runner.audit_log.append([_entry("failed", self.job_id, self.merchant, self.policy, self.start,
+                                        runner.store.now(), reason=reason[:500])])
+
+
+def _entry(decision: str, job_id: str, merchant: Principal, pol: policy_mod.Policy, start: JobStart, now: float, *,
+           reason: str | None = None, epsilon: float = 0.0, report_digest: str | None = None,
+           released: dict | None = None) -> dict:
+    entry = {
+        "type": "job",
+        "decision": decision,
+        "job_id": job_id,
+        "merchant": merchant.name,
+        "list_size": start.list_size,
+        "label_sizes": sorted(start.label_sizes),
+        "policy": pol.to_dict(),
+        "policy_digest": pol.digest(),
+        "epsilon_spent": epsilon,
+        "time": round(now, 3),
+    }
+    if reason is not None:
+        entry["reason"] = reason
+    if report_digest is not None:
+        entry["report_digest"] = report_digest
+        entry["released"] = released
+    return entry

@@ -1,0 +1,56 @@
+"""Vectorised handling of point buffers: shape checks and set membership without per-element Python."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from matcher.crypto.group import ELEMENT_SIZE
+from matcher.errors import ChunkTooLarge, InvalidPoint
+
+
+def as_point_array(data: bytes, count: int, limit: int | None) -> np.ndarray:
+    """View ``data`` as ``count`` rows of 32 bytes, refusing chunks over ``limit`` and ragged buffers."""
+    if limit is not None and count > limit:
+        raise ChunkTooLarge(f"a chunk of {count} elements is over the limit of {limit}")
+    if len(data) != count * ELEMENT_SIZE:
+        raise InvalidPoint(f"expected {count} points of {ELEMENT_SIZE} bytes, got {len(data)} bytes")
+    return np.frombuffer(data, dtype=np.uint8).reshape(count, ELEMENT_SIZE)
+
+
+class PointIndex:
+    """A sorted set of points with a label each, answering "which of these query points are members?".
+
+    Points are sorted by their first 8 bytes; a candidate found by binary search is confirmed on all
+    32 bytes, so a prefix collision can cost a miss but never a false match.
+    """
+
+    def __init__(self, points: Sequence[np.ndarray], labels: Sequence[np.ndarray]):
+        pts = np.concatenate(points) if points else np.empty((0, ELEMENT_SIZE), np.uint8)
+        lab = np.concatenate(labels) if labels else np.empty(0, np.uint8)
+        prefixes = _prefixes(pts)
+        order = np.argsort(prefixes, kind="stable")
+        self._prefixes = prefixes[order]
+        self._points = pts[order]
+        self._labels = lab[order]
+
+    def __len__(self) -> int:
+        return len(self._prefixes)
+
+    def lookup(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in ``query`` that are members, and the label of each."""
+        if not len(self) or not len(query):
+            empty = np.empty(0, np.int64)
+            return empty, empty.astype(np.uint8)
+        wanted = _prefixes(query)
+        at = np.minimum(np.searchsorted(self._prefixes, wanted), len(self) - 1)
+        hit = self._prefixes[at] == wanted
+        candidates = np.nonzero(hit)[0]
+        confirmed = (self._points[at[candidates]] == query[candidates]).all(axis=1)
+        positions = candidates[confirmed]
+        return positions, self._labels[at[positions]]
+
+
+def _prefixes(points: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(points[:, :8]).view("<u8").ravel()

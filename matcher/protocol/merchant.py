@@ -1,0 +1,155 @@
+"""The merchant's side of a match job, as an I/O-free state machine.
+
+Calls, in order::
+
+    session = MerchantSession(keys, labels, id_kind="phone")
+    start = session.start()                       # -> JobStart (send it)
+    session.accept(accepted)                      # <- JobAccepted
+    for chunk in session.blinded_chunks(): ...    # -> a·H(x), shuffled
+    session.receive_double_blinded(chunk) ...     # <- b·a·H(x) (and dummies), any number of chunks
+    session.receive_audience(chunk) ...           # <- b·H(y), Enc(payload(y))
+    sums = session.finish()                       # -> LabelSums, each re-randomized
+
+What the merchant learns is exactly ``matched_counts``: per label, how many of the platform's
+stream elements met its list (real matches plus the platform's dummies). It never learns which
+of its IDs matched, because the platform returns b·a·H(x) in an order of its own.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from matcher.crypto import group, paillier
+from matcher.crypto.kernels import Kernels
+from matcher.errors import InputError, ProtocolError
+from matcher.protocol._points import PointIndex, as_point_array
+from matcher.protocol.messages import (
+    MAX_CHUNK_ELEMENTS,
+    MAX_LABELS,
+    AudienceChunk,
+    BlindedChunk,
+    JobAccepted,
+    JobStart,
+    LabelSums,
+)
+
+Rng = Callable[[int], bytes]
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    STARTED = "started"
+    ACCEPTED = "accepted"
+    SENT = "list sent"
+    AUDIENCE = "receiving audience"
+    DONE = "done"
+
+
+class MerchantSession:
+    def __init__(self, keys: Sequence[str], labels: Sequence[str], *, id_kind: str,
+                 rng: Rng = os.urandom, kernels: Kernels | None = None,
+                 chunk_size: int = MAX_CHUNK_ELEMENTS):
+        if not keys:
+            raise InputError("the merchant list is empty", hint="check the id column and the invalid-row counts")
+        if len(keys) != len(labels):
+            raise InputError("every key needs exactly one label")
+        if not 0 < chunk_size <= MAX_CHUNK_ELEMENTS:
+            raise InputError(f"chunk size must be in 1..{MAX_CHUNK_ELEMENTS}")
+        self.label_names = tuple(sorted(set(labels)))
+        if len(self.label_names) > MAX_LABELS:
+            raise InputError(f"{len(self.label_names)} labels; at most {MAX_LABELS} are allowed",
+                             hint="merge small labels or run one job per group")
+        index_of = {name: i for i, name in enumerate(self.label_names)}
+        self._id_kind = id_kind
+        self._rng = rng
+        self._kernels = kernels or Kernels()
+        self._chunk_size = chunk_size
+        # Shuffle so nothing about the file's order reaches the platform.
+        order = np.random.default_rng(int.from_bytes(rng(32), "big")).permutation(len(keys))
+        self._keys = [keys[i] for i in order]
+        self._label_idx = np.fromiter((index_of[labels[i]] for i in order), dtype=np.uint8, count=len(keys))
+        self._scalar = group.random_scalar(rng)
+        self._state = _State.NEW
+        self._double_blinded: list[np.ndarray] = []
+        self._double_blinded_labels: list[np.ndarray] = []
+        self._index: PointIndex | None = None
+        self._public_key: paillier.PublicKey | None = None
+        self._sums: list[int] = []
+        self.matched_counts = [0] * len(self.label_names)
+        self.stream_elements = 0
+        self.blinded_elements = 0
+
+    def _expect(self, *states: _State) -> None:
+        if self._state not in states:
+            raise ProtocolError(f"call out of order: the session is in state '{self._state.value}'")
+
+    def start(self) -> JobStart:
+        self._expect(_State.NEW)
+        sizes = np.bincount(self._label_idx, minlength=len(self.label_names))
+        self._state = _State.STARTED
+        return JobStart(id_kind=self._id_kind, labels=self.label_names,
+                        label_sizes=tuple(int(s) for s in sizes),
+                        merchant_base=group.base_mult(self._scalar))
+
+    def accept(self, accepted: JobAccepted) -> None:
+        self._expect(_State.STARTED)
+        self._public_key = paillier.PublicKey.from_n_bytes(accepted.paillier_n)
+        self.job_id = accepted.job_id
+        self.segments = accepted.segments
+        self._chunk_size = min(self._chunk_size, accepted.max_chunk_elements)
+        self._sums = [1] * len(self.label_names)  # 1 is the empty product
+        self._state = _State.ACCEPTED
+
+    def blinded_chunks(self) -> Iterator[BlindedChunk]:
+        """a·H(x) for the whole list, one chunk at a time (hashing is done lazily, per chunk)."""
+        self._expect(_State.ACCEPTED)
+        dst = group.dst_for(self._id_kind)
+        for lo in range(0, len(self._keys), self._chunk_size):
+            hi = min(lo + self._chunk_size, len(self._keys))
+            hashed = self._kernels.hash_to_curve([k.encode() for k in self._keys[lo:hi]], dst)
+            yield BlindedChunk(points=self._kernels.blind(self._scalar, hashed),
+                               labels=self._label_idx[lo:hi].tobytes())
+        self._state = _State.SENT
+
+    def receive_double_blinded(self, chunk: BlindedChunk) -> None:
+        self._expect(_State.SENT)
+        points = as_point_array(chunk.points, len(chunk.labels), self._chunk_size)
+        labels = np.frombuffer(chunk.labels, dtype=np.uint8)
+        if labels.size and int(labels.max()) >= len(self.label_names):
+            raise InputError("the platform returned a label index this job does not have")
+        self._double_blinded.append(points)
+        self._double_blinded_labels.append(labels)
+        self.blinded_elements += len(labels)
+
+    def receive_audience(self, chunk: AudienceChunk) -> None:
+        self._expect(_State.SENT, _State.AUDIENCE)
+        key = self._public_key
+        assert key is not None
+        if self._index is None:
+            self._index = PointIndex(self._double_blinded, self._double_blinded_labels)
+            self._double_blinded = self._double_blinded_labels = []
+            self._state = _State.AUDIENCE
+        n = len(chunk.points) // group.ELEMENT_SIZE
+        if len(chunk.ciphertexts) != n * key.ciphertext_size:
+            raise InputError(f"audience chunk carries {len(chunk.ciphertexts)} ciphertext bytes for {n} points")
+        ours = self._kernels.blind(self._scalar, chunk.points)
+        positions, labels = self._index.lookup(as_point_array(ours, n, None))
+        size = key.ciphertext_size
+        sums = self._sums
+        for pos, label in zip(positions.tolist(), labels.tolist()):
+            c = key.from_bytes(chunk.ciphertexts[pos * size:(pos + 1) * size])
+            sums[label] = key.add(sums[label], c)
+            self.matched_counts[label] += 1
+        self.stream_elements += n
+
+    def finish(self) -> LabelSums:
+        """Per-label sums, each re-randomized so the platform cannot recognise which rows were summed."""
+        self._expect(_State.AUDIENCE, _State.SENT)
+        key = self._public_key
+        assert key is not None
+        self._state = _State.DONE
+        return LabelSums(sums=tuple(key.to_bytes(key.rerandomize(s, self._rng)) for s in self._sums))

@@ -1,0 +1,65 @@
+"""The protocol's messages, as plain dataclasses: the engines speak these, the servicer maps them to protobuf.
+
+Points are concatenated 32-byte X25519 u-coordinates; label indexes are one byte per point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PROTOCOL_VERSION = 1
+MAX_CHUNK_ELEMENTS = 65_536
+# An audience chunk carries a 512-byte ciphertext per row: keep messages near 4 MiB.
+AUDIENCE_CHUNK_ROWS = 4_096
+MAX_LABELS = 32
+
+
+@dataclass(frozen=True)
+class JobStart:
+    id_kind: str
+    labels: tuple[str, ...]
+    label_sizes: tuple[int, ...]
+    merchant_base: bytes
+    protocol_version: int = PROTOCOL_VERSION
+
+    @property
+    def list_size(self) -> int:
+        return sum(self.label_sizes)
+
+
+@dataclass(frozen=True)
+class JobAccepted:
+    job_id: str
+    paillier_n: bytes
+    segments: tuple[str, ...]
+    layout_json: str
+    max_chunk_elements: int = MAX_CHUNK_ELEMENTS
+
+
+@dataclass(frozen=True)
+class BlindedChunk:
+    points: bytes
+    labels: bytes
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class AudienceChunk:
+    points: bytes
+    ciphertexts: bytes
+
+
+@dataclass(frozen=True)
+class LabelSums:
+    sums: tuple[bytes, ...]
+
+
+@dataclass
+class LabelAggregate:
+    """What the platform decrypted for one label: true values, before the release policy."""
+
+    matched: int
+    segments: dict[str, int] = field(default_factory=dict)
+    metrics: list[int] = field(default_factory=list)

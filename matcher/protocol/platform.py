@@ -1,0 +1,216 @@
+"""The platform's side of a match job, as an I/O-free state machine.
+
+Calls, in order::
+
+    session = PlatformSession(audience, private_key, job_id=..., dummies=[...])
+    accepted = session.start(job_start)          # after the policy said yes
+    session.receive_blinded(chunk) ...           # a·H(x) from the merchant
+    for chunk in session.double_blinded(): ...   # b·a·H(x) and dummies r·(a·G), in a fresh order
+    for chunk in session.audience(): ...         # b·H(y) with Enc(payload(y)), dummies r·G with Enc(0)
+    aggregates = session.receive_sums(sums)      # true per-label values, for the release policy
+
+Dummy matches: for label l the platform draws ``dummies[l]`` scalars r; it puts r·G in its
+stream with an encryption of zero and r·(a·G) among the returned points with label l. The merchant
+computes a·(r·G) = r·(a·G) and counts a match that adds nothing to any sum. That makes the count
+the merchant sees differentially private — if (and only if) the merchant sent its true a·G.
+
+Per job, everything is fresh: the scalar b, the dummy scalars, the Paillier randomness, and the
+order of both returned streams, so nothing links one job's positions or points to another's.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from matcher.crypto import group, paillier
+from matcher.crypto.kernels import Kernels
+from matcher.errors import InputError, InvalidCiphertext, ProtocolError
+from matcher.protocol._points import as_point_array
+from matcher.protocol.messages import (
+    AUDIENCE_CHUNK_ROWS,
+    MAX_CHUNK_ELEMENTS,
+    MAX_LABELS,
+    PROTOCOL_VERSION,
+    AudienceChunk,
+    BlindedChunk,
+    JobAccepted,
+    JobStart,
+    LabelAggregate,
+    LabelSums,
+)
+
+Rng = Callable[[int], bytes]
+
+
+@dataclass(frozen=True)
+class Audience:
+    """The platform's members as the engine needs them: H(y) cached at import, segment bitmasks."""
+
+    id_kind: str
+    points: np.ndarray          # (n, 32) uint8: hash_to_curve of each member's match key
+    segment_bits: np.ndarray    # (n,) uint64: bit i set = member holds segments[i]
+    segments: tuple[str, ...]
+    row_ids: np.ndarray | None = None  # the store's row ids, kept for activation
+
+    def __len__(self) -> int:
+        return len(self.segment_bits)
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RECEIVING = "receiving list"
+    LIST_DONE = "list received"
+    STREAMING = "streaming audience"
+    AWAITING_SUMS = "awaiting sums"
+    DONE = "done"
+
+
+class PlatformSession:
+    def __init__(self, audience: Audience, key: paillier.PrivateKey, *, job_id: str,
+                 dummies: Sequence[int] = (), rng: Rng = os.urandom, kernels: Kernels | None = None,
+                 max_chunk: int = MAX_CHUNK_ELEMENTS, audience_chunk_rows: int = AUDIENCE_CHUNK_ROWS):
+        self._audience = audience
+        self._key = key
+        self._job_id = job_id
+        self._dummies_requested = tuple(dummies)
+        self._rng = rng
+        self._kernels = kernels or Kernels()
+        self._max_chunk = max_chunk
+        self._audience_chunk_rows = audience_chunk_rows
+        self._shuffler = np.random.default_rng(int.from_bytes(rng(32), "big"))
+        self._scalar = group.random_scalar(rng)
+        self._state = _State.NEW
+        self._received: list[np.ndarray] = []
+        self._received_labels: list[np.ndarray] = []
+        self.stream_order: np.ndarray | None = None  # stream position -> audience row (or -1 for a dummy)
+
+    def _expect(self, *states: _State) -> None:
+        if self._state not in states:
+            raise ProtocolError(f"call out of order: the job is in state '{self._state.value}'")
+
+    def start(self, start: JobStart) -> JobAccepted:
+        self._expect(_State.NEW)
+        if start.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolError(f"protocol version {start.protocol_version} is not supported (this server speaks {PROTOCOL_VERSION})",
+                                hint="upgrade matcher-client")
+        if start.id_kind != self._audience.id_kind:
+            raise InputError(f"this platform's audience is keyed by '{self._audience.id_kind}', the list by '{start.id_kind}'",
+                             hint=f"submit a {self._audience.id_kind} column (or sha256 hashes of one)")
+        if not start.labels or len(start.labels) != len(start.label_sizes) or len(start.labels) > MAX_LABELS:
+            raise InputError(f"a job needs 1..{MAX_LABELS} labels, each with a size")
+        if len(set(start.labels)) != len(start.labels):
+            raise InputError("label names must be distinct")
+        if self._dummies_requested and len(self._dummies_requested) != len(start.labels):
+            raise ProtocolError("one dummy count per label is required")
+        self._start = start
+        self._dummies = self._dummies_requested or (0,) * len(start.labels)
+        self._dummy_scalars = [[group.random_scalar(self._rng) for _ in range(d)] for d in self._dummies]
+        # Validates a·G (length, canonical, not small-order) before it is used.
+        self._merchant_base = start.merchant_base
+        group.blind(self._scalar, start.merchant_base)
+        self._received_per_label = np.zeros(len(start.labels), dtype=np.int64)
+        self.layout = paillier.PackingLayout.create(max_rows=max(1, start.list_size),
+                                                    n_segments=len(self._audience.segments),
+                                                    key_bits=self._key.public_key.bits)
+        self._state = _State.RECEIVING
+        n = self._key.public_key.n
+        return JobAccepted(job_id=self._job_id, paillier_n=int(n).to_bytes((int(n).bit_length() + 7) // 8, "big"),
+                           segments=self._audience.segments,
+                           layout_json=json.dumps(self.layout.to_dict(), sort_keys=True, separators=(",", ":")),
+                           max_chunk_elements=self._max_chunk)
+
+    def receive_blinded(self, chunk: BlindedChunk) -> None:
+        self._expect(_State.RECEIVING)
+        labels = np.frombuffer(chunk.labels, dtype=np.uint8)
+        points = as_point_array(chunk.points, len(labels), self._max_chunk)
+        counts = np.bincount(labels, minlength=len(self._start.labels)) if len(labels) else 0
+        if len(labels) and len(counts) > len(self._start.labels):
+            raise InputError(f"label index {int(labels.max())} is not one of the {len(self._start.labels)} declared labels")
+        self._received_per_label += counts
+        if (self._received_per_label > np.array(self._start.label_sizes)).any():
+            raise InputError("the list is longer than the sizes declared at the start of the job")
+        self._received.append(np.frombuffer(self._kernels.blind(self._scalar, points.tobytes()), np.uint8)
+                              .reshape(-1, group.ELEMENT_SIZE))
+        self._received_labels.append(labels)
+
+    def finish_list(self) -> None:
+        self._expect(_State.RECEIVING)
+        if list(self._received_per_label) != list(self._start.label_sizes):
+            raise ProtocolError(f"the list ended after {int(self._received_per_label.sum())} of "
+                                f"{self._start.list_size} declared elements")
+        self._state = _State.LIST_DONE
+
+    def double_blinded(self) -> Iterator[BlindedChunk]:
+        """b·a·H(x) for the merchant's list plus r·(a·G) per dummy, shuffled together."""
+        self._expect(_State.LIST_DONE)
+        dummy_points = [group.blind(r, self._merchant_base) for rs in self._dummy_scalars for r in rs]
+        dummy_labels = [label for label, rs in enumerate(self._dummy_scalars) for _ in rs]
+        points = np.concatenate(self._received + [_rows(b"".join(dummy_points))])
+        labels = np.concatenate(self._received_labels + [np.array(dummy_labels, dtype=np.uint8)])
+        self._received = self._received_labels = []
+        order = self._shuffler.permutation(len(labels))
+        points, labels = points[order], labels[order]
+        self._state = _State.STREAMING
+        for lo in range(0, len(labels), self._max_chunk):
+            hi = lo + self._max_chunk
+            yield BlindedChunk(points=points[lo:hi].tobytes(), labels=labels[lo:hi].tobytes())
+
+    def audience(self) -> Iterator[AudienceChunk]:
+        """b·H(y) with Enc(payload(y)) for every member, r·G with Enc(0) per dummy, in a fresh order."""
+        self._expect(_State.STREAMING)
+        n = len(self._audience)
+        dummy_points = _rows(b"".join(group.base_mult(r) for rs in self._dummy_scalars for r in rs))
+        order = self._shuffler.permutation(n + len(dummy_points)).astype(np.int64)
+        order[order >= n] = -1 - (order[order >= n] - n)  # dummies are -1, -2, ...
+        self.stream_order = order
+        encryptor = paillier.PlatformEncryptor(self._key, rng=self._rng)
+        size = self._key.public_key.ciphertext_size
+        for lo in range(0, len(order), self._audience_chunk_rows):
+            rows = order[lo:lo + self._audience_chunk_rows]
+            real = rows >= 0
+            points = np.empty((len(rows), group.ELEMENT_SIZE), dtype=np.uint8)
+            if real.any():
+                hashed = np.ascontiguousarray(self._audience.points[rows[real]]).tobytes()
+                points[real] = _rows(self._kernels.blind(self._scalar, hashed))
+            if not real.all():
+                points[~real] = dummy_points[-1 - rows[~real]]
+            plaintexts = [0] * len(rows)
+            packed = self.layout.pack_many(self._audience.segment_bits[rows[real]].tolist())
+            for at, value in zip(np.nonzero(real)[0].tolist(), packed):
+                plaintexts[at] = value
+            ciphertexts = encryptor.encrypt_batch(plaintexts)
+            yield AudienceChunk(points=points.tobytes(),
+                                ciphertexts=b"".join(int(c).to_bytes(size, "big") for c in ciphertexts))
+        self._state = _State.AWAITING_SUMS
+
+    @property
+    def stream_length(self) -> int:
+        return len(self._audience) + sum(self._dummies)
+
+    def receive_sums(self, sums: LabelSums) -> dict[str, LabelAggregate]:
+        """Decrypt each label's sum; refuse sums that could not come from an honest run."""
+        self._expect(_State.AWAITING_SUMS)
+        if len(sums.sums) != len(self._start.labels):
+            raise InputError(f"expected {len(self._start.labels)} label sums, got {len(sums.sums)}")
+        public = self._key.public_key
+        result: dict[str, LabelAggregate] = {}
+        for label, size, data in zip(self._start.labels, self._start.label_sizes, sums.sums):
+            unpacked = self.layout.unpack(self._key.decrypt(public.from_bytes(data)))
+            if unpacked.count > size:
+                raise InvalidCiphertext(f"label '{label}' claims {unpacked.count} matches from {size} list elements")
+            result[label] = LabelAggregate(
+                matched=unpacked.count,
+                segments=dict(zip(self._audience.segments, unpacked.segments)),
+                metrics=list(unpacked.metrics))
+        self._state = _State.DONE
+        return result
+
+
+def _rows(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).reshape(-1, group.ELEMENT_SIZE)

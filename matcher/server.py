@@ -1,0 +1,145 @@
+"""Assembles the gRPC server: store, keys, job runner, servicers, auth interceptor, TLS, health, reflection."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from matcher import keys as keys_mod
+from matcher.crypto.kernels import Kernels, local_kernels
+from matcher.jobs import JobRunner
+from matcher.log.auditlog import AuditLog
+from matcher.policy import NoiseSource
+from matcher.service import AUDITOR, MERCHANT, AuditServicer, Authenticator, MatchServicer
+from matcher.store import Store
+from matcher.v1 import audit_pb2, audit_pb2_grpc, match_pb2, match_pb2_grpc
+
+log = logging.getLogger("matcher.server")
+
+# A blinded chunk is at most 64k points (2 MiB); an audience chunk ~4k ciphertexts (~2 MiB).
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+_MATCH_SERVICE = match_pb2.DESCRIPTOR.services_by_name["MatchService"].full_name
+_AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
+# Which roles may call which service; anything not listed (health, reflection) needs no token.
+_ROLES = {_MATCH_SERVICE: (MERCHANT,), _AUDIT_SERVICE: (AUDITOR, MERCHANT)}
+
+
+@dataclass
+class ServerConfig:
+    db: Path
+    listen: str = "127.0.0.1:50051"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_workers: int = 16
+    max_concurrent_jobs: int = 4
+    parallel: bool = True
+    kernels: Kernels | None = None
+    noise: NoiseSource | None = None
+    rng: Callable[[int], bytes] = field(default=os.urandom)
+
+
+class _AuthInterceptor(grpc.ServerInterceptor):
+    """Refuses calls without a valid token for the service before any handler runs. The reply is the
+    same UNAUTHENTICATED with the same text whether the token is missing, unknown or of the wrong role."""
+
+    def __init__(self, auth: Authenticator):
+        self._auth = auth
+
+    def intercept_service(self, continuation, details):
+        service = details.method.rsplit("/", 2)[-2] if details.method.count("/") >= 2 else ""
+        roles = _ROLES.get(service)
+        handler = continuation(details)
+        if roles is None or handler is None:
+            return handler
+        who = self._auth.principal(details.invocation_metadata)
+        if who is not None and who.role in roles:
+            return handler
+        return _refusal(handler)
+
+
+def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def deny(request, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "authentication required")
+
+    kinds = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+             (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    return kinds[(handler.request_streaming, handler.response_streaming)](
+        deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+
+
+@dataclass
+class MatcherServer:
+    """The gRPC server with what it owns; ``stop`` is the graceful shutdown SIGTERM triggers."""
+
+    grpc_server: grpc.Server
+    store: Store
+    runner: JobRunner
+    health: health.HealthServicer
+    _stopping: threading.Lock = field(default_factory=threading.Lock)
+    _stopped: bool = False
+
+    def start(self) -> None:
+        self.grpc_server.start()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self.grpc_server.wait_for_termination(timeout)
+
+    def stop(self, grace: float | None = 10.0) -> None:
+        """Stop taking calls, let running jobs finish for ``grace`` seconds, then fail the rest cleanly.
+        Idempotent: a signal handler and a test teardown may both call it."""
+        with self._stopping:
+            if self._stopped:
+                return
+            self._stopped = True
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace).wait()
+        self.store.fail_running_jobs("server shut down during the job")
+        self.runner.kernels.close()
+        self.store.close()
+
+
+def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
+    store = Store(config.db)
+    keys = keys_mod.load(keys_mod.key_path_for(config.db))
+    recovered = store.fail_running_jobs("server restarted during the job")
+    if recovered:
+        log.warning("marked %d interrupted jobs failed; their budget was refunded", recovered)
+    origin = store.get_meta("origin") or keys.signer.name
+    kernels = config.kernels or local_kernels(config.parallel)
+    runner = JobRunner(store, keys, AuditLog(store, keys.signer, origin), kernels=kernels, noise=config.noise,
+                       rng=config.rng)
+    auth = Authenticator(store)
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.keepalive_time_ms", 60_000)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
+                         interceptors=[_AuthInterceptor(auth)], options=options,
+                         maximum_concurrent_rpcs=config.max_workers)
+    match_pb2_grpc.add_MatchServiceServicer_to_server(MatchServicer(runner, auth), server)
+    audit_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(store, keys.signer.verifier_key, origin, auth), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in (_MATCH_SERVICE, _AUDIT_SERVICE, ""):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (_MATCH_SERVICE, _AUDIT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if config.tls_cert or config.tls_key:
+        if not (config.tls_cert and config.tls_key):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+        port = server.add_secure_port(config.listen, creds)
+    else:
+        port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise OSError(f"could not listen on {config.listen}")
+    return MatcherServer(server, store, runner, health_servicer), port

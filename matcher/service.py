@@ -1,0 +1,180 @@
+"""gRPC servicers: translation between protobuf and the job engine, and error mapping. No crypto, no SQL."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import Iterator
+
+import grpc
+
+from matcher.errors import AuthenticationError, MatcherError, ProtocolError
+from matcher.jobs import JobRunner, MatchJob
+from matcher.log.merkle import MerkleTree
+from matcher.protocol.messages import BlindedChunk, JobStart, LabelSums
+from matcher.store import Principal, Store
+from matcher.v1 import audit_pb2, audit_pb2_grpc, match_pb2, match_pb2_grpc
+
+log = logging.getLogger("matcher.service")
+
+MERCHANT = "merchant"
+AUDITOR = "auditor"
+
+
+class Authenticator:
+    """Maps the bearer token in the call metadata to a principal. Used by the interceptor (to refuse
+    early) and by the servicers (to know who is calling)."""
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    def principal(self, metadata) -> Principal | None:
+        for key, value in metadata or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                return self._store.authenticate(value[len("Bearer "):].strip())
+        return None
+
+    def require(self, context: grpc.ServicerContext, *roles: str) -> Principal:
+        who = self.principal(context.invocation_metadata())
+        if who is None or who.role not in roles:
+            raise AuthenticationError()
+        return who
+
+
+def _abort(context: grpc.ServicerContext, err: MatcherError):
+    code = getattr(grpc.StatusCode, err.grpc_code, grpc.StatusCode.INTERNAL)
+    # Authentication failures say nothing beyond the code, whatever the cause.
+    context.abort(code, "authentication required" if isinstance(err, AuthenticationError) else str(err))
+
+
+@contextlib.contextmanager
+def _errors_to_status(context: grpc.ServicerContext):
+    try:
+        yield
+    except MatcherError as err:
+        _abort(context, err)
+
+
+class MatchServicer(match_pb2_grpc.MatchServiceServicer):
+    def __init__(self, runner: JobRunner, auth: Authenticator):
+        self._runner = runner
+        self._auth = auth
+
+    def Match(self, request_iterator, context) -> Iterator[match_pb2.MatchResponse]:
+        job: MatchJob | None = None
+        try:
+            merchant = self._auth.require(context, MERCHANT)
+            requests = iter(request_iterator)
+            first = _next(requests, "start")
+            start = first.start
+            job = self._runner.begin(merchant, JobStart(
+                id_kind=start.id_kind, labels=tuple(start.labels), label_sizes=tuple(start.label_sizes),
+                merchant_base=start.merchant_base, protocol_version=start.protocol_version))
+            context.add_callback(lambda: job.abort("the stream ended before the report"))
+            accepted = job.accepted
+            yield match_pb2.MatchResponse(accepted=match_pb2.JobAccepted(
+                job_id=accepted.job_id, paillier_n=accepted.paillier_n, segments=accepted.segments,
+                layout_json=accepted.layout_json, max_chunk_elements=accepted.max_chunk_elements))
+            while (request := _next(requests, "blinded", "list_end")).HasField("blinded"):
+                job.receive_blinded(BlindedChunk(points=request.blinded.points, labels=request.blinded.labels))
+            job.finish_list()
+            for chunk in job.double_blinded():
+                yield match_pb2.MatchResponse(double_blinded=match_pb2.BlindedChunk(points=chunk.points, labels=chunk.labels))
+            sent = 0
+            for chunk in job.audience():
+                if not context.is_active():
+                    raise ProtocolError("the client went away")
+                sent += len(chunk.points) // 32
+                yield match_pb2.MatchResponse(audience=match_pb2.AudienceChunk(points=chunk.points,
+                                                                             ciphertexts=chunk.ciphertexts))
+            yield match_pb2.MatchResponse(audience_end=match_pb2.AudienceEnd(elements=sent))
+            sums = _next(requests, "sums").sums
+            report = job.finish(LabelSums(sums=tuple(sums.sums)))
+            yield match_pb2.MatchResponse(report=match_pb2.Report(
+                job_id=report.job_id, report_json=report.report_json, checkpoint=report.checkpoint,
+                leaf_index=report.leaf_index))
+        except MatcherError as err:
+            if job is not None:
+                job.abort(str(err))
+            _abort(context, err)
+
+    def GetJob(self, request, context):
+        with _errors_to_status(context):
+            merchant = self._auth.require(context, MERCHANT)
+            job = self._runner.store.job(request.job_id, merchant)
+            return match_pb2.JobStatus(job_id=job["job_id"], state=job["state"], reason=job["reason"] or "",
+                                       report_json=job["report_json"] or "")
+
+    def GetBudget(self, request, context):
+        with _errors_to_status(context):
+            merchant = self._auth.require(context, MERCHANT)
+            store = self._runner.store
+            pol = store.effective_policy(merchant.name)
+            spent = store.budget_spent(merchant.id, pol.budget_period_seconds)
+            return match_pb2.Budget(epsilon_budget=pol.epsilon_budget, epsilon_spent=spent,
+                                    epsilon_left=max(0.0, pol.epsilon_budget - spent), period=pol.budget_period,
+                                    epsilon_per_job=pol.epsilon_per_job,
+                                    policy_json=json.dumps(pol.to_dict(), sort_keys=True))
+
+
+def _next(requests, *expected: str):
+    """The next request, which must be one of the expected kinds (a truncated stream is an error)."""
+    request = next(requests, None)
+    if request is None:
+        raise ProtocolError(f"the stream ended while the server waited for {' or '.join(expected)}")
+    kind = request.WhichOneof("msg")
+    if kind not in expected:
+        raise ProtocolError(f"expected {' or '.join(expected)}, got {kind or 'an empty message'}")
+    return request
+
+
+class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
+    """Auditors read everything; merchants may read checkpoints and proofs (to prove their reports),
+    not other merchants' entries."""
+
+    def __init__(self, store: Store, verifier_key: str, origin: str, auth: Authenticator):
+        self._store = store
+        self._verifier_key = verifier_key
+        self._origin = origin
+        self._auth = auth
+
+    def _tree(self) -> MerkleTree:
+        return MerkleTree(self._store, self._store.log_size())
+
+    def GetCheckpoint(self, request, context):
+        with _errors_to_status(context):
+            self._auth.require(context, AUDITOR, MERCHANT)
+            latest = self._store.latest_checkpoint()
+            if latest is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, "the log is empty")
+            return audit_pb2.SignedCheckpoint(size=latest[0], note=latest[1])
+
+    def ListCheckpoints(self, request, context):
+        with _errors_to_status(context):
+            self._auth.require(context, AUDITOR, MERCHANT)
+            for size, note in self._store.checkpoints(request.min_size):
+                yield audit_pb2.SignedCheckpoint(size=size, note=note)
+
+    def GetEntries(self, request, context):
+        with _errors_to_status(context):
+            self._auth.require(context, AUDITOR)
+            end = min(request.end, self._store.log_size())
+            for lo in range(request.start, end, 1000):
+                for index, data in self._store.log_entries(lo, min(end, lo + 1000)):
+                    yield audit_pb2.LogEntry(index=index, data=data)
+
+    def GetInclusionProof(self, request, context):
+        with _errors_to_status(context):
+            self._auth.require(context, AUDITOR, MERCHANT)
+            return audit_pb2.Proof(hashes=self._tree().inclusion_proof(request.index, request.tree_size))
+
+    def GetConsistencyProof(self, request, context):
+        with _errors_to_status(context):
+            self._auth.require(context, AUDITOR, MERCHANT)
+            return audit_pb2.Proof(hashes=self._tree().consistency_proof(request.old_size, request.new_size))
+
+    def GetVerifierKey(self, request, context):
+        with _errors_to_status(context):
+            self._auth.require(context, AUDITOR, MERCHANT)
+            return audit_pb2.VerifierKey(key=self._verifier_key, origin=self._origin)

@@ -1,0 +1,395 @@
+"""The one module that speaks SQL: a single SQLite file (WAL) holding everything the operator keeps.
+
+Tables: the audience (platform member ids, their group points H(y) cached at import, segment
+bits), merchants and auditors (token hashes only), policy settings, jobs, the privacy-budget
+ledger, and the audit log (entries, Merkle nodes, every signed checkpoint). Keys are not here:
+they live in the operator's key file (see :mod:`matcher.keys`).
+
+Schema changes are numbered migrations applied in order on open; a database written by a newer
+matcher is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import sqlite_utils
+
+from matcher import policy as policy_mod
+from matcher.errors import InputError, LimitExceeded, NotFound, StoreError
+from matcher.protocol.platform import Audience
+
+Clock = Callable[[], float]
+
+_MIGRATIONS: list[str] = [
+    # 1: the initial schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE audience (
+        row_id INTEGER PRIMARY KEY,
+        member_id TEXT NOT NULL UNIQUE,
+        match_key TEXT NOT NULL UNIQUE,
+        point BLOB NOT NULL,
+        segments INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE principals (
+        id INTEGER PRIMARY KEY,
+        role TEXT NOT NULL CHECK (role IN ('merchant', 'auditor')),
+        name TEXT NOT NULL,
+        token_hash TEXT NOT NULL UNIQUE,
+        created REAL NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (role, name)
+    );
+    CREATE TABLE policy (
+        scope TEXT NOT NULL,            -- '' for the operator default, else a merchant name
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (scope, key)
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        merchant_id INTEGER NOT NULL REFERENCES principals(id),
+        state TEXT NOT NULL,
+        reason TEXT,
+        created REAL NOT NULL,
+        finished REAL,
+        list_size INTEGER,
+        labels INTEGER,
+        report_json TEXT,
+        leaf_index INTEGER
+    );
+    CREATE INDEX jobs_by_merchant ON jobs (merchant_id, created);
+    CREATE TABLE budget (
+        job_id TEXT PRIMARY KEY,
+        merchant_id INTEGER NOT NULL REFERENCES principals(id),
+        epsilon REAL NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('reserved', 'committed', 'refunded')),
+        at REAL NOT NULL
+    );
+    CREATE INDEX budget_by_merchant ON budget (merchant_id, at);
+    CREATE TABLE log_entries (idx INTEGER PRIMARY KEY, data BLOB NOT NULL);
+    CREATE TABLE log_nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL,
+                            PRIMARY KEY (level, idx)) WITHOUT ROWID;
+    CREATE TABLE checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL, at REAL NOT NULL);
+    """,
+]
+SCHEMA_VERSION = len(_MIGRATIONS)
+# Segment bits live in one signed 64-bit SQLite integer.
+MAX_SEGMENTS = 63
+
+
+@dataclass(frozen=True)
+class Principal:
+    id: int
+    role: str
+    name: str
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Store:
+    def __init__(self, path: str | Path, *, create: bool = False, clock: Clock = time.time):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise StoreError(f"no database at {self.path}", hint="run `matcher init --db PATH` first")
+        self._clock = clock
+        self._lock = threading.RLock()
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+        self.db = sqlite_utils.Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+        self._audience_cache: tuple[str, Audience] | None = None
+
+    def now(self) -> float:
+        return self._clock()
+
+    @property
+    def lock(self) -> threading.RLock:
+        """Held by writers that read, compute, then write (the audit log)."""
+        return self._lock
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- transactions and schema --------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: it takes the write lock up front, so check-then-write is atomic
+        across threads and across processes sharing the file."""
+        with self._lock:
+            conn = self.db.conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}; this matcher knows up to {SCHEMA_VERSION}",
+                             hint="upgrade matcher")
+        for number in range(version, SCHEMA_VERSION):
+            with self.transaction() as conn:
+                for statement in filter(str.strip, _MIGRATIONS[number].split(";")):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+
+    # -- meta ---------------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, values: Mapping[str, str]) -> None:
+        with self.transaction() as conn:
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", list(values.items()))
+
+    # -- audience -----------------------------------------------------------------------------
+
+    def audience_info(self) -> dict:
+        return {
+            "id_kind": self.get_meta("audience_kind"),
+            "segments": json.loads(self.get_meta("segments", "[]")),
+            "members": self.db.execute("SELECT count(*) FROM audience").fetchone()[0],
+        }
+
+    def import_audience(self, batches: Iterable[Sequence[tuple[str, str, bytes, int]]], *, id_kind: str,
+                        segments: Sequence[str]) -> int:
+        """Upsert batches of (member_id, match_key, point, segment_bits); one transaction per batch,
+        so memory is bounded by the batch and an interrupted import keeps whole batches only."""
+        if len(segments) > MAX_SEGMENTS:
+            raise InputError(f"{len(segments)} segments; at most {MAX_SEGMENTS} are supported")
+        info = self.audience_info()
+        if info["members"] and (info["id_kind"] != id_kind or info["segments"] != list(segments)):
+            raise InputError(
+                f"the audience already holds {info['members']} members keyed by '{info['id_kind']}' with segments "
+                f"{info['segments']}; this import has '{id_kind}' with {list(segments)}",
+                hint="import with the same id type and segment columns, or start a new database")
+        self.set_meta({"audience_kind": id_kind, "segments": json.dumps(list(segments))})
+        total = 0
+        for batch in batches:
+            with self.transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO audience (member_id, match_key, point, segments) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(match_key) DO UPDATE SET member_id = excluded.member_id, "
+                    "point = excluded.point, segments = excluded.segments", batch)
+                conn.execute("INSERT INTO meta (key, value) VALUES ('audience_version', ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", [secrets.token_hex(8)])
+            total += len(batch)
+        return total
+
+    def load_audience(self) -> Audience:
+        """The audience as arrays, cached until the next import changes it."""
+        with self._lock:
+            version = self.get_meta("audience_version", "")
+            if self._audience_cache and self._audience_cache[0] == version:
+                return self._audience_cache[1]
+            info = self.audience_info()
+            n = info["members"]
+            points = np.empty((n, 32), dtype=np.uint8)
+            bits = np.empty(n, dtype=np.uint64)
+            row_ids = np.empty(n, dtype=np.int64)
+            cursor = self.db.execute("SELECT row_id, point, segments FROM audience ORDER BY row_id")
+            at = 0
+            while rows := cursor.fetchmany(65_536):
+                row_ids[at:at + len(rows)] = [r[0] for r in rows]
+                points[at:at + len(rows)] = np.frombuffer(b"".join(r[1] for r in rows), np.uint8).reshape(-1, 32)
+                bits[at:at + len(rows)] = [r[2] for r in rows]
+                at += len(rows)
+            audience = Audience(id_kind=info["id_kind"] or "", points=points, segment_bits=bits,
+                                segments=tuple(info["segments"]), row_ids=row_ids)
+            self._audience_cache = (version, audience)
+            return audience
+
+    # -- principals ---------------------------------------------------------------------------
+
+    def add_principal(self, role: str, name: str) -> tuple[Principal, str]:
+        """Create a merchant or auditor; returns it and its bearer token, which is stored only hashed."""
+        if not name or len(name) > 128 or any(c.isspace() for c in name):
+            raise InputError(f"invalid name {name!r}: use 1-128 characters without spaces")
+        token = f"mt_{secrets.token_urlsafe(32)}"
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM principals WHERE role = ? AND name = ?", [role, name]).fetchone():
+                raise InputError(f"{role} '{name}' already exists")
+            cur = conn.execute("INSERT INTO principals (role, name, token_hash, created) VALUES (?, ?, ?, ?)",
+                               [role, name, hash_token(token), self._clock()])
+        return Principal(cur.lastrowid, role, name), token
+
+    def authenticate(self, token: str) -> Principal | None:
+        digest = hash_token(token)
+        row = self.db.execute("SELECT id, role, name, token_hash FROM principals WHERE token_hash = ? AND disabled = 0",
+                              [digest]).fetchone()
+        if row is None or not hmac.compare_digest(row[3], digest):
+            return None
+        return Principal(row[0], row[1], row[2])
+
+    def principal(self, role: str, name: str) -> Principal:
+        row = self.db.execute("SELECT id, role, name FROM principals WHERE role = ? AND name = ?", [role, name]).fetchone()
+        if row is None:
+            raise NotFound(f"no {role} named '{name}'")
+        return Principal(*row)
+
+    def list_principals(self, role: str) -> list[dict]:
+        return [dict(zip(("name", "created", "disabled"), r)) for r in self.db.execute(
+            "SELECT name, created, disabled FROM principals WHERE role = ? ORDER BY name", [role])]
+
+    def set_disabled(self, role: str, name: str, disabled: bool) -> None:
+        with self.transaction() as conn:
+            if conn.execute("UPDATE principals SET disabled = ? WHERE role = ? AND name = ?",
+                            [int(disabled), role, name]).rowcount == 0:
+                raise NotFound(f"no {role} named '{name}'")
+
+    # -- policy -------------------------------------------------------------------------------
+
+    def policy_settings(self, scope: str = "") -> dict[str, str]:
+        return dict(self.db.execute("SELECT key, value FROM policy WHERE scope = ? ORDER BY key", [scope]).fetchall())
+
+    def effective_policy(self, merchant: str | None = None) -> policy_mod.Policy:
+        current = policy_mod.Policy()
+        for scope in ("",) + ((merchant,) if merchant else ()):
+            for key, value in self.policy_settings(scope).items():
+                current = current.with_setting(key, value)
+        return current
+
+    def set_policy(self, key: str, value: str, *, merchant: str | None = None) -> policy_mod.Policy:
+        """Validate against the policy model first, so a bad value never reaches the table."""
+        if merchant is not None:
+            self.principal("merchant", merchant)
+        self.effective_policy(merchant).with_setting(key, value)
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO policy (scope, key, value) VALUES (?, ?, ?) "
+                         "ON CONFLICT(scope, key) DO UPDATE SET value = excluded.value", [merchant or "", key, value])
+        return self.effective_policy(merchant)
+
+    # -- jobs and the privacy-budget ledger ---------------------------------------------------
+
+    def budget_spent(self, merchant_id: int, period_seconds: float, now: float | None = None) -> float:
+        now = self._clock() if now is None else now
+        row = self.db.execute("SELECT coalesce(sum(epsilon), 0) FROM budget WHERE merchant_id = ? "
+                              "AND state IN ('reserved', 'committed') AND at > ?",
+                              [merchant_id, now - period_seconds]).fetchone()
+        return float(row[0])
+
+    def open_job(self, job_id: str, merchant: Principal, *, pol: policy_mod.Policy, epsilon: float,
+                 list_size: int, labels: int) -> None:
+        """Record the job and reserve its ε in one IMMEDIATE transaction: two concurrent jobs can
+        never both see the same remaining budget. Raises LimitExceeded (nothing written) when the
+        rate or the budget would be exceeded."""
+        now = self._clock()
+        with self.transaction() as conn:
+            recent = conn.execute("SELECT count(*) FROM jobs WHERE merchant_id = ? AND created > ? AND state != 'refused'",
+                                  [merchant.id, now - 3600]).fetchone()[0]
+            if recent >= pol.jobs_per_hour:
+                raise LimitExceeded(f"rate limit: {recent} jobs in the last hour (limit {pol.jobs_per_hour})",
+                                    reason="rate_limited", hint="wait and retry later")
+            spent = conn.execute("SELECT coalesce(sum(epsilon), 0) FROM budget WHERE merchant_id = ? "
+                                 "AND state IN ('reserved', 'committed') AND at > ?",
+                                 [merchant.id, now - pol.budget_period_seconds]).fetchone()[0]
+            if spent + epsilon > pol.epsilon_budget + 1e-9:
+                raise LimitExceeded(
+                    f"privacy budget exhausted: {spent:g} of {pol.epsilon_budget:g} spent in the last "
+                    f"{pol.budget_period}, this job needs {epsilon:g}",
+                    reason="budget_exhausted", hint="the budget returns as old jobs leave the period")
+            conn.execute("INSERT INTO jobs (id, merchant_id, state, created, list_size, labels) VALUES (?, ?, 'running', ?, ?, ?)",
+                         [job_id, merchant.id, now, list_size, labels])
+            conn.execute("INSERT INTO budget (job_id, merchant_id, epsilon, state, at) VALUES (?, ?, ?, 'reserved', ?)",
+                         [job_id, merchant.id, epsilon, now])
+
+    def record_refusal(self, job_id: str, merchant: Principal, reason: str, list_size: int, labels: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO jobs (id, merchant_id, state, reason, created, finished, list_size, labels) "
+                         "VALUES (?, ?, 'refused', ?, ?, ?, ?, ?)",
+                         [job_id, merchant.id, reason, self._clock(), self._clock(), list_size, labels])
+
+    def finish_job(self, job_id: str, *, released: bool, report_json: str | None = None, reason: str | None = None,
+                   leaf_index: int | None = None) -> None:
+        """Commit the reserved ε when something was released, refund it otherwise."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE jobs SET state = ?, reason = ?, finished = ?, report_json = ?, leaf_index = ? WHERE id = ?",
+                         ["released" if released else "failed", reason, self._clock(), report_json, leaf_index, job_id])
+            conn.execute("UPDATE budget SET state = ? WHERE job_id = ? AND state = 'reserved'",
+                         ["committed" if released else "refunded", job_id])
+
+    def job(self, job_id: str, merchant: Principal) -> dict:
+        """A merchant sees only its own jobs; another merchant's id looks exactly like an unknown one."""
+        row = self.db.execute("SELECT id, state, reason, report_json, epsilon_state FROM ("
+                              " SELECT j.id, j.state, j.reason, j.report_json, b.state AS epsilon_state, j.merchant_id"
+                              " FROM jobs j LEFT JOIN budget b ON b.job_id = j.id) WHERE id = ? AND merchant_id = ?",
+                              [job_id, merchant.id]).fetchone()
+        if row is None:
+            raise NotFound(f"no job '{job_id}'")
+        return dict(zip(("job_id", "state", "reason", "report_json", "budget_state"), row))
+
+    def fail_running_jobs(self, reason: str) -> int:
+        """On start-up: jobs left running by a crash released nothing, so their ε goes back."""
+        with self.transaction() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM jobs WHERE state = 'running'")]
+            conn.execute("UPDATE jobs SET state = 'failed', reason = ?, finished = ? WHERE state = 'running'",
+                         [reason, self._clock()])
+            conn.execute("UPDATE budget SET state = 'refunded' WHERE state = 'reserved'")
+        return len(ids)
+
+    # -- audit log ----------------------------------------------------------------------------
+
+    def log_size(self) -> int:
+        return self.db.execute("SELECT count(*) FROM log_entries").fetchone()[0]
+
+    def log_entries(self, start: int, end: int) -> list[tuple[int, bytes]]:
+        return [(r[0], bytes(r[1])) for r in self.db.execute(
+            "SELECT idx, data FROM log_entries WHERE idx >= ? AND idx < ? ORDER BY idx", [start, end])]
+
+    def get_nodes(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        if not keys:
+            return {}
+        found: dict[tuple[int, int], bytes] = {}
+        keys = list(keys)
+        for lo in range(0, len(keys), 400):
+            part = keys[lo:lo + 400]
+            clause = " OR ".join("(level = ? AND idx = ?)" for _ in part)
+            params = [v for key in part for v in key]
+            for level, idx, h in self.db.execute(f"SELECT level, idx, hash FROM log_nodes WHERE {clause}", params):
+                found[(level, idx)] = bytes(h)
+        return found
+
+    def append_log(self, entries: Sequence[bytes], nodes: Mapping[tuple[int, int], bytes], first_index: int,
+                   checkpoint: tuple[int, str]) -> None:
+        """Entries, their new Merkle nodes and the checkpoint that covers them land together or not at all."""
+        with self.transaction() as conn:
+            if conn.execute("SELECT count(*) FROM log_entries").fetchone()[0] != first_index:
+                raise StoreError("the audit log changed underneath this writer")
+            conn.executemany("INSERT INTO log_entries (idx, data) VALUES (?, ?)",
+                             [(first_index + i, e) for i, e in enumerate(entries)])
+            conn.executemany("INSERT OR REPLACE INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)",
+                             [(lvl, idx, h) for (lvl, idx), h in nodes.items()])
+            conn.execute("INSERT INTO checkpoints (size, note, at) VALUES (?, ?, ?)",
+                         [checkpoint[0], checkpoint[1], self._clock()])
+
+    def checkpoints(self, min_size: int = 0) -> list[tuple[int, str]]:
+        return [(r[0], r[1]) for r in self.db.execute(
+            "SELECT size, note FROM checkpoints WHERE size >= ? ORDER BY size", [min_size])]
+
+    def latest_checkpoint(self) -> tuple[int, str] | None:
+        row = self.db.execute("SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()
+        return (row[0], row[1]) if row else None

@@ -1,0 +1,143 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class MatchRequest(_message.Message):
+    __slots__ = ("start", "blinded", "list_end", "sums")
+    START_FIELD_NUMBER: _ClassVar[int]
+    BLINDED_FIELD_NUMBER: _ClassVar[int]
+    LIST_END_FIELD_NUMBER: _ClassVar[int]
+    SUMS_FIELD_NUMBER: _ClassVar[int]
+    start: JobStart
+    blinded: BlindedChunk
+    list_end: ListEnd
+    sums: LabelSums
+    def __init__(self, start: _Optional[_Union[JobStart, _Mapping]] = ..., blinded: _Optional[_Union[BlindedChunk, _Mapping]] = ..., list_end: _Optional[_Union[ListEnd, _Mapping]] = ..., sums: _Optional[_Union[LabelSums, _Mapping]] = ...) -> None: ...
+
+class MatchResponse(_message.Message):
+    __slots__ = ("accepted", "double_blinded", "audience", "audience_end", "report")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_BLINDED_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_END_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    accepted: JobAccepted
+    double_blinded: BlindedChunk
+    audience: AudienceChunk
+    audience_end: AudienceEnd
+    report: Report
+    def __init__(self, accepted: _Optional[_Union[JobAccepted, _Mapping]] = ..., double_blinded: _Optional[_Union[BlindedChunk, _Mapping]] = ..., audience: _Optional[_Union[AudienceChunk, _Mapping]] = ..., audience_end: _Optional[_Union[AudienceEnd, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ...) -> None: ...
+
+class JobStart(_message.Message):
+    __slots__ = ("protocol_version", "id_kind", "labels", "label_sizes", "merchant_base")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ID_KIND_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SIZES_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_BASE_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    id_kind: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    label_sizes: _containers.RepeatedScalarFieldContainer[int]
+    merchant_base: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., id_kind: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., label_sizes: _Optional[_Iterable[int]] = ..., merchant_base: _Optional[bytes] = ...) -> None: ...
+
+class JobAccepted(_message.Message):
+    __slots__ = ("job_id", "paillier_n", "segments", "layout_json", "max_chunk_elements")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PAILLIER_N_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    paillier_n: bytes
+    segments: _containers.RepeatedScalarFieldContainer[str]
+    layout_json: str
+    max_chunk_elements: int
+    def __init__(self, job_id: _Optional[str] = ..., paillier_n: _Optional[bytes] = ..., segments: _Optional[_Iterable[str]] = ..., layout_json: _Optional[str] = ..., max_chunk_elements: _Optional[int] = ...) -> None: ...
+
+class BlindedChunk(_message.Message):
+    __slots__ = ("points", "labels")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    points: bytes
+    labels: bytes
+    def __init__(self, points: _Optional[bytes] = ..., labels: _Optional[bytes] = ...) -> None: ...
+
+class ListEnd(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class AudienceChunk(_message.Message):
+    __slots__ = ("points", "ciphertexts")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    points: bytes
+    ciphertexts: bytes
+    def __init__(self, points: _Optional[bytes] = ..., ciphertexts: _Optional[bytes] = ...) -> None: ...
+
+class AudienceEnd(_message.Message):
+    __slots__ = ("elements",)
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    elements: int
+    def __init__(self, elements: _Optional[int] = ...) -> None: ...
+
+class LabelSums(_message.Message):
+    __slots__ = ("sums",)
+    SUMS_FIELD_NUMBER: _ClassVar[int]
+    sums: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, sums: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class Report(_message.Message):
+    __slots__ = ("job_id", "report_json", "checkpoint", "leaf_index")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    LEAF_INDEX_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    report_json: str
+    checkpoint: str
+    leaf_index: int
+    def __init__(self, job_id: _Optional[str] = ..., report_json: _Optional[str] = ..., checkpoint: _Optional[str] = ..., leaf_index: _Optional[int] = ...) -> None: ...
+
+class GetJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("job_id", "state", "reason", "report_json")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: str
+    reason: str
+    report_json: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., report_json: _Optional[str] = ...) -> None: ...
+
+class GetBudgetRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Budget(_message.Message):
+    __slots__ = ("epsilon_budget", "epsilon_spent", "epsilon_left", "period", "epsilon_per_job", "policy_json")
+    EPSILON_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_LEFT_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_PER_JOB_FIELD_NUMBER: _ClassVar[int]
+    POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
+    epsilon_budget: float
+    epsilon_spent: float
+    epsilon_left: float
+    period: str
+    epsilon_per_job: float
+    policy_json: str
+    def __init__(self, epsilon_budget: _Optional[float] = ..., epsilon_spent: _Optional[float] = ..., epsilon_left: _Optional[float] = ..., period: _Optional[str] = ..., epsilon_per_job: _Optional[float] = ..., policy_json: _Optional[str] = ...) -> None: ...

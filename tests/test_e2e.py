@@ -1,0 +1,121 @@
+"""End to end over real gRPC on 127.0.0.1 against a real SQLite file: counts equal the plaintext truth."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from matcher_client import api
+from tests.conftest import SEGMENTS, phone
+
+MESSY = [
+    lambda n: n,                                                      # +8613800000001
+    lambda n: f"{n[3:6]} {n[6:10]} {n[10:]}",                         # 138 0000 0001
+    lambda n: f"+86 {n[3:6]}-{n[6:10]}-{n[10:]}",                     # +86 138-0000-0001
+    lambda n: f"0086{n[3:]}",                                         # 008613800000001
+    lambda n: f"(+86){n[3:]}",
+]
+
+
+def exact_policy(store, **extra):
+    """Noise off and no threshold, so released values must equal the ground truth exactly."""
+    settings = {"noise": "none", "k": "0", "min_list_size": "10", "dummies": "off", **extra}
+    for key, value in settings.items():
+        store.set_policy(key, value)
+
+
+def ground_truth(members: dict[str, int], merchant: list[tuple[str, str]], segments=SEGMENTS) -> dict:
+    truth: dict[str, dict] = {}
+    for number, label in merchant:
+        cell = truth.setdefault(label, {"matched": 0, "segments": {s: 0 for s in segments}})
+        if number in members:
+            cell["matched"] += 1
+            for i, name in enumerate(segments):
+                cell["segments"][name] += (members[number] >> i) & 1
+    return truth
+
+
+@pytest.mark.parametrize("dummies", ["off", "on"])
+def test_report_equals_ground_truth_with_labels_and_messy_rows(operator, serve, tmp_path, dummies):
+    rng = random.Random(7)
+    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(400)}
+    operator.add_members(members)
+    exact_policy(operator.store, dummies=dummies)
+    token = operator.token("merchant", "shop")
+    # 150 customers on the platform, 90 not; two stores; each written in a random messy format.
+    customers = [(phone(i), rng.choice(["north", "south"])) for i in range(250, 400)]
+    customers += [(phone(10_000 + i), rng.choice(["north", "south"])) for i in range(90)]
+    lines = ["phone,store"] + [f"\"{rng.choice(MESSY)(n)}\",{label}" for n, label in customers]
+    lines += ["not a phone,north", ",south", "12345,north"]            # invalid rows
+    lines += [f"{customers[0][0][3:]},{customers[0][1]}"]               # a duplicate in another format
+    csv_path = tmp_path / "customers.csv"
+    csv_path.write_text("\n".join(lines) + "\n")
+
+    served = serve()
+    report = api.match(served.address, token, str(csv_path), id_column="phone", id_type="phone",
+                       label_column="store")
+
+    truth = ground_truth(members, customers)
+    assert report["labels"] == truth
+    assert report["list_size"] == len(customers)
+    assert report["duplicates"] == 1
+    assert report["invalid"] == {"invalid_phone": 2, "empty": 1}
+    assert report["leaf_index"] >= 0 and report["checkpoint"].startswith("matcher.test\n")
+
+
+def test_without_label_column_the_one_label_is_all(operator, serve):
+    rng = random.Random(3)
+    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(60)}
+    operator.add_members(members)
+    exact_policy(operator.store)
+    token = operator.token("merchant", "shop")
+    rows = [(phone(i), None) for i in range(30, 90)]
+    report = api.match(serve().address, token, rows=rows, id_type="phone")
+    assert list(report["labels"]) == ["all"]
+    assert report["labels"]["all"] == ground_truth(members, [(n, "all") for n, _ in rows])["all"]
+
+
+def test_empty_and_full_intersection(operator, serve):
+    members = {phone(i): 0b10101 for i in range(50)}
+    operator.add_members(members)
+    exact_policy(operator.store)
+    token = operator.token("merchant", "shop")
+    served = serve()
+    none = api.match(served.address, token, rows=[(phone(1000 + i), None) for i in range(20)], id_type="phone")
+    assert none["labels"]["all"]["matched"] == 0
+    assert set(none["labels"]["all"]["segments"].values()) == {0}
+    full = api.match(served.address, token, rows=[(n, None) for n in members], id_type="phone")
+    assert full["labels"]["all"]["matched"] == 50
+    assert full["labels"]["all"]["segments"] == {"member": 50, "paid_with_platform": 0, "visited_shop_page": 50,
+                                                 "favourited_mini_program": 0, "holds_coupon": 50}
+
+
+def test_threshold_suppresses_small_cells_end_to_end(operator, serve):
+    members = {phone(i): (1 if i < 9 else 0) | (2 if i < 10 else 0) for i in range(40)}
+    operator.add_members(members)
+    exact_policy(operator.store, k="10")
+    token = operator.token("merchant", "shop")
+    report = api.match(serve().address, token, rows=[(n, None) for n in members], id_type="phone")
+    cells = report["labels"]["all"]
+    assert cells["matched"] == 40
+    assert cells["segments"]["member"] is None          # true count 9 = k - 1
+    assert cells["segments"]["paid_with_platform"] == 10  # true count 10 = k
+    assert cells["segments"]["holds_coupon"] is None      # 0
+
+
+def test_server_restart_keeps_audience_merchants_and_keys(operator, serve):
+    members = {phone(i): 1 for i in range(30)}
+    operator.add_members(members)
+    exact_policy(operator.store)
+    token = operator.token("merchant", "shop")
+    rows = [(n, None) for n in list(members)[:20]] + [(phone(500 + i), None) for i in range(5)]
+    first = serve()
+    before = api.match(first.address, token, rows=rows, id_type="phone")
+    first.server.stop(grace=1)
+    second = serve()
+    after = api.match(second.address, token, rows=rows, id_type="phone")
+    assert before["labels"] == after["labels"] == {"all": {"matched": 20, "segments": {
+        "member": 20, "paid_with_platform": 0, "visited_shop_page": 0, "favourited_mini_program": 0,
+        "holds_coupon": 0}}}
+    assert after["leaf_index"] > before["leaf_index"]

@@ -1,0 +1,191 @@
+"""Bad clients and bad files: each gets a clear error, and nothing stored changes."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from matcher.crypto import group
+from matcher.errors import AuthenticationError, InputError, NotFound
+from matcher.protocol.messages import MAX_CHUNK_ELEMENTS
+from matcher.v1 import match_pb2, match_pb2_grpc
+from matcher_client import api
+from tests.conftest import phone
+from tests.test_e2e import exact_policy
+
+
+@pytest.fixture
+def ready(operator, serve):
+    operator.add_members({phone(i): 1 for i in range(40)})
+    exact_policy(operator.store)
+    token = operator.token("merchant", "shop")
+    served = serve()
+    return operator, served.address, token
+
+
+def snapshot(store) -> dict:
+    """Everything a bad call must leave untouched (the audit log may grow by a 'failed' entry)."""
+    db = store.db
+    return {
+        "audience": db.execute("SELECT count(*), total(segments) FROM audience").fetchone(),
+        "principals": db.execute("SELECT count(*) FROM principals").fetchone(),
+        "committed": db.execute("SELECT count(*) FROM budget WHERE state IN ('reserved', 'committed')").fetchone(),
+        "released": db.execute("SELECT count(*) FROM jobs WHERE state = 'released'").fetchone(),
+    }
+
+
+def raw_match(address: str, token: str | None, requests: list) -> list:
+    with grpc.insecure_channel(address) as chan:
+        stub = match_pb2_grpc.MatchServiceStub(chan)
+        metadata = [("authorization", f"Bearer {token}")] if token is not None else None
+        return list(stub.Match(iter(requests), metadata=metadata, timeout=30))
+
+
+def start_request(size: int, base: bytes | None = None) -> match_pb2.MatchRequest:
+    return match_pb2.MatchRequest(start=match_pb2.JobStart(
+        protocol_version=1, id_kind="phone", labels=["all"], label_sizes=[size],
+        merchant_base=base or group.base_mult(group.random_scalar())))
+
+
+def valid_points(n: int) -> bytes:
+    return group.blind(group.random_scalar(), group.hash_to_curve_batch([phone(i).encode() for i in range(n)],
+                                                                        group.dst_for("phone")))
+
+
+@pytest.mark.parametrize("token", [None, "mt_wrong", ""])
+def test_missing_or_wrong_token_is_unauthenticated_without_detail(ready, token):
+    operator, address, _ = ready
+    before = snapshot(operator.store)
+    with pytest.raises(grpc.RpcError) as err:
+        raw_match(address, token, [start_request(20)])
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert err.value.details() == "authentication required"
+    assert snapshot(operator.store) == before
+
+
+def test_client_api_maps_wrong_token(ready):
+    _, address, _ = ready
+    with pytest.raises(AuthenticationError):
+        api.match(address, "mt_nope", rows=[(phone(i), None) for i in range(20)], id_type="phone")
+
+
+def test_auditor_token_cannot_run_jobs(ready):
+    operator, address, _ = ready
+    auditor = operator.token("auditor", "acme-audit")
+    with pytest.raises(grpc.RpcError) as err:
+        raw_match(address, auditor, [start_request(20)])
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_truncated_stream_fails_the_job_and_refunds(ready):
+    operator, address, token = ready
+    operator.store.set_policy("noise", "discrete_laplace")  # so the job reserves ε
+    before = snapshot(operator.store)
+    with pytest.raises(grpc.RpcError) as err:
+        raw_match(address, token, [start_request(20),
+                                   match_pb2.MatchRequest(blinded=match_pb2.BlindedChunk(points=valid_points(10),
+                                                                                         labels=bytes(10)))])
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "stream ended" in err.value.details()
+    assert snapshot(operator.store) == before
+    assert operator.store.db.execute("SELECT state FROM budget").fetchall() == [("refunded",)]
+
+
+def test_chunk_over_the_limit_is_refused(ready):
+    operator, address, token = ready
+    before = snapshot(operator.store)
+    n = MAX_CHUNK_ELEMENTS + 1
+    with pytest.raises(grpc.RpcError) as err:
+        raw_match(address, token, [start_request(n),
+                                   match_pb2.MatchRequest(blinded=match_pb2.BlindedChunk(points=bytes(32) * n,
+                                                                                         labels=bytes(n)))])
+    assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert snapshot(operator.store) == before
+
+
+@pytest.mark.parametrize("garbage", [bytes(32), b"\x01" + bytes(31), b"\xff" * 32, b"\x05" * 31])
+def test_garbage_points_are_refused(ready, garbage):
+    operator, address, token = ready
+    before = snapshot(operator.store)
+    points = valid_points(19)
+    with pytest.raises(grpc.RpcError) as err:
+        raw_match(address, token, [start_request(20),
+                                   match_pb2.MatchRequest(blinded=match_pb2.BlindedChunk(points=points + garbage,
+                                                                                         labels=bytes(20)))])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert snapshot(operator.store) == before
+
+
+def test_garbage_merchant_base_is_refused(ready):
+    operator, address, token = ready
+    with pytest.raises(grpc.RpcError) as err:
+        raw_match(address, token, [start_request(20, base=bytes(32))])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_label_index_out_of_range_is_refused(ready):
+    _, address, token = ready
+    with pytest.raises(grpc.RpcError) as err:
+        raw_match(address, token, [start_request(20),
+                                   match_pb2.MatchRequest(blinded=match_pb2.BlindedChunk(points=valid_points(20),
+                                                                                         labels=b"\x03" * 20))])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_another_merchants_job_id_looks_unknown(ready):
+    operator, address, token = ready
+    report = api.match(address, token, rows=[(phone(i), None) for i in range(20)], id_type="phone")
+    other = operator.token("merchant", "rival")
+    with grpc.insecure_channel(address) as chan:
+        stub = match_pb2_grpc.MatchServiceStub(chan)
+        own = stub.GetJob(match_pb2.GetJobRequest(job_id=report["job_id"]),
+                          metadata=[("authorization", f"Bearer {token}")])
+        assert own.state == "released"
+        for job_id in (report["job_id"], "no-such-job"):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.GetJob(match_pb2.GetJobRequest(job_id=job_id), metadata=[("authorization", f"Bearer {other}")])
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert err.value.details() == f"no job '{job_id}'"
+
+
+def test_list_below_min_size_is_refused_before_crypto(ready):
+    operator, address, token = ready
+    operator.store.set_policy("min_list_size", "100")
+    before = snapshot(operator.store)
+    with pytest.raises(grpc.RpcError) as err:
+        raw_match(address, token, [start_request(99)])
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "100" in err.value.details()
+    assert snapshot(operator.store) == before
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"mobile,store\n13800000001,a\n", "no column 'phone'"),
+    ("phone\n13800000001\n\xb5\xe7\xbb\xb0\n".encode("latin-1"), "not UTF-8"),
+])
+def test_bad_files_get_a_clear_error(ready, tmp_path, content, message):
+    operator, address, token = ready
+    before = snapshot(operator.store)
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        api.match(address, token, str(path), id_column="phone", id_type="phone")
+    assert snapshot(operator.store) == before
+
+
+def test_file_with_only_invalid_rows_is_refused_locally(ready, tmp_path):
+    _, address, token = ready
+    path = tmp_path / "junk.csv"
+    path.write_text("phone\nabc\n\n123\n")
+    with pytest.raises(InputError, match="empty"):
+        api.match(address, token, str(path), id_column="phone", id_type="phone")
+
+
+def test_unknown_job_is_not_found_in_client_errors(ready):
+    _, address, token = ready
+    with grpc.insecure_channel(address) as chan, pytest.raises(grpc.RpcError) as err:
+        match_pb2_grpc.MatchServiceStub(chan).GetJob(match_pb2.GetJobRequest(job_id="x"),
+                                                     metadata=[("authorization", f"Bearer {token}")])
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert NotFound.grpc_code == "NOT_FOUND"
