@@ -37,6 +37,7 @@ class Report:
     report_json: str
     checkpoint: str
     leaf_index: int
+    log_entry: bytes
 
 
 class JobRunner:
@@ -120,12 +121,12 @@ class MatchJob:
         }
         report_json = canonical_json(report).decode()
         digest = hashlib.sha256(report_json.encode()).hexdigest()
-        leaf_index, checkpoint = runner.audit_log.append([_entry(
-            "released", self.job_id, self.merchant, self.policy, self.start, runner.store.now(), epsilon=self.epsilon,
-            report_digest=digest, released=released)])
+        entry = _entry("released", self.job_id, self.merchant, self.policy, self.start, runner.store.now(),
+                       epsilon=self.epsilon, report_digest=digest, released=released)
+        leaf_index, checkpoint = runner.audit_log.append([entry])
         runner.store.finish_job(self.job_id, released=True, report_json=report_json, leaf_index=leaf_index)
         self._ended.set()
-        return Report(self.job_id, report_json, checkpoint, leaf_index)
+        return Report(self.job_id, report_json, checkpoint, leaf_index, canonical_json(entry))
 
     def abort(self, reason: str) -> None:
         """Idempotent, and a no-op after a release: safe to call from any cleanup path."""

@@ -93,7 +93,7 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
             report = job.finish(LabelSums(sums=tuple(sums.sums)))
             yield match_pb2.MatchResponse(report=match_pb2.Report(
                 job_id=report.job_id, report_json=report.report_json, checkpoint=report.checkpoint,
-                leaf_index=report.leaf_index))
+                leaf_index=report.leaf_index, log_entry=report.log_entry))
         except MatcherError as err:
             if job is not None:
                 job.abort(str(err))

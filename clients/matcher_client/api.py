@@ -100,7 +100,9 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
         "leaf_index": report.leaf_index,
         "segments": list(session.segments),
         "policy_digest": released.get("policy_digest"),
+        # What `matcher-audit prove` needs to show this report is in the log.
         "report_json": report.report_json,
+        "log_entry": report.log_entry.decode(),
     }
 
 

@@ -72,7 +72,6 @@ def match(server: str, token: str, file: str, id_column: str, id_type: str, labe
             progress.update(tasks[phase], completed=done, total=total)
 
         report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout)
-    report.pop("report_json", None)
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     Console().print(report_table(report))

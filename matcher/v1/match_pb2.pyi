@@ -93,16 +93,18 @@ class LabelSums(_message.Message):
     def __init__(self, sums: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Report(_message.Message):
-    __slots__ = ("job_id", "report_json", "checkpoint", "leaf_index")
+    __slots__ = ("job_id", "report_json", "checkpoint", "leaf_index", "log_entry")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     REPORT_JSON_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     LEAF_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LOG_ENTRY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     report_json: str
     checkpoint: str
     leaf_index: int
-    def __init__(self, job_id: _Optional[str] = ..., report_json: _Optional[str] = ..., checkpoint: _Optional[str] = ..., leaf_index: _Optional[int] = ...) -> None: ...
+    log_entry: bytes
+    def __init__(self, job_id: _Optional[str] = ..., report_json: _Optional[str] = ..., checkpoint: _Optional[str] = ..., leaf_index: _Optional[int] = ..., log_entry: _Optional[bytes] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
