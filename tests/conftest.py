@@ -88,7 +88,7 @@ def serve(operator):
     started = []
 
     def start(**overrides) -> Served:
-        config = ServerConfig(db=operator.db, listen="127.0.0.1:0", parallel=False, **overrides)
+        config = ServerConfig(**{"db": operator.db, "listen": "127.0.0.1:0", "parallel": False, **overrides})
         server, port = build_server(config)
         server.start()
         started.append(server)

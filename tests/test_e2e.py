@@ -119,3 +119,15 @@ def test_server_restart_keeps_audience_merchants_and_keys(operator, serve):
         "member": 20, "paid_with_platform": 0, "visited_shop_page": 0, "favourited_mini_program": 0,
         "holds_coupon": 0}}}
     assert after["leaf_index"] > before["leaf_index"]
+
+
+def test_process_pool_gives_the_same_counts(operator, serve):
+    """The server's crypto on a process pool (as `matcher serve` runs it) against the same ground truth."""
+    rng = random.Random(11)
+    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(6_000)}
+    operator.add_members(members)
+    exact_policy(operator.store)
+    token = operator.token("merchant", "shop")
+    customers = [(phone(i), rng.choice("ab")) for i in range(3_000, 9_000)]
+    report = api.match(serve(parallel=True).address, token, rows=customers, id_type="phone")
+    assert report["labels"] == ground_truth(members, customers)

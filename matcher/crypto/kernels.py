@@ -1,8 +1,8 @@
 """Where the batch crypto runs: this process, a pool of local processes, or (later) a cluster.
 
-The protocol engines call a :class:`Kernels` object for their two hot loops — hashing IDs to the
-group and X25519 blinding — so the same engine code runs single-threaded in tests and on every
-core in production. The kernels are pure functions of their arguments, which is what makes them
+The protocol engines call a :class:`Kernels` object for their hot loops — hashing IDs to the
+group, X25519 blinding and the platform's Paillier encryption — so the same engine code runs
+single-threaded in tests and on every core in production. The kernels are pure functions of their arguments, which is what makes them
 safe to farm out: no key, scalar or ID leaves the machine's own processes.
 """
 
@@ -10,19 +10,70 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from concurrent.futures import Executor, ProcessPoolExecutor
-from typing import Sequence
+import secrets
+from collections import OrderedDict
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 from matcher.crypto import group
+from matcher.crypto.paillier import PlatformEncryptor, PrivateKey
 
 # Below this many elements a piece is not worth a trip to another process.
 _MIN_PIECE = 2_048
+
+
+@dataclass
+class EncryptionContext:
+    """One job's encryption: the key, the job's randomness, and a nonce naming the job's encryptors.
+
+    Each process builds its own :class:`PlatformEncryptor` (own secret base h) per context, so no
+    fixed-base table is shared across jobs or shipped between processes.
+    """
+
+    key: PrivateKey
+    rng: Callable[[int], bytes] = os.urandom
+    nonce: bytes = field(default_factory=lambda: secrets.token_bytes(16))
+    _local: PlatformEncryptor | None = field(default=None, repr=False)
+
+    def local_encryptor(self) -> PlatformEncryptor:
+        if self._local is None:
+            self._local = PlatformEncryptor(self.key, rng=self.rng)
+        return self._local
+
+
+def _serialize(encryptor: PlatformEncryptor, plaintexts: Sequence[int]) -> bytes:
+    size = encryptor.public_key.ciphertext_size
+    return b"".join(c.to_bytes(size, "big") for c in encryptor.encrypt_batch(plaintexts))
+
+
+_worker_encryptors: OrderedDict[bytes, PlatformEncryptor] = OrderedDict()
+
+
+def _encrypt_in_worker(key_bytes: bytes, nonce: bytes, plaintexts: Sequence[int]) -> bytes:
+    encryptor = _worker_encryptors.get(nonce)
+    if encryptor is None:
+        encryptor = PlatformEncryptor(PrivateKey.from_bytes(key_bytes))
+        _worker_encryptors[nonce] = encryptor
+        while len(_worker_encryptors) > 4:  # a few concurrent jobs; tables are ~6 MB each
+            _worker_encryptors.popitem(last=False)
+    return _serialize(encryptor, plaintexts)
+
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 class Kernels:
     """Runs batch kernels in this process."""
 
     workers = 1
+
+    def submit_encrypt(self, context: EncryptionContext, plaintexts: Sequence[int]) -> Future:
+        """Fresh encryptions of ``plaintexts``, serialized (fixed-size big-endian), as a future of bytes."""
+        return _done(_serialize(context.local_encryptor(), plaintexts))
 
     def hash_to_curve(self, msgs: Sequence[bytes], dst: bytes) -> bytes:
         return group.hash_to_curve_batch(msgs, dst)
@@ -49,8 +100,10 @@ class PoolKernels(Kernels):
         self._executor = executor or ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
 
-    def _pieces(self, n: int) -> list[tuple[int, int]]:
-        count = max(1, min(self.workers * 2, n // _MIN_PIECE))
+    def _pieces(self, n: int, minimum: int = _MIN_PIECE) -> list[tuple[int, int]]:
+        if n == 0:
+            return [(0, 0)]
+        count = max(1, min(self.workers * 2, n // minimum))
         step = -(-n // count)
         return [(i, min(n, i + step)) for i in range(0, n, step)]
 
@@ -67,6 +120,25 @@ class PoolKernels(Kernels):
         size = group.ELEMENT_SIZE
         pieces = [bytes(points[a * size:b * size]) for a, b in self._pieces(n)]
         return b"".join(self._executor.map(group.blind, [scalar] * len(pieces), pieces))
+
+    def submit_encrypt(self, context: EncryptionContext, plaintexts: Sequence[int]) -> Future:
+        key_bytes = context.key.to_bytes()
+        pieces = [list(plaintexts[a:b]) for a, b in self._pieces(len(plaintexts), minimum=256)]
+        futures = [self._executor.submit(_encrypt_in_worker, key_bytes, context.nonce, piece) for piece in pieces]
+        joined: Future = Future()
+        remaining = [len(futures)]
+
+        def collect(_):
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                try:
+                    joined.set_result(b"".join(f.result() for f in futures))
+                except BaseException as err:  # surfaced to whoever waits on the join
+                    joined.set_exception(err)
+
+        for f in futures:
+            f.add_done_callback(collect)
+        return joined
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

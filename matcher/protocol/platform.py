@@ -23,14 +23,16 @@ from __future__ import annotations
 import enum
 import json
 import os
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from matcher.crypto import group, paillier
-from matcher.crypto.kernels import Kernels
-from matcher.errors import InputError, InvalidCiphertext, ProtocolError
+from matcher.crypto.kernels import EncryptionContext, Kernels
+from matcher.errors import CryptoError, InputError, InvalidCiphertext, ProtocolError
 from matcher.protocol._points import as_point_array
 from matcher.protocol.messages import (
     AUDIENCE_CHUNK_ROWS,
@@ -161,32 +163,41 @@ class PlatformSession:
             hi = lo + self._max_chunk
             yield BlindedChunk(points=points[lo:hi].tobytes(), labels=labels[lo:hi].tobytes())
 
-    def audience(self) -> Iterator[AudienceChunk]:
-        """b·H(y) with Enc(payload(y)) for every member, r·G with Enc(0) per dummy, in a fresh order."""
+    def audience(self, lookahead: int = 4) -> Iterator[AudienceChunk]:
+        """b·H(y) with Enc(payload(y)) for every member, r·G with Enc(0) per dummy, in a fresh order.
+
+        Encryption of the next ``lookahead`` chunks runs (on the kernels' workers) while the
+        current chunk is on the wire.
+        """
         self._expect(_State.STREAMING)
         n = len(self._audience)
         dummy_points = _rows(b"".join(group.base_mult(r) for rs in self._dummy_scalars for r in rs))
         order = self._shuffler.permutation(n + len(dummy_points)).astype(np.int64)
         order[order >= n] = -1 - (order[order >= n] - n)  # dummies are -1, -2, ...
         self.stream_order = order
-        encryptor = paillier.PlatformEncryptor(self._key, rng=self._rng)
-        size = self._key.public_key.ciphertext_size
+        encryption = EncryptionContext(self._key, rng=self._rng)
+        pending: deque[tuple[bytes, Future]] = deque()
         for lo in range(0, len(order), self._audience_chunk_rows):
             rows = order[lo:lo + self._audience_chunk_rows]
             real = rows >= 0
+            plaintexts = [0] * len(rows)
+            packed = self.layout.pack_many(self._audience.segment_bits[rows[real]].tolist())
+            for at, value in zip(np.nonzero(real)[0].tolist(), packed):
+                plaintexts[at] = value
+            future = self._kernels.submit_encrypt(encryption, plaintexts)
             points = np.empty((len(rows), group.ELEMENT_SIZE), dtype=np.uint8)
             if real.any():
                 hashed = np.ascontiguousarray(self._audience.points[rows[real]]).tobytes()
                 points[real] = _rows(self._kernels.blind(self._scalar, hashed))
             if not real.all():
                 points[~real] = dummy_points[-1 - rows[~real]]
-            plaintexts = [0] * len(rows)
-            packed = self.layout.pack_many(self._audience.segment_bits[rows[real]].tolist())
-            for at, value in zip(np.nonzero(real)[0].tolist(), packed):
-                plaintexts[at] = value
-            ciphertexts = encryptor.encrypt_batch(plaintexts)
-            yield AudienceChunk(points=points.tobytes(),
-                                ciphertexts=b"".join(int(c).to_bytes(size, "big") for c in ciphertexts))
+            pending.append((points.tobytes(), future))
+            if len(pending) > lookahead:
+                ready_points, ready = pending.popleft()
+                yield AudienceChunk(points=ready_points, ciphertexts=ready.result())
+        while pending:
+            ready_points, ready = pending.popleft()
+            yield AudienceChunk(points=ready_points, ciphertexts=ready.result())
         self._state = _State.AWAITING_SUMS
 
     @property
@@ -201,7 +212,10 @@ class PlatformSession:
         public = self._key.public_key
         result: dict[str, LabelAggregate] = {}
         for label, size, data in zip(self._start.labels, self._start.label_sizes, sums.sums):
-            unpacked = self.layout.unpack(self._key.decrypt(public.from_bytes(data)))
+            try:
+                unpacked = self.layout.unpack(self._key.decrypt(public.from_bytes(data)))
+            except CryptoError as overflow:
+                raise InvalidCiphertext(f"label '{label}': the sum is not a sum of this job's rows ({overflow})") from None
             if unpacked.count > size:
                 raise InvalidCiphertext(f"label '{label}' claims {unpacked.count} matches from {size} list elements")
             result[label] = LabelAggregate(

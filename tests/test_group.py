@@ -1,0 +1,351 @@
+"""Tests of matcher.crypto.group: RFC 9380 / RFC 7748 vectors, an independent slow reference of the
+hash and of the X25519 ladder, backend equality, commutativity and the rejection rules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from matcher.crypto import _h2c, group
+from matcher.errors import CryptoError, InputError, InvalidPoint
+
+VECTORS = Path(__file__).parent / "vectors"
+P = 2**255 - 19
+A = 486662
+ORDER = 2**252 + 27742317777372353535851937790883648493
+BACKENDS = group.available_backends()
+
+
+def _load(name):
+    return json.loads((VECTORS / name).read_text())
+
+
+def _le(value: int) -> bytes:
+    return value.to_bytes(32, "little")
+
+
+def _u(data: bytes) -> int:
+    return int.from_bytes(data, "little")
+
+
+# ---- independent slow reference: RFC 9380 sections 5.3.1, 6.7.1, I.2 and textbook affine formulas
+
+
+def _ref_expand(msg: bytes, dst: bytes, length: int) -> bytes:
+    dst_prime = dst + bytes([len(dst)])
+    b0 = hashlib.sha512(bytes(128) + msg + length.to_bytes(2, "big") + b"\0" + dst_prime).digest()
+    blocks = [hashlib.sha512(b0 + b"\x01" + dst_prime).digest()]
+    while len(blocks) * 64 < length:
+        mixed = bytes(x ^ y for x, y in zip(b0, blocks[-1]))
+        blocks.append(hashlib.sha512(mixed + bytes([len(blocks) + 1]) + dst_prime).digest())
+    return b"".join(blocks)[:length]
+
+
+def _is_square(x: int) -> bool:
+    return pow(x, (P - 1) // 2, P) in (0, 1)
+
+
+def _sqrt(x: int) -> int:   # RFC 9380 I.2, q = 5 (mod 8)
+    root = pow(x, (P + 3) // 8, P)
+    return root if root * root % P == x % P else root * pow(2, (P - 1) // 4, P) % P
+
+
+def _g(x: int) -> int:
+    return (x**3 + A * x * x + x) % P
+
+
+def _ref_map(u: int) -> tuple[int, int]:   # RFC 9380 6.7.1 with Z = 2, K = 1, J = A
+    x1 = -A * pow(1 + 2 * u * u, -1, P) % P
+    x2 = (-x1 - A) % P
+    if _is_square(_g(x1)):
+        x, y, sign = x1, _sqrt(_g(x1)), 1
+    else:
+        x, y, sign = x2, _sqrt(_g(x2)), 0
+    return x, (y if y % 2 == sign else -y % P)
+
+
+def _ref_add(p1, p2):   # affine Montgomery addition; None is the identity
+    if p1 is None or p2 is None:
+        return p2 if p1 is None else p1
+    (x1, y1), (x2, y2) = p1, p2
+    if x1 == x2 and (y1 + y2) % P == 0:
+        return None
+    if x1 == x2:
+        lam = (3 * x1 * x1 + 2 * A * x1 + 1) * pow(2 * y1, -1, P) % P
+    else:
+        lam = (y2 - y1) * pow(x2 - x1, -1, P) % P
+    x3 = (lam * lam - A - x1 - x2) % P
+    return x3, (lam * (x1 - x3) - y1) % P
+
+
+def _ref_clear(point):
+    for _ in range(3):
+        point = _ref_add(point, point)
+    return point
+
+
+def _ref_hash(msg: bytes, dst: bytes):
+    uniform = _ref_expand(msg, dst, 96)
+    u0, u1 = (int.from_bytes(uniform[i:i + 48], "big") % P for i in (0, 48))
+    point = _ref_clear(_ref_add(_ref_map(u0), _ref_map(u1)))
+    return None if point is None else point[0]
+
+
+def _ref_ladder(k: int, u: int) -> int:   # RFC 7748 section 5 Montgomery ladder, no clamping
+    x2, z2, x3, z3, swap = 1, 0, u, 1, 0
+    for t in reversed(range(max(k.bit_length(), 1))):
+        bit = (k >> t) & 1
+        if swap ^ bit:
+            x2, x3, z2, z3 = x3, x2, z3, z2
+        swap = bit
+        a, b, c, d = x2 + z2, x2 - z2, x3 + z3, x3 - z3
+        aa, bb, da, cb = a * a, b * b, d * a, c * b
+        e = aa - bb
+        x3, z3 = (da + cb) ** 2 % P, u * (da - cb) ** 2 % P
+        x2, z2 = aa * bb % P, e * (aa + 121665 * e) % P
+    if swap:
+        x2, z2 = x3, z3
+    return x2 * pow(z2, P - 2, P) % P
+
+
+def _ref_x25519(scalar: bytes, u: bytes) -> bytes:
+    k = _u(scalar) & ~7 & ((1 << 255) - 1) | (1 << 254)
+    return _le(_ref_ladder(k, (_u(u) & ((1 << 255) - 1)) % P))
+
+
+# ---- RFC 9380
+
+
+def test_expand_message_xmd_sha512_vectors():
+    data = _load("rfc9380_expand_xmd_sha512.json")
+    assert len(data["vectors"]) == 10
+    for v in data["vectors"]:
+        got = _h2c.expand_message_xmd(v["msg"].encode(), data["dst"].encode(), v["len_in_bytes"])
+        assert got.hex() == v["uniform_bytes"]
+
+
+def test_expand_message_xmd_oversize_dst_is_hashed():
+    long_dst = b"x" * 300
+    short = hashlib.sha512(b"H2C-OVERSIZE-DST-" + long_dst).digest()
+    assert _h2c.expand_message_xmd(b"abc", long_dst, 96) == _ref_expand(b"abc", short, 96)
+
+
+def test_hash_to_curve_rfc9380_vectors():
+    data = _load("rfc9380_curve25519_ro.json")
+    assert data["suite"] == group.SUITE
+    dst = data["dst"].encode()
+    msgs = [v["msg"].encode() for v in data["vectors"]]
+    fields = _h2c.hash_to_field_batch(msgs, dst)
+    xs, ys = _h2c._elligator2_affine(fields)
+    batch = group.hash_to_curve_batch(msgs, dst)
+    for i, v in enumerate(data["vectors"]):
+        assert (fields[2 * i], fields[2 * i + 1]) == (int(v["u0"], 16), int(v["u1"], 16))
+        assert (xs[2 * i], ys[2 * i]) == (int(v["Q0.x"], 16), int(v["Q0.y"], 16))
+        assert (xs[2 * i + 1], ys[2 * i + 1]) == (int(v["Q1.x"], 16), int(v["Q1.y"], 16))
+        assert _u(group.hash_to_curve(msgs[i], dst)) == int(v["P.x"], 16)
+        assert _u(batch[32 * i:32 * i + 32]) == int(v["P.x"], 16)
+        assert _ref_hash(msgs[i], dst) == int(v["P.x"], 16)
+
+
+def test_batch_equals_single_and_reference():
+    rnd = random.Random(7)
+    msgs = [rnd.randbytes(rnd.randrange(0, 40)) for _ in range(150)] + [b"", b"+8613800138000"]
+    dst = group.dst_for("phone")
+    batch = group.hash_to_curve_batch(msgs, dst)
+    assert len(batch) == 32 * len(msgs)
+    for i, msg in enumerate(msgs):
+        one = group.hash_to_curve(msg, dst)
+        assert batch[32 * i:32 * i + 32] == one
+        assert _u(one) == _ref_hash(msg, dst)
+
+
+def test_hash_lands_in_prime_order_subgroup():
+    for msg in (b"a", b"b", b"c"):
+        u = _u(group.hash_to_curve(msg, group.dst_for("email")))
+        assert 0 < u < P
+        assert _ref_ladder(ORDER, u) == 0   # ORDER * point is the identity
+        assert _ref_ladder(ORDER + 1, u) == u
+
+
+def test_dst_separates_kinds():
+    assert group.dst_for("phone") == b"matcher-v1-phone"
+    assert group.hash_to_curve(b"x", group.dst_for("phone")) != group.hash_to_curve(b"x", group.dst_for("email"))
+    with pytest.raises(InputError):
+        group.dst_for("sha256")
+    with pytest.raises(InputError):
+        group.hash_to_curve(b"x", b"")
+
+
+# ---- degenerate sums, reached through chosen field elements
+
+
+def test_equal_points_take_the_tangent():
+    u = 12345678901234567890
+    out, identities = _h2c.field_pairs_to_u([u, u, P - u, u])
+    expected = _ref_clear(_ref_add(_ref_map(u), _ref_map(u)))[0]
+    assert identities == []
+    assert _u(out[:32]) == expected and _u(out[32:]) == expected   # map(u) == map(-u)
+
+
+def test_two_torsion_inputs():
+    # u = 0 maps to the 2-torsion point (0, 0): twice it is the identity, plus Q it is a new point.
+    assert _ref_map(0) == (0, 0)
+    other = 987654321
+    out, identities = _h2c.field_pairs_to_u([0, 0, 0, other])
+    assert identities == [0]
+    assert out[:32] == bytes(32)
+    assert _u(out[32:]) == _ref_clear(_ref_add((0, 0), _ref_map(other)))[0]
+
+
+def _opposite_pair() -> tuple[int, int]:
+    """u0, u1 with map(u1) == -map(u0): x1(u0) = x, and u1 sends x2 onto the same x."""
+    for u0 in range(1, 200):
+        x, y = _ref_map(u0)
+        if y % 2 == 0:   # need the x1 branch for u0
+            continue
+        w = -x * pow(2 * (A + x), -1, P) % P
+        if w and _is_square(w):
+            u1 = _sqrt(w)
+            assert _ref_map(u1) == (x, -y % P)
+            return u0, u1
+    raise AssertionError("no opposite pair found")
+
+
+def test_opposite_points_sum_to_identity(monkeypatch):
+    u0, u1 = _opposite_pair()
+    out, identities = _h2c.field_pairs_to_u([5, 6, u0, u1])
+    assert identities == [1]
+    assert out[32:] == bytes(32)
+    assert _u(out[:32]) == _ref_clear(_ref_add(_ref_map(5), _ref_map(6)))[0]
+    monkeypatch.setattr(_h2c, "hash_to_field_batch", lambda msgs, dst: [5, 6, u0, u1])
+    with pytest.raises(InvalidPoint, match="element 1"):
+        group.hash_to_curve_batch([b"m0", b"m1"], b"dst")
+
+
+# ---- RFC 7748
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_x25519_rfc7748_vectors(backend):
+    data = _load("rfc7748_x25519.json")
+    for v in data["x25519"]:
+        scalar, u = bytes.fromhex(v["scalar"]), bytearray.fromhex(v["u"])
+        if u[31] & 0x80:
+            with pytest.raises(InvalidPoint, match="top bit"):
+                group.blind(scalar, bytes(u), backend=backend)
+            u[31] &= 0x7F   # RFC 7748 masks that bit, so the masked u must give the same output
+        assert group.blind(scalar, u, backend=backend).hex() == v["output"]
+        assert _ref_x25519(scalar, bytes(u)).hex() == v["output"]
+
+    dh = data["diffie_hellman"]
+    alice, bob = bytes.fromhex(dh["alice_private"]), bytes.fromhex(dh["bob_private"])
+    assert group.base_mult(alice, backend=backend).hex() == dh["alice_public"]
+    assert group.base_mult(bob, backend=backend).hex() == dh["bob_public"]
+    assert group.blind(alice, bytes.fromhex(dh["bob_public"]), backend=backend).hex() == dh["shared"]
+    assert group.blind(bob, bytes.fromhex(dh["alice_public"]), backend=backend).hex() == dh["shared"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_x25519_rfc7748_iterated(backend):
+    iterated = _load("rfc7748_x25519.json")["iterated"]
+    k = u = bytes.fromhex(iterated["start"])
+    for i in range(1, 1001):
+        masked = u[:31] + bytes([u[31] & 0x7F])
+        k, u = group.blind(k, masked, backend=backend), k
+        if str(i) in iterated["after"]:
+            assert k.hex() == iterated["after"][str(i)]
+
+
+# ---- backends, commutativity, rejection
+
+
+def test_backends_are_reported():
+    assert "openssl" in BACKENDS
+    assert group.default_backend() == BACKENDS[0]
+    with pytest.raises(InputError):
+        group.blind(bytes(32), b"", backend="gpu")
+
+
+def test_mb8_equals_openssl_on_random_inputs():
+    if "mb8" not in BACKENDS:
+        pytest.skip("libcrypto_mb or AVX-512 IFMA unavailable")
+    rnd = random.Random(11)
+    scalar = rnd.randbytes(32)
+    raw = bytearray(rnd.randbytes(32 * 2003))
+    for i in range(31, len(raw), 32):
+        raw[i] &= 0x7F   # canonical apart from a 2^-250 chance; both sides would reject it anyway
+    points = bytes(raw)
+    expected = b"".join(_ref_x25519(scalar, points[i:i + 32]) for i in range(0, 96, 32))
+    mb8, openssl = group.blind(scalar, points, backend="mb8"), group.blind(scalar, points, backend="openssl")
+    assert mb8 == openssl
+    assert mb8[:96] == expected
+    poisoned = points[:32 * 1500] + bytes(32) + points[32 * 1501:]
+    for backend in ("mb8", "openssl"):
+        with pytest.raises(InvalidPoint, match="element 1500 is a small-order"):
+            group.blind(scalar, poisoned, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_blinding_commutes(backend):
+    rng = random.Random(3).randbytes
+    a, b = group.random_scalar(rng), group.random_scalar(rng)
+    hashed = group.hash_to_curve_batch([b"alice", b"bob", b"carol"], group.dst_for("email"))
+    ab = group.blind(a, group.blind(b, hashed, backend=backend), backend=backend)
+    ba = group.blind(b, group.blind(a, hashed, backend=backend), backend=backend)
+    assert ab == ba
+    assert ab != group.blind(a, hashed, backend=backend)
+    assert ab[:32] == _ref_x25519(a, _ref_x25519(b, hashed[:32]))
+
+
+@settings(max_examples=15, deadline=None)
+@given(msg=st.binary(max_size=64), a=st.binary(min_size=32, max_size=32), b=st.binary(min_size=32, max_size=32))
+def test_blinding_commutes_property(msg, a, b):
+    h = group.hash_to_curve(msg, group.dst_for("opaque"))
+    assert group.blind(a, group.blind(b, h)) == group.blind(b, group.blind(a, h))
+
+
+# Small-order u's (the libsodium blacklist): canonical ones blind to zero, the others are not canonical.
+_SMALL_ORDER = [
+    0, 1,
+    325606250916557431795983626356110631294008115727848805560023387167927233504,
+    39382357235489614581723060781553021112529911719440698176882885853963445705823,
+    P - 1,
+]
+_NON_CANONICAL = [P, P + 1, 2**255 - 1, 2 * P - 1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_small_order_inputs_are_rejected(backend):
+    scalar = bytes(range(32))
+    good = group.hash_to_curve(b"x", group.dst_for("phone"))
+    for u in _SMALL_ORDER:
+        assert _ref_x25519(scalar, _le(u)) == bytes(32)
+        with pytest.raises(InvalidPoint, match="element 1 is a small-order"):
+            group.blind(scalar, good + _le(u) + good, backend=backend)
+    for value in _NON_CANONICAL:
+        with pytest.raises(InvalidPoint, match="element 2 is not a canonical"):
+            group.blind(scalar, good + good + _le(value), backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lengths_are_checked(backend):
+    good = group.hash_to_curve(b"x", group.dst_for("phone"))
+    with pytest.raises(InvalidPoint, match="element 1 is truncated"):
+        group.blind(bytes(32), good + good[:31], backend=backend)
+    with pytest.raises(InvalidPoint, match="scalar has 31 bytes"):
+        group.blind(bytes(31), good, backend=backend)
+    assert group.blind(bytes(32), b"", backend=backend) == b""
+    assert group.blind(bytes(32), memoryview(good), backend=backend) == group.blind(bytes(32), good, backend="openssl")
+
+
+def test_random_scalar_uses_injected_rng():
+    assert group.random_scalar(lambda n: b"\x07" * n) == b"\x07" * 32
+    assert len(group.random_scalar()) == 32
+    with pytest.raises(CryptoError):
+        group.random_scalar(lambda n: b"short")
