@@ -75,7 +75,8 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
             accepted = job.accepted
             yield match_pb2.MatchResponse(accepted=match_pb2.JobAccepted(
                 job_id=accepted.job_id, paillier_n=accepted.paillier_n, segments=accepted.segments,
-                layout_json=accepted.layout_json, max_chunk_elements=accepted.max_chunk_elements))
+                layout_json=accepted.layout_json, max_chunk_elements=accepted.max_chunk_elements,
+                stream_elements=accepted.stream_elements))
             while (request := _next(requests, "blinded", "list_end")).HasField("blinded"):
                 job.receive_blinded(BlindedChunk(points=request.blinded.points, labels=request.blinded.labels))
             job.finish_list()

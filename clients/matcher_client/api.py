@@ -123,7 +123,8 @@ def _exchange(stub, token: str, session: MerchantSession, list_size: int, notify
             label_sizes=start.label_sizes, merchant_base=start.merchant_base)))
         first = _expect(responses, "accepted").accepted
         session.accept(JobAccepted(job_id=first.job_id, paillier_n=first.paillier_n, segments=tuple(first.segments),
-                                   layout_json=first.layout_json, max_chunk_elements=first.max_chunk_elements))
+                                   layout_json=first.layout_json, max_chunk_elements=first.max_chunk_elements,
+                                   stream_elements=first.stream_elements))
         sent = 0
         for chunk in session.blinded_chunks():
             outbox.put(match_pb2.MatchRequest(blinded=match_pb2.BlindedChunk(points=chunk.points, labels=chunk.labels)))
@@ -138,7 +139,7 @@ def _exchange(stub, token: str, session: MerchantSession, list_size: int, notify
             elif kind == "audience":
                 session.receive_audience(AudienceChunk(points=response.audience.points,
                                                        ciphertexts=response.audience.ciphertexts))
-                notify("matching", session.stream_elements, None)
+                notify("matching", session.stream_elements, first.stream_elements or None)
             elif kind == "audience_end":
                 if response.audience_end.elements != session.stream_elements:
                     raise ProtocolError(f"the server announced {response.audience_end.elements} audience elements "

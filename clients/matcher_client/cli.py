@@ -74,13 +74,21 @@ def match(server: str, token: str, file: str, id_column: str, id_type: str, labe
         report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout)
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    Console().print(report_table(report))
+    table = report_table(report)
+    Console(width=max(80, _table_width(report))).print(table)
     console.print(f"job {report['job_id']}: ε spent {report['epsilon_spent']:g}, ε left {report['epsilon_left']:g}; "
                   f"logged at leaf {report['leaf_index']}" + (f"; report written to {json_out}" if json_out else ""))
 
 
 def _reasons(invalid: dict[str, int]) -> str:
     return "(" + ", ".join(f"{k}: {v}" for k, v in sorted(invalid.items())) + ")" if invalid else ""
+
+
+def _table_width(report: dict) -> int:
+    """Wide enough that no label or segment name is cut (rich cuts to the terminal, 80 when piped)."""
+    segments = report.get("segments") or []
+    first = max([len("matched"), *map(len, segments)]) + 3
+    return first + sum(max(len(label), 9) + 3 for label in report["labels"]) + 1
 
 
 def report_table(report: dict) -> Table:

@@ -34,6 +34,7 @@ class JobAccepted:
     segments: tuple[str, ...]
     layout_json: str
     max_chunk_elements: int = MAX_CHUNK_ELEMENTS
+    stream_elements: int = 0
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,8 @@ class PlatformSession:
         return JobAccepted(job_id=self._job_id, paillier_n=int(n).to_bytes((int(n).bit_length() + 7) // 8, "big"),
                            segments=self._audience.segments,
                            layout_json=json.dumps(self.layout.to_dict(), sort_keys=True, separators=(",", ":")),
-                           max_chunk_elements=self._max_chunk)
+                           max_chunk_elements=self._max_chunk,
+                           stream_elements=len(self._audience) + sum(self._dummies))
 
     def receive_blinded(self, chunk: BlindedChunk) -> None:
         self._expect(_State.RECEIVING)

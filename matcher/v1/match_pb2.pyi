@@ -47,18 +47,20 @@ class JobStart(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., id_kind: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., label_sizes: _Optional[_Iterable[int]] = ..., merchant_base: _Optional[bytes] = ...) -> None: ...
 
 class JobAccepted(_message.Message):
-    __slots__ = ("job_id", "paillier_n", "segments", "layout_json", "max_chunk_elements")
+    __slots__ = ("job_id", "paillier_n", "segments", "layout_json", "max_chunk_elements", "stream_elements")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PAILLIER_N_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_JSON_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     paillier_n: bytes
     segments: _containers.RepeatedScalarFieldContainer[str]
     layout_json: str
     max_chunk_elements: int
-    def __init__(self, job_id: _Optional[str] = ..., paillier_n: _Optional[bytes] = ..., segments: _Optional[_Iterable[str]] = ..., layout_json: _Optional[str] = ..., max_chunk_elements: _Optional[int] = ...) -> None: ...
+    stream_elements: int
+    def __init__(self, job_id: _Optional[str] = ..., paillier_n: _Optional[bytes] = ..., segments: _Optional[_Iterable[str]] = ..., layout_json: _Optional[str] = ..., max_chunk_elements: _Optional[int] = ..., stream_elements: _Optional[int] = ...) -> None: ...
 
 class BlindedChunk(_message.Message):
     __slots__ = ("points", "labels")

@@ -1,0 +1,69 @@
+"""Per-core rates of the group primitives: hash_to_curve_batch and X25519 on each backend.
+
+``python -m bench.micro_group [seconds]`` prints JSON. Rates are elements per CPU-second of this
+process (``time.process_time``), so another job sharing the machine lowers them less than it
+would lower wall-clock rates; everything runs in one process and one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+
+from matcher.crypto import group
+
+HASH_CHUNK = 65536       # the pool's chunk size: the batch inversion is amortised over it
+BLIND_CHUNK = 65536
+
+
+def run(seconds: float = 1.0) -> dict:
+    """Measure for about ``seconds`` per primitive (at least one chunk each); rates in ops/s."""
+    dst = group.dst_for("phone")
+    msgs = [b"+8613%09d" % i for i in range(HASH_CHUNK)]
+    points = group.hash_to_curve_batch(msgs[:BLIND_CHUNK], dst)
+    scalar = group.random_scalar()
+
+    result: dict = {
+        "cpu": _cpu_model(),
+        "timer": "process_time",
+        "chunk": {"hash_to_curve_batch": HASH_CHUNK, "x25519": BLIND_CHUNK},
+        "hash_to_curve_batch_per_s": _rate(lambda: group.hash_to_curve_batch(msgs, dst), HASH_CHUNK, seconds),
+        "x25519_per_s": {},
+    }
+    for backend in group.available_backends():
+        result["x25519_per_s"][backend] = _rate(
+            lambda backend=backend: group.blind(scalar, points, backend=backend), BLIND_CHUNK, seconds)
+    return result
+
+
+def _rate(work, per_call: int, seconds: float) -> float:
+    done = 0
+    start = time.process_time()
+    while True:
+        work()
+        done += per_call
+        elapsed = time.process_time() - start
+        if elapsed >= seconds:
+            return round(done / elapsed, 1)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv: list[str]) -> None:
+    seconds = float(argv[0]) if argv else 1.0
+    print(json.dumps(run(seconds), indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
