@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ class ServerConfig:
     kernels: Kernels | None = None
     noise: NoiseSource | None = None
     rng: Callable[[int], bytes] = field(default=os.urandom)
+    clock: Callable[[], float] = field(default=time.time)
 
 
 class _AuthInterceptor(grpc.ServerInterceptor):
@@ -108,7 +110,7 @@ class MatcherServer:
 
 
 def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
-    store = Store(config.db)
+    store = Store(config.db, clock=config.clock)
     keys = keys_mod.load(keys_mod.key_path_for(config.db))
     recovered = store.fail_running_jobs("server restarted during the job")
     if recovered:

@@ -38,13 +38,25 @@ _HASH_OUT = 64               # SHA-512 output (b_in_bytes)
 _L = 48                      # ceil((ceil(log2(p)) + k) / 8) with k = 128
 _UNIFORM_LEN = 2 * _L        # hash_to_curve draws two field elements
 
-_SQRT_M1 = gmpy2.powmod(2, (P - 1) // 4, P)       # one square root of -1 (RFC's c3 up to sign)
-_E_SQRT = (P + 3) // 8                            # x^e is a square root of x up to a 4th root of 1
-_C2 = gmpy2.powmod(2, _E_SQRT, P)                 # RFC's c2 = 2^((p+3)/8)
-_C2_M1 = _C2 * _SQRT_M1 % P
+_SQRT_M1 = gmpy2.powmod(2, (P - 1) // 4, P)       # i, a square root of -1
+_E_ISR = (P - 5) // 8                             # w^e is 1/sqrt(w) up to a 4th root of unity
+_A_SQUARED = A * A
+_A_I = A * _SQRT_M1 % P
 _MINUS_A = -A                                     # small and negative: cheaper than p - A
-_TV1_COEF = 2 - A * A                             # xd^2 - A^2 tv1 = tv1^2 + (2 - A^2) tv1 + 1
 _A24 = mpz(121666)                                # (A + 2) / 4 for x-only doubling
+
+
+def _sqrt_5mod8(x: mpz) -> mpz:
+    root = gmpy2.powmod(x, (P + 3) // 8, P)
+    root = root if root * root % P == x % P else root * _SQRT_M1 % P
+    if root * root % P != x % P:
+        raise ArithmeticError("not a square")
+    return root
+
+
+# When w = gx1 * xd^3 is not a square, t^2 * w = chi is +-i and sqrt(2 / w) = t * sqrt(2 / chi).
+_SQRT_2_OVER_I = _sqrt_5mod8(2 * (P - _SQRT_M1) % P)    # 2 / i = -2i
+_SQRT_2_OVER_MINUS_I = _sqrt_5mod8(2 * _SQRT_M1 % P)    # 2 / -i = 2i
 
 # Zero-padding block of msg_prime: hashing it first and copying the state saves one compression.
 _ZPAD_STATE = hashlib.sha512(bytes(_HASH_BLOCK))
@@ -110,8 +122,7 @@ def field_pairs_to_u(us: Sequence[mpz]) -> tuple[bytes, list[int]]:
     """
     if len(us) % 2:
         raise ValueError("field elements come in pairs")
-    xs, ys = _elligator2_affine(us)
-    p, a_const, a24 = P, A, _A24
+    p, a_const, a24, elligator2 = P, A, _A24, _elligator2_affine
     count = len(us) // 2
     numerators: list[mpz] = []
     denominators: list[mpz] = []
@@ -119,7 +130,8 @@ def field_pairs_to_u(us: Sequence[mpz]) -> tuple[bytes, list[int]]:
     prefix: list[mpz] = []
     acc = mpz(1)
     for j in range(count):
-        x0, x1, y0, y1 = xs[2 * j], xs[2 * j + 1], ys[2 * j], ys[2 * j + 1]
+        x0, y0 = elligator2(us[2 * j])
+        x1, y1 = elligator2(us[2 * j + 1])
         if x0 != x1:
             dx = x1 - x0
             dy = y1 - y0
@@ -153,59 +165,40 @@ def field_pairs_to_u(us: Sequence[mpz]) -> tuple[bytes, list[int]]:
     return b"".join(out), identities
 
 
-def _elligator2_affine(us: Sequence[mpz]) -> tuple[list[mpz], list[mpz]]:
-    """Affine (x, y) of map_to_curve_elligator2_curve25519(u) for every u, same result as G.2.1.
+def _elligator2_affine(u: mpz, p=P, powmod=gmpy2.powmod, e=_E_ISR, minus_a=_MINUS_A, a=A,
+                       a_squared=_A_SQUARED, a_i=_A_I, sqrt_m1=_SQRT_M1, k_i=_SQRT_2_OVER_I,
+                       k_minus_i=_SQRT_2_OVER_MINUS_I) -> tuple[mpz, mpz]:
+    """Affine (x, y) of map_to_curve_elligator2_curve25519(u); same result as G.2.1.
 
-    With tv1 = 2u^2, xd = 1 + tv1 and x1 = -A / xd, g(x1) = gx1 / xd^3, so g(x1) is square exactly
-    when a = gx1 * xd is, and then y1 = sqrt(a) / xd^2. Otherwise x2 = tv1 * x1 and
-    g(x2) = tv1 * g(x1), with square root u * sqrt(2 * a) / xd^2 built from the same power of a.
+    With tv1 = 2u^2, xd = 1 + tv1 and x1 = -A / xd, g(x1) = gx1 / xd^3. One power
+    t = w^((p-5)/8) of w = gx1 * xd^3 gives both the square root and 1 / xd: chi = t^2 w is a
+    4th root of unity, and t^2 * gx1 * xd^2 = chi / xd. chi = +-1: g(x1) is square and
+    y = gx1 * t * sqrt(1/chi). chi = +-i: x2 = tv1 * x1, g(x2) = tv1 * g(x1) and
+    y = u * gx1 * t * sqrt(2/chi). (Constants are default arguments: local-variable speed.)
     """
-    p, minus_a, tv1_coef = P, _MINUS_A, _TV1_COEF
-    radicands: list[mpz] = []
-    xds: list[mpz] = []
-    tv1s: list[mpz] = []
-    prefix: list[mpz] = []
-    acc = mpz(1)
-    for u in us:
-        tv1 = u * u % p
-        tv1 += tv1
-        xd = tv1 + 1
-        # gx1 = x1n^3 + A x1n^2 xd + x1n xd^2 with x1n = -A, i.e. -A (xd^2 - A^2 tv1)
-        radicands.append(minus_a * (tv1 * (tv1 + tv1_coef) + 1) * xd % p)   # gx1 * xd
-        xds.append(xd)
-        tv1s.append(tv1)
-        prefix.append(acc)
-        acc = acc * xd % p
-    roots = gmpy2.powmod_base_list(radicands, _E_SQRT, p)
-    inv_all = gmpy2.invert(acc, p)   # xd != 0: -1/2 is not a square, so 1 + 2u^2 never vanishes
-
-    sqrt_m1, c2, c2_m1 = _SQRT_M1, _C2, _C2_M1
-    xs = [mpz(0)] * len(us)
-    ys = [mpz(0)] * len(us)
-    # Backwards, because Montgomery's trick unwinds the prefix products from the end.
-    for i in range(len(us) - 1, -1, -1):
-        inv = inv_all * prefix[i] % p
-        inv_all = inv_all * xds[i] % p
-        a = radicands[i]
-        r = roots[i]
-        r2 = r * r % p
-        if r2 == a:
-            s, on_x1 = r, True
-        elif r2 == p - a:
-            s, on_x1 = r * sqrt_m1 % p, True
-        else:
-            # a is not a square: r^2 = a * chi with chi = +-sqrt(-1), and with
-            # k = 2^((p-1)/4) = _SQRT_M1, (u r c2)^2 = tv1 * a * chi * k, which is tv1 * a when
-            # chi == -k and -tv1 * a (mended by one more sqrt(-1)) when chi == k.
-            s = us[i] * r * (c2 if (r2 + sqrt_m1 * a) % p == 0 else c2_m1) % p
-            on_x1 = False
-        y = s * (inv * inv % p) % p
-        # RFC sign rule: sgn0(y) == 1 on x1, 0 on x2. y = 0 only happens on x2 (u = 0).
-        if y.is_odd() != on_x1:
-            y = p - y
-        xs[i] = minus_a * inv % p if on_x1 else minus_a * tv1s[i] * inv % p
-        ys[i] = y
-    return xs, ys
+    tv1 = u * u % p
+    tv1 += tv1
+    xd = tv1 + 1                  # never 0: -1/2 is not a square
+    xd2 = xd * xd % p
+    gx1 = minus_a * (xd2 - a_squared * tv1) % p    # x1n^3 + A x1n^2 xd + x1n xd^2, x1n = -A
+    gx1_xd2 = gx1 * xd2 % p
+    w = gx1_xd2 * xd % p
+    t = powmod(w, e, p)
+    t2 = t * t % p
+    chi = t2 * w % p
+    chi_over_xd = t2 * gx1_xd2
+    if chi == 1:
+        x, y, on_x1 = minus_a * chi_over_xd % p, gx1 * t % p, True
+    elif chi == p - 1:
+        x, y, on_x1 = a * chi_over_xd % p, gx1 * t % p * sqrt_m1 % p, True
+    elif chi == sqrt_m1:   # x2 = tv1 * (-A / xd) = tv1 * (A i) * (chi / xd)
+        x, y, on_x1 = a_i * tv1 % p * chi_over_xd % p, u * gx1 % p * t % p * k_i % p, False
+    else:
+        x, y, on_x1 = (p - a_i) * tv1 % p * chi_over_xd % p, u * gx1 % p * t % p * k_minus_i % p, False
+    # RFC sign rule: sgn0(y) == 1 on x1, 0 on x2. y = 0 only happens on x2 (u = 0).
+    if y.is_odd() != on_x1:
+        y = p - y
+    return x, y
 
 
 def _tangent_double(x0: mpz, y0: mpz) -> tuple[mpz, mpz]:
