@@ -29,7 +29,7 @@ ID_KINDS = ("phone", "email", "opaque")
 
 _BACKENDS = ("mb8", "openssl")
 _BASE_POINT = (9).to_bytes(ELEMENT_SIZE, "little")
-# Little-endian 64-bit words of p = 2^255 - 19, most significant first.
+# p = 2^255 - 19 as the 64-bit words (w3, w2, w1, w0) of a little-endian u, most significant first.
 _P_WORDS = (0x7FFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFED)
 
 

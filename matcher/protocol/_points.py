@@ -34,22 +34,30 @@ class PointIndex:
         self._prefixes = prefixes[order]
         self._points = pts[order]
         self._labels = lab[order]
+        self._ids = order  # position of each sorted entry in the order it was given
 
     def __len__(self) -> int:
         return len(self._prefixes)
 
     def lookup(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions in ``query`` that are members, and the label of each."""
+        positions, at = self._find(query)
+        return positions, self._labels[at]
+
+    def lookup_ids(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Positions in ``query`` that are members, the index each member was given at, and its label."""
+        positions, at = self._find(query)
+        return positions, self._ids[at], self._labels[at]
+
+    def _find(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not len(self) or not len(query):
-            empty = np.empty(0, np.int64)
-            return empty, empty.astype(np.uint8)
+            return np.empty(0, np.int64), np.empty(0, np.int64)
         wanted = _prefixes(query)
         at = np.minimum(np.searchsorted(self._prefixes, wanted), len(self) - 1)
-        hit = self._prefixes[at] == wanted
-        candidates = np.nonzero(hit)[0]
+        candidates = np.nonzero(self._prefixes[at] == wanted)[0]
         confirmed = (self._points[at[candidates]] == query[candidates]).all(axis=1)
         positions = candidates[confirmed]
-        return positions, self._labels[at[positions]]
+        return positions, at[positions]
 
 
 def _prefixes(points: np.ndarray) -> np.ndarray:

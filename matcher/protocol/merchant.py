@@ -10,6 +10,11 @@ Calls, in order::
     session.receive_audience(chunk) ...           # <- b·H(y), Enc(payload(y))
     sums = session.finish()                       # -> LabelSums, each re-randomized
 
+Activation (``activation=True``): the platform streams points without ciphertexts; instead of
+sums the merchant sends ``claims()`` — the stream positions of its matches and their values — and
+answers each chunk of challenges with ``prove()`` (see matcher.protocol.platform for why that
+binds each claim to its position).
+
 What the merchant learns is exactly ``matched_counts``: per label, how many of the platform's
 stream elements met its list (real matches plus the platform's dummies). It never learns which
 of its IDs matched, because the platform returns b·a·H(x) in an order of its own.
@@ -52,7 +57,7 @@ class _State(enum.Enum):
 class MerchantSession:
     def __init__(self, keys: Sequence[str], labels: Sequence[str], *, id_kind: str,
                  rng: Rng = os.urandom, kernels: Kernels | None = None,
-                 chunk_size: int = MAX_CHUNK_ELEMENTS):
+                 chunk_size: int = MAX_CHUNK_ELEMENTS, activation: bool = False):
         if not keys:
             raise InputError("the merchant list is empty", hint="check the id column and the invalid-row counts")
         if len(keys) != len(labels):
@@ -65,6 +70,8 @@ class MerchantSession:
                              hint="merge small labels or run one job per group")
         index_of = {name: i for i, name in enumerate(self.label_names)}
         self._id_kind = id_kind
+        self.activation = activation
+        self._matches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (positions, values, labels)
         self._rng = rng
         self._kernels = kernels or Kernels()
         self._chunk_size = chunk_size
@@ -79,7 +86,7 @@ class MerchantSession:
         self._index: PointIndex | None = None
         self._public_key: paillier.PublicKey | None = None
         self._sums: list[int] = []
-        self.matched_counts = [0] * len(self.label_names)
+        self.matched_counts = np.zeros(len(self.label_names), dtype=np.int64)
         self.stream_elements = 0
         self.blinded_elements = 0
 
@@ -134,10 +141,15 @@ class MerchantSession:
             self._double_blinded = self._double_blinded_labels = []
             self._state = _State.AUDIENCE
         n = len(chunk.points) // group.ELEMENT_SIZE
-        if len(chunk.ciphertexts) != n * key.ciphertext_size:
+        if len(chunk.ciphertexts) != (0 if self.activation else n * key.ciphertext_size):
             raise InputError(f"audience chunk carries {len(chunk.ciphertexts)} ciphertext bytes for {n} points")
-        ours = self._kernels.blind(self._scalar, chunk.points)
-        positions, labels = self._index.lookup(as_point_array(ours, n, None))
+        ours = as_point_array(self._kernels.blind(self._scalar, chunk.points), n, None)
+        positions, labels = self._index.lookup(ours)
+        if self.activation:
+            self._matches.append((positions + self.stream_elements, ours[positions], labels))
+            np.add.at(self.matched_counts, labels, 1)
+            self.stream_elements += n
+            return
         size = key.ciphertext_size
         sums = self._sums
         for pos, label in zip(positions.tolist(), labels.tolist()):
@@ -145,6 +157,28 @@ class MerchantSession:
             sums[label] = key.add(sums[label], c)
             self.matched_counts[label] += 1
         self.stream_elements += n
+
+    def claims(self, label: str | None = None) -> Iterator[tuple[np.ndarray, bytes]]:
+        """Chunks of (stream positions, a·s_p values) of the matches, optionally of one label only."""
+        self._expect(_State.AUDIENCE, _State.SENT)
+        if not self.activation:
+            raise ProtocolError("claims belong to an activation job")
+        if label is not None and label not in self.label_names:
+            raise InputError(f"label '{label}' is not in this list (labels: {', '.join(self.label_names)})")
+        self._state = _State.DONE
+        wanted = None if label is None else self.label_names.index(label)
+        for positions, values, labels in self._matches:
+            keep = slice(None) if wanted is None else labels == wanted
+            positions, values = positions[keep], values[keep]
+            for lo in range(0, len(positions), self._chunk_size):
+                yield (positions[lo:lo + self._chunk_size].astype(np.uint64),
+                       np.ascontiguousarray(values[lo:lo + self._chunk_size]).tobytes())
+
+    def prove(self, challenges: bytes) -> bytes:
+        """a·t_p for each challenge point."""
+        if not self.activation:
+            raise ProtocolError("proofs belong to an activation job")
+        return self._kernels.blind(self._scalar, challenges)
 
     def finish(self) -> LabelSums:
         """Per-label sums, each re-randomized so the platform cannot recognise which rows were summed."""

@@ -16,6 +16,22 @@ the merchant sees differentially private — if (and only if) the merchant sent 
 
 Per job, everything is fresh: the scalar b, the dummy scalars, the Paillier randomness, and the
 order of both returned streams, so nothing links one job's positions or points to another's.
+
+Activation (``activation=True``) runs the same exchange without ciphertexts, then lets the
+merchant claim its matches so the platform learns which of its rows they are::
+
+    t = session.challenge(positions, values)    # values: a·s_p, the merchant's a·(b·H(y_p))
+    session.verify(proofs)                      # proofs: a·t_p
+    rows = session.activated_rows()
+
+Each claim names a stream position p and the value v = a·s_p that matched. v must be one of the
+double-blinded values this job returned (else it is forged); that pins down which returned
+element e the merchant matched, and the platform knows e's pre-image P_e = a·H(x) (or a·G for
+a dummy). To bind v to *position p* — a merchant could otherwise hang a genuine match on a
+stranger's position — the platform answers with t_p = c_p·Q_p for a fresh secret c_p, where Q_p
+is the point behind stream position p (H(y_p), or G for a dummy), and expects a·t_p = c_p·P_e.
+That holds exactly when a·Q_p = P_e, i.e. when position p really is the merchant's match; making
+c_p·P_e for another position would take c_p, which the merchant never sees.
 """
 
 from __future__ import annotations
@@ -33,7 +49,7 @@ import numpy as np
 from matcher.crypto import group, paillier
 from matcher.crypto.kernels import EncryptionContext, Kernels
 from matcher.errors import CryptoError, InputError, InvalidCiphertext, ProtocolError
-from matcher.protocol._points import as_point_array
+from matcher.protocol._points import PointIndex, as_point_array
 from matcher.protocol.messages import (
     AUDIENCE_CHUNK_ROWS,
     MAX_CHUNK_ELEMENTS,
@@ -70,14 +86,18 @@ class _State(enum.Enum):
     LIST_DONE = "list received"
     STREAMING = "streaming audience"
     AWAITING_SUMS = "awaiting sums"
+    AWAITING_PROOFS = "awaiting proofs"
     DONE = "done"
 
 
 class PlatformSession:
     def __init__(self, audience: Audience, key: paillier.PrivateKey, *, job_id: str,
                  dummies: Sequence[int] = (), rng: Rng = os.urandom, kernels: Kernels | None = None,
-                 max_chunk: int = MAX_CHUNK_ELEMENTS, audience_chunk_rows: int = AUDIENCE_CHUNK_ROWS):
+                 max_chunk: int = MAX_CHUNK_ELEMENTS, audience_chunk_rows: int = AUDIENCE_CHUNK_ROWS,
+                 activation: bool = False, activation_label: str | None = None):
         self._audience = audience
+        self.activation = activation
+        self._activation_label = activation_label
         self._key = key
         self._job_id = job_id
         self._dummies_requested = tuple(dummies)
@@ -90,6 +110,7 @@ class PlatformSession:
         self._state = _State.NEW
         self._received: list[np.ndarray] = []
         self._received_labels: list[np.ndarray] = []
+        self._unblinded: list[np.ndarray] = []
         self.stream_order: np.ndarray | None = None  # stream position -> audience row (or -1 for a dummy)
 
     def _expect(self, *states: _State) -> None:
@@ -110,6 +131,8 @@ class PlatformSession:
             raise InputError("label names must be distinct")
         if self._dummies_requested and len(self._dummies_requested) != len(start.labels):
             raise ProtocolError("one dummy count per label is required")
+        if self._activation_label is not None and self._activation_label not in start.labels:
+            raise InputError(f"label '{self._activation_label}' is not one of this list's labels: {', '.join(start.labels)}")
         self._start = start
         self._dummies = self._dummies_requested or (0,) * len(start.labels)
         self._dummy_scalars = [[group.random_scalar(self._rng) for _ in range(d)] for d in self._dummies]
@@ -141,6 +164,8 @@ class PlatformSession:
         self._received.append(np.frombuffer(self._kernels.blind(self._scalar, points.tobytes()), np.uint8)
                               .reshape(-1, group.ELEMENT_SIZE))
         self._received_labels.append(labels)
+        if self.activation:
+            self._unblinded.append(points.copy())
 
     def finish_list(self) -> None:
         self._expect(_State.RECEIVING)
@@ -156,7 +181,15 @@ class PlatformSession:
         dummy_labels = [label for label, rs in enumerate(self._dummy_scalars) for _ in rs]
         points = np.concatenate(self._received + [_rows(b"".join(dummy_points))])
         labels = np.concatenate(self._received_labels + [np.array(dummy_labels, dtype=np.uint8)])
-        self._received = self._received_labels = []
+        if self.activation:
+            # Element e of `points` is beta·P_e: P_e = a·H(x) received, or a·G for a dummy.
+            self._pre_images = np.concatenate(self._unblinded + [_rows(self._merchant_base * len(dummy_points))])
+            self._returned = PointIndex([points], [labels])
+            self._claimed_positions: set[int] = set()
+            self._claimed_elements: set[int] = set()
+            self._pending: list[tuple[np.ndarray, np.ndarray, list[bytes], bytes]] = []
+            self._verified_rows: list[int] = []
+        self._received = self._received_labels = self._unblinded = []
         order = self._shuffler.permutation(len(labels))
         points, labels = points[order], labels[order]
         self._state = _State.STREAMING
@@ -185,7 +218,7 @@ class PlatformSession:
             packed = self.layout.pack_many(self._audience.segment_bits[rows[real]].tolist())
             for at, value in zip(np.nonzero(real)[0].tolist(), packed):
                 plaintexts[at] = value
-            future = self._kernels.submit_encrypt(encryption, plaintexts)
+            future = _NO_CIPHERTEXTS if self.activation else self._kernels.submit_encrypt(encryption, plaintexts)
             points = np.empty((len(rows), group.ELEMENT_SIZE), dtype=np.uint8)
             if real.any():
                 hashed = np.ascontiguousarray(self._audience.points[rows[real]]).tobytes()
@@ -199,11 +232,72 @@ class PlatformSession:
         while pending:
             ready_points, ready = pending.popleft()
             yield AudienceChunk(points=ready_points, ciphertexts=ready.result())
-        self._state = _State.AWAITING_SUMS
+        self._state = _State.AWAITING_PROOFS if self.activation else _State.AWAITING_SUMS
 
     @property
     def stream_length(self) -> int:
         return len(self._audience) + sum(self._dummies)
+
+    def challenge(self, positions: Sequence[int], values: bytes) -> bytes:
+        """Check a chunk of claims and return one challenge point t_p = c_p·Q_p per claim."""
+        self._expect(_State.AWAITING_PROOFS)
+        if self._pending:
+            raise ProtocolError("send the proofs for the previous claims first")
+        positions = np.asarray(positions, dtype=np.int64)
+        claimed = as_point_array(values, len(positions), self._max_chunk)
+        order = self.stream_order
+        assert order is not None
+        if len(positions) and (positions.min() < 0 or positions.max() >= len(order)):
+            raise InputError(f"a claimed stream position is outside 0..{len(order) - 1}")
+        found_at, elements, labels = self._returned.lookup_ids(claimed)
+        if len(found_at) != len(positions):
+            missing = sorted(set(range(len(positions))) - set(found_at.tolist()))[0]
+            raise InputError(f"claim {missing} (stream position {int(positions[missing])}) carries a value this job "
+                             "never returned: a forged match")
+        by_claim = np.empty(len(positions), np.int64)
+        by_claim[found_at] = elements
+        label_of = np.empty(len(positions), np.int64)
+        label_of[found_at] = labels
+        if self._activation_label is not None:
+            wanted = self._start.labels.index(self._activation_label)
+            if (label_of != wanted).any():
+                raise InputError(f"a claim is outside label '{self._activation_label}'")
+        for p, e in zip(positions.tolist(), by_claim.tolist()):
+            if p in self._claimed_positions or e in self._claimed_elements:
+                raise InputError(f"stream position {p} or its value is claimed twice")
+            self._claimed_positions.add(p)
+            self._claimed_elements.add(e)
+        scalars = [group.random_scalar(self._rng) for _ in range(len(positions))]
+        base = (9).to_bytes(group.ELEMENT_SIZE, "little")
+        challenges = b"".join(
+            group.blind(c, self._audience.points[row].tobytes() if row >= 0 else base)
+            for c, row in zip(scalars, order[positions].tolist()))
+        self._pending.append((positions, by_claim, scalars, challenges))
+        return challenges
+
+    def verify(self, proofs: bytes) -> None:
+        """Accept the proofs a·t_p for the last chunk of claims, or refuse the whole activation."""
+        self._expect(_State.AWAITING_PROOFS)
+        if not self._pending:
+            raise ProtocolError("proofs without claims")
+        positions, elements, scalars, _ = self._pending.pop()
+        given = as_point_array(proofs, len(positions), self._max_chunk)
+        for i, (p, e, c) in enumerate(zip(positions.tolist(), elements.tolist(), scalars)):
+            expected = group.blind(c, self._pre_images[e].tobytes())
+            if expected != given[i].tobytes():
+                raise InputError(f"the claim for stream position {p} does not hold: that position is not this "
+                                 "list's match")
+            row = int(self.stream_order[p])
+            if row >= 0:  # dummies are dropped silently: the merchant cannot tell them from matches
+                self._verified_rows.append(row)
+
+    def activated_rows(self) -> np.ndarray:
+        """Audience indexes of every verified claim (dummies excluded)."""
+        self._expect(_State.AWAITING_PROOFS)
+        if self._pending:
+            raise ProtocolError("the last claims were never proven")
+        self._state = _State.DONE
+        return np.array(sorted(self._verified_rows), dtype=np.int64)
 
     def receive_sums(self, sums: LabelSums) -> dict[str, LabelAggregate]:
         """Decrypt each label's sum; refuse sums that could not come from an honest run."""
@@ -225,6 +319,10 @@ class PlatformSession:
                 metrics=list(unpacked.metrics))
         self._state = _State.DONE
         return result
+
+
+_NO_CIPHERTEXTS: Future = Future()
+_NO_CIPHERTEXTS.set_result(b"")
 
 
 def _rows(data: bytes) -> np.ndarray:

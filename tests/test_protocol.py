@@ -1,0 +1,212 @@
+"""Full protocol rounds through both engines, in process, against plaintext ground truth."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from matcher.crypto import group
+from matcher.errors import InputError, InvalidCiphertext, ProtocolError
+from matcher.protocol.merchant import MerchantSession
+from matcher.protocol.messages import LabelSums
+from matcher.protocol.platform import Audience, PlatformSession
+from tests.conftest import test_private_key
+
+KEY = test_private_key()
+
+
+def key_of(i: int) -> str:
+    return hashlib.sha256(f"+86138{i:08d}".encode()).hexdigest()
+
+
+def make_audience(ids: list[int], bits: list[int], n_segments: int) -> Audience:
+    points = group.hash_to_curve_batch([key_of(i).encode() for i in ids], group.dst_for("phone"))
+    return Audience(id_kind="phone", points=np.frombuffer(points, np.uint8).reshape(-1, 32),
+                    segment_bits=np.array(bits, dtype=np.uint64),
+                    segments=tuple(f"s{j}" for j in range(n_segments)))
+
+
+def run(audience: Audience, merchant_ids: list[int], labels: list[str], *, dummies=(), rerandomize=True,
+        seed=1):
+    rng = random.Random(seed)
+    source = lambda n: rng.getrandbits(8 * n).to_bytes(n, "little")  # noqa: E731
+    platform = PlatformSession(audience, KEY, job_id="job", dummies=dummies, rng=source, audience_chunk_rows=512)
+    merchant = MerchantSession([key_of(i) for i in merchant_ids], labels, id_kind="phone", rng=source)
+    merchant.accept(platform.start(merchant.start()))
+    for chunk in merchant.blinded_chunks():
+        platform.receive_blinded(chunk)
+    platform.finish_list()
+    for chunk in platform.double_blinded():
+        merchant.receive_double_blinded(chunk)
+    for chunk in platform.audience():
+        merchant.receive_audience(chunk)
+    sums = merchant.finish() if rerandomize else None
+    return platform, merchant, sums
+
+
+def truth(members: dict[int, int], merchant_ids, labels, n_segments):
+    out = {}
+    for i, label in zip(merchant_ids, labels):
+        cell = out.setdefault(label, [0, [0] * n_segments])
+        if i in members:
+            cell[0] += 1
+            for j in range(n_segments):
+                cell[1][j] += (members[i] >> j) & 1
+    return out
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_property_counts_equal_ground_truth(data):
+    n_segments = data.draw(st.integers(0, 60), label="segments")
+    size = data.draw(st.integers(0, 5000), label="audience")
+    rng = random.Random(data.draw(st.integers(0, 2**32)))
+    members = {i: rng.getrandbits(n_segments) if n_segments else 0 for i in rng.sample(range(20_000), size)}
+    n_labels = data.draw(st.integers(1, 32), label="labels")
+    merchant_ids = rng.sample(range(20_000), data.draw(st.integers(1, 400), label="list"))
+    labels = [f"L{rng.randrange(n_labels)}" for _ in merchant_ids]
+    audience = make_audience(list(members), list(members.values()), n_segments)
+    dummies = [rng.randrange(4) for _ in sorted(set(labels))]
+    platform, merchant, sums = run(audience, merchant_ids, labels, dummies=dummies)
+    result = platform.receive_sums(sums)
+    expected = truth(members, merchant_ids, labels, n_segments)
+    assert {label: [a.matched, list(a.segments.values())] for label, a in result.items()} == expected
+    # The merchant saw real matches plus exactly the dummies of each label.
+    seen = dict(zip(merchant.label_names, merchant.matched_counts.tolist()))
+    assert seen == {label: expected[label][0] + d for label, d in zip(merchant.label_names, dummies)}
+
+
+def test_sixty_segments_all_set_full_intersection_and_32_labels():
+    ids = list(range(64))
+    audience = make_audience(ids, [(1 << 60) - 1] * len(ids), 60)
+    labels = [f"L{i % 32}" for i in ids]
+    platform, _, sums = run(audience, ids, labels)
+    result = platform.receive_sums(sums)
+    assert len(result) == 32
+    assert all(a.matched == 2 and set(a.segments.values()) == {2} for a in result.values())
+
+
+def test_empty_intersection_and_one_label():
+    audience = make_audience(list(range(50)), [1] * 50, 3)
+    platform, _, sums = run(audience, list(range(100, 130)), ["all"] * 30)
+    assert platform.receive_sums(sums)["all"].matched == 0
+
+
+def test_empty_merchant_list_is_refused():
+    with pytest.raises(InputError, match="empty"):
+        MerchantSession([], [], id_kind="phone")
+
+
+def test_calls_out_of_order_are_refused():
+    audience = make_audience([1, 2], [0, 0], 1)
+    merchant = MerchantSession([key_of(1)], ["all"], id_kind="phone")
+    with pytest.raises(ProtocolError):
+        list(merchant.blinded_chunks())  # before accept
+    platform = PlatformSession(audience, KEY, job_id="j")
+    with pytest.raises(ProtocolError):
+        platform.finish_list()           # before start
+    platform.start(merchant.start())
+    with pytest.raises(ProtocolError, match="ended after 0 of 1"):
+        platform.finish_list()           # list never sent
+
+
+def test_without_rerandomization_the_platform_recognises_the_sum():
+    """The platform knows every ciphertext it streamed; a plain product of some of them is
+    recognisable (it can test candidate subsets), a re-randomized one is not."""
+    audience = make_audience(list(range(40)), [1] * 40, 1)
+    rng = random.Random(5)
+    source = lambda n: rng.getrandbits(8 * n).to_bytes(n, "little")  # noqa: E731
+    platform = PlatformSession(audience, KEY, job_id="j", rng=source)
+    merchant = MerchantSession([key_of(i) for i in (3, 7)], ["all", "all"], id_kind="phone", rng=source)
+    merchant.accept(platform.start(merchant.start()))
+    for chunk in merchant.blinded_chunks():
+        platform.receive_blinded(chunk)
+    platform.finish_list()
+    for chunk in platform.double_blinded():
+        merchant.receive_double_blinded(chunk)
+    streamed = []
+    for chunk in platform.audience():
+        size = KEY.public_key.ciphertext_size
+        streamed += [int.from_bytes(chunk.ciphertexts[i:i + size], "big") for i in range(0, len(chunk.ciphertexts), size)]
+        merchant.receive_audience(chunk)
+    plain_product = merchant._sums[0]
+    # The platform's test: is the sum the product of the ciphertexts at the rows of members 3 and 7?
+    rows = [int(np.nonzero(platform.stream_order == m)[0][0]) for m in (3, 7)]
+    candidate = streamed[rows[0]] * streamed[rows[1]] % KEY.public_key.n_squared
+    assert plain_product == candidate                      # without re-randomization: recognised
+    sent = KEY.public_key.from_bytes(merchant.finish().sums[0])
+    assert sent != candidate                               # with it: a fresh-looking ciphertext
+    assert platform.receive_sums(LabelSums((KEY.public_key.to_bytes(sent),)))["all"].matched == 2
+
+
+def test_forged_sum_that_overflows_is_refused():
+    audience = make_audience(list(range(10)), [1] * 10, 2)
+    platform, _, _ = run(audience, list(range(5)), ["all"] * 5)
+    forged = KEY.public_key.encrypt(1 << (platform.layout.total_bits + 1))
+    with pytest.raises(InvalidCiphertext):
+        platform.receive_sums(LabelSums((KEY.public_key.to_bytes(forged),)))
+
+
+def run_activation(audience, merchant_ids, labels, *, dummies=(), label=None, tamper=None):
+    rng = random.Random(9)
+    source = lambda n: rng.getrandbits(8 * n).to_bytes(n, "little")  # noqa: E731
+    platform = PlatformSession(audience, KEY, job_id="a", dummies=dummies, rng=source, activation=True,
+                               activation_label=label)
+    merchant = MerchantSession([key_of(i) for i in merchant_ids], labels, id_kind="phone", rng=source,
+                               activation=True)
+    merchant.accept(platform.start(merchant.start()))
+    for chunk in merchant.blinded_chunks():
+        platform.receive_blinded(chunk)
+    platform.finish_list()
+    for chunk in platform.double_blinded():
+        merchant.receive_double_blinded(chunk)
+    for chunk in platform.audience():
+        assert chunk.ciphertexts == b""
+        merchant.receive_audience(chunk)
+    for positions, values in merchant.claims(label):
+        if tamper:
+            positions, values = tamper(positions, values)
+        challenges = platform.challenge(positions, values)
+        platform.verify(merchant.prove(challenges))
+    return platform.activated_rows()
+
+
+def test_activation_finds_exactly_the_overlap_and_drops_dummies():
+    ids = list(range(100))
+    audience = make_audience(ids, [0] * 100, 1)
+    merchant_ids = list(range(50, 150))
+    labels = ["a" if i % 2 else "b" for i in merchant_ids]
+    rows = run_activation(audience, merchant_ids, labels, dummies=[3, 4])
+    assert rows.tolist() == list(range(50, 100))
+    rows_a = run_activation(audience, merchant_ids, labels, dummies=[3, 4], label="a")
+    assert rows_a.tolist() == [i for i in range(50, 100) if i % 2]
+
+
+def test_activation_refuses_a_genuine_value_on_a_strangers_position():
+    audience = make_audience(list(range(60)), [0] * 60, 1)
+
+    def move(positions, values):
+        # Hang the first match's value on a position that did not match.
+        taken = set(positions.tolist())
+        stranger = next(p for p in range(len(audience)) if p not in taken)
+        positions = positions.copy()
+        positions[0] = stranger
+        return positions, values
+
+    with pytest.raises(InputError, match="does not hold"):
+        run_activation(audience, list(range(30, 90)), ["all"] * 60, tamper=move)
+
+
+def test_activation_refuses_a_forged_value():
+    audience = make_audience(list(range(60)), [0] * 60, 1)
+
+    def forge(positions, values):
+        return positions, group.hash_to_curve(b"forged", b"test") + values[32:]
+
+    with pytest.raises(InputError, match="forged"):
+        run_activation(audience, list(range(30, 90)), ["all"] * 60, tamper=forge)
