@@ -214,6 +214,65 @@ def policy_show(db: Path, merchant: str | None, as_json: bool) -> None:
 
 
 @main.group()
+def activation() -> None:
+    """Audiences merchants activated for campaigns (platform member ids only)."""
+
+
+@activation.command("list")
+@db_option
+@json_option
+def activation_list(db: Path, as_json: bool) -> None:
+    """Every activation with its true size, state and expiry (expired ones are deleted first)."""
+    from matcher import activations
+
+    store = Store(db)
+    activations.expire(store, lambda entry: _audit(store, entry))
+    rows = store.list_activations()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="activations")
+    for column in ("handle", "merchant", "name", "where", "label", "size", "noisy size", "expires", "state"):
+        table.add_column(column)
+    for a in rows:
+        table.add_row(a["handle"], a["merchant"], a["name"], a["where_expr"], a["label"] or "all", str(a["size"]),
+                      str(a["noisy_size"]), _when(a["expires"]), a["state"])
+    Console().print(table)
+
+
+def _when(timestamp: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@activation.command("export")
+@db_option
+@click.argument("handle")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="CSV file (or .parquet) for the campaign system.")
+def activation_export(db: Path, handle: str, out: Path) -> None:
+    """Write the platform member ids of activation HANDLE."""
+    from matcher import activations
+
+    store = Store(db)
+    count = activations.export(store, lambda entry: _audit(store, entry), handle, out)
+    console.print(f"wrote {count} member ids to {out}")
+
+
+@activation.command("delete")
+@db_option
+@click.argument("handle")
+def activation_delete(db: Path, handle: str) -> None:
+    """Delete activation HANDLE and its rows now."""
+    from matcher import activations
+
+    store = Store(db)
+    activations.delete(store, lambda entry: _audit(store, entry), handle)
+    console.print(f"deleted {handle}")
+
+
+@main.group()
 def audit() -> None:
     """The audit log."""
 

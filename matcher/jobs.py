@@ -6,6 +6,11 @@
     job.finish(sums)                 decrypt, release policy (thresholds + noise), audit entry, ε committed
     job.abort(reason)                anything else: nothing released, ε refunded, failure audited
 
+An activation job (``begin(..., activation=ActivationRequest(...))``) runs the same exchange
+without ciphertexts, then ``job.challenge``/``job.verify`` per chunk of claims and
+``job.finish_activation()``: the verified rows, filtered by the --where expression, become a
+stored slice if it holds at least k members; the merchant gets a handle and a noisy size.
+
 Every decision — refused, released, failed — becomes one audit-log entry. Entries never hold an ID,
 a point or a ciphertext: only sizes, the policy in force, ε and the released cells.
 """
@@ -19,9 +24,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from matcher import activations
 from matcher import policy as policy_mod
+from matcher import where
 from matcher.crypto.kernels import Kernels
-from matcher.errors import MatcherError, PolicyRefused
+from matcher.errors import InputError, MatcherError, PolicyRefused
 from matcher.keys import OperatorKeys
 from matcher.log.auditlog import AuditLog, canonical_json
 from matcher.protocol.messages import AudienceChunk, BlindedChunk, JobAccepted, JobStart, LabelSums
@@ -29,6 +36,22 @@ from matcher.protocol.platform import PlatformSession
 from matcher.store import Principal, Store
 
 Rng = Callable[[int], bytes]
+
+
+@dataclass(frozen=True)
+class ActivationRequest:
+    name: str
+    where: str
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class ActivationResult:
+    handle: str
+    noisy_size: int
+    expires_at: float
+    checkpoint: str
+    leaf_index: int
 
 
 @dataclass(frozen=True)
@@ -52,11 +75,20 @@ class JobRunner:
         self.noise = noise or policy_mod.OpenDPNoise()
         self.rng = rng
 
-    def begin(self, merchant: Principal, start: JobStart) -> "MatchJob":
+    def audit_event(self, entry: dict) -> None:
+        self.audit_log.append([{**entry, "time": round(self.store.now(), 3)}])
+
+    def begin(self, merchant: Principal, start: JobStart, activation: ActivationRequest | None = None) -> "MatchJob":
         job_id = uuid.UUID(bytes=self.rng(16), version=4).hex
         pol = self.store.effective_policy(merchant.name)
         audience = self.store.load_audience()
         sizes = dict(zip(start.labels, start.label_sizes))
+        expression = None
+        if activation is not None:
+            activations.expire(self.store, self.audit_event)
+            if not activation.name or len(activation.name) > 200:
+                raise InputError("an activation needs a --name of 1-200 characters")
+            expression = where.parse(activation.where, audience.segments)
         try:
             policy_mod.check_request(pol, list_size=start.list_size, label_sizes=sizes,
                                      n_segments=len(audience.segments))
@@ -67,11 +99,12 @@ class JobRunner:
             self.store.record_refusal(job_id, merchant, refused.reason, start.list_size, len(start.labels))
             self.audit_log.append([_entry("refused", job_id, merchant, pol, start, self.store.now(), reason=refused.reason)])
             raise
-        job = MatchJob(self, job_id, merchant, pol, epsilon, start)
+        job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression)
         try:
             dummies = [policy_mod.dummy_count(pol, self.noise) for _ in start.labels] if pol.dummies else []
             job.session = PlatformSession(audience, self.keys.paillier, job_id=job_id, dummies=dummies,
-                                          rng=self.rng, kernels=self.kernels)
+                                          rng=self.rng, kernels=self.kernels, activation=activation is not None,
+                                          activation_label=activation.label if activation else None)
             job.accepted = job.session.start(start)
         except MatcherError as err:
             job.abort(str(err))
@@ -81,8 +114,11 @@ class JobRunner:
 
 class MatchJob:
     def __init__(self, runner: JobRunner, job_id: str, merchant: Principal, pol: policy_mod.Policy,
-                 epsilon: float, start: JobStart):
+                 epsilon: float, start: JobStart, activation: ActivationRequest | None = None,
+                 expression: where.Expr | None = None):
         self._runner = runner
+        self.activation = activation
+        self._expression = expression
         self.job_id = job_id
         self.merchant = merchant
         self.policy = pol
@@ -127,6 +163,39 @@ class MatchJob:
         runner.store.finish_job(self.job_id, released=True, report_json=report_json, leaf_index=leaf_index)
         self._ended.set()
         return Report(self.job_id, report_json, checkpoint, leaf_index, canonical_json(entry))
+
+    def challenge(self, positions, values: bytes) -> bytes:
+        return self.session.challenge(positions, values)
+
+    def verify(self, proofs: bytes) -> None:
+        self.session.verify(proofs)
+
+    def finish_activation(self) -> ActivationResult:
+        """Filter the verified rows, refuse a slice under k, store it, log it, return a noisy size."""
+        runner, activation = self._runner, self.activation
+        assert activation is not None and self._expression is not None
+        audience = runner.store.load_audience()
+        rows = self.session.activated_rows()
+        chosen = rows[self._expression.mask_filter(audience.segment_bits[rows])]
+        released = policy_mod.release(self.policy, {"slice": {"matched": len(chosen), "segments": {}}},
+                                      n_segments=0, noise=runner.noise)["slice"]["matched"]
+        if released is None:
+            raise PolicyRefused(f"the slice has fewer than k = {self.policy.k} members; nothing was activated",
+                                reason="slice_too_small", hint="widen the --where expression or the label")
+        handle = f"act_{self.job_id[:16]}"
+        expires = runner.store.create_activation(
+            handle, self.merchant, job_id=self.job_id, name=activation.name, where=str(self._expression),
+            label=activation.label, row_ids=audience.row_ids[chosen].tolist(), noisy_size=released,
+            ttl_seconds=self.policy.activation_ttl_seconds)
+        entry = _entry("activated", self.job_id, self.merchant, self.policy, self.start, runner.store.now(),
+                       epsilon=self.epsilon)
+        entry.update({"activation": handle, "name": activation.name, "where": str(self._expression),
+                      "label": activation.label, "released": {"slice": {"matched": released, "segments": {}}},
+                      "expires": round(expires, 3)})
+        leaf_index, checkpoint = runner.audit_log.append([entry])
+        runner.store.finish_job(self.job_id, released=True, leaf_index=leaf_index)
+        self._ended.set()
+        return ActivationResult(handle, released, expires, checkpoint, leaf_index)
 
     def abort(self, reason: str) -> None:
         """Idempotent, and a no-op after a release: safe to call from any cleanup path."""

@@ -60,6 +60,7 @@ class Policy:
     dummies: bool = True
     dummy_epsilon_share: float = 0.5
     max_list_size: int = 10_000_000
+    activation_ttl: str = "30d"
 
     def __post_init__(self) -> None:
         for key, rule in _RULES.items():
@@ -74,8 +75,12 @@ class Policy:
 
     @property
     def budget_period_seconds(self) -> int:
-        count, unit = _PERIOD_PATTERN.match(self.budget_period).groups()
-        return int(count) * _PERIOD_UNITS[unit]
+        return _period_seconds(self.budget_period)
+
+    @property
+    def activation_ttl_seconds(self) -> int:
+        """How long an activated audience lives before it is deleted with its rows."""
+        return _period_seconds(self.activation_ttl)
 
     def with_setting(self, key: str, value: str) -> Policy:
         """A copy with ``key`` set from a CLI string (``"0.3"``, ``"on"``, ``"12h"``)."""
@@ -163,6 +168,14 @@ def _parse_switch(text: str) -> bool:
     raise ValueError(text)
 
 
+def _period_seconds(text: str) -> int:
+    count, unit = _PERIOD_PATTERN.match(text).groups()
+    return int(count) * _PERIOD_UNITS[unit]
+
+
+_PERIOD_RULE_TEXT = "a positive whole number followed by s, m, h, d or w (e.g. 30d, 12h)"
+
+
 def _positive_finite(value: float) -> bool:
     return math.isfinite(value) and value > 0
 
@@ -178,11 +191,8 @@ _RULES: dict[str, _Rule] = {
     "epsilon_per_job": _Rule(float, "a finite number > 0", _positive_finite),
     "delta_per_job": _Rule(float, f"a number > 0 and < {_MAX_DELTA}", lambda v: 0 < v < _MAX_DELTA),
     "epsilon_budget": _Rule(float, "a finite number > 0", _positive_finite),
-    "budget_period": _Rule(
-        str,
-        "a positive whole number followed by s, m, h, d or w (e.g. 30d, 12h)",
-        lambda v: _PERIOD_PATTERN.match(v) is not None,
-    ),
+    "budget_period": _Rule(str, _PERIOD_RULE_TEXT, lambda v: _PERIOD_PATTERN.match(v) is not None),
+    "activation_ttl": _Rule(str, _PERIOD_RULE_TEXT, lambda v: _PERIOD_PATTERN.match(v) is not None),
     "jobs_per_hour": _Rule(int, "an integer >= 0 (0 pauses matching)", lambda v: v >= 0),
     "dummies": _Rule(bool, "on or off", lambda v: True),
     "dummy_epsilon_share": _Rule(

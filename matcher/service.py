@@ -10,7 +10,7 @@ from typing import Iterator
 import grpc
 
 from matcher.errors import AuthenticationError, MatcherError, ProtocolError
-from matcher.jobs import JobRunner, MatchJob
+from matcher.jobs import ActivationRequest, JobRunner, MatchJob
 from matcher.log.merkle import MerkleTree
 from matcher.protocol.messages import BlindedChunk, JobStart, LabelSums
 from matcher.store import Principal, Store
@@ -66,30 +66,8 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
         try:
             merchant = self._auth.require(context, MERCHANT)
             requests = iter(request_iterator)
-            first = _next(requests, "start")
-            start = first.start
-            job = self._runner.begin(merchant, JobStart(
-                id_kind=start.id_kind, labels=tuple(start.labels), label_sizes=tuple(start.label_sizes),
-                merchant_base=start.merchant_base, protocol_version=start.protocol_version))
-            context.add_callback(lambda: job.abort("the stream ended before the report"))
-            accepted = job.accepted
-            yield match_pb2.MatchResponse(accepted=match_pb2.JobAccepted(
-                job_id=accepted.job_id, paillier_n=accepted.paillier_n, segments=accepted.segments,
-                layout_json=accepted.layout_json, max_chunk_elements=accepted.max_chunk_elements,
-                stream_elements=accepted.stream_elements))
-            while (request := _next(requests, "blinded", "list_end")).HasField("blinded"):
-                job.receive_blinded(BlindedChunk(points=request.blinded.points, labels=request.blinded.labels))
-            job.finish_list()
-            for chunk in job.double_blinded():
-                yield match_pb2.MatchResponse(double_blinded=match_pb2.BlindedChunk(points=chunk.points, labels=chunk.labels))
-            sent = 0
-            for chunk in job.audience():
-                if not context.is_active():
-                    raise ProtocolError("the client went away")
-                sent += len(chunk.points) // 32
-                yield match_pb2.MatchResponse(audience=match_pb2.AudienceChunk(points=chunk.points,
-                                                                             ciphertexts=chunk.ciphertexts))
-            yield match_pb2.MatchResponse(audience_end=match_pb2.AudienceEnd(elements=sent))
+            job = self._runner.begin(merchant, _job_start(_next(requests, "start").start))
+            yield from self._exchange(job, requests, context)
             sums = _next(requests, "sums").sums
             report = job.finish(LabelSums(sums=tuple(sums.sums)))
             yield match_pb2.MatchResponse(report=match_pb2.Report(
@@ -99,6 +77,59 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
             if job is not None:
                 job.abort(str(err))
             _abort(context, err)
+
+    def Activate(self, request_iterator, context) -> Iterator[match_pb2.MatchResponse]:
+        job: MatchJob | None = None
+        try:
+            merchant = self._auth.require(context, MERCHANT)
+            requests = iter(request_iterator)
+            start = _next(requests, "activation").activation
+            job = self._runner.begin(merchant, _job_start(start.job), ActivationRequest(
+                name=start.name, where=start.where, label=start.label or None))
+            yield from self._exchange(job, requests, context)
+            while (request := _next(requests, "claims", "claims_end")).HasField("claims"):
+                challenges = job.challenge(list(request.claims.positions), request.claims.values)
+                yield match_pb2.MatchResponse(challenges=match_pb2.Challenges(points=challenges))
+                job.verify(_next(requests, "proofs").proofs.points)
+            result = job.finish_activation()
+            yield match_pb2.MatchResponse(activation_result=match_pb2.ActivationResult(
+                handle=result.handle, noisy_size=result.noisy_size, expires_at=result.expires_at,
+                checkpoint=result.checkpoint, leaf_index=result.leaf_index))
+        except MatcherError as err:
+            if job is not None:
+                job.abort(str(err))
+            _abort(context, err)
+
+    def _exchange(self, job: MatchJob, requests, context) -> Iterator[match_pb2.MatchResponse]:
+        """The part match and activation share: accept, receive the list, return it double-blinded,
+        stream the audience."""
+        context.add_callback(lambda: job.abort("the stream ended before the job finished"))
+        accepted = job.accepted
+        yield match_pb2.MatchResponse(accepted=match_pb2.JobAccepted(
+            job_id=accepted.job_id, paillier_n=accepted.paillier_n, segments=accepted.segments,
+            layout_json=accepted.layout_json, max_chunk_elements=accepted.max_chunk_elements,
+            stream_elements=accepted.stream_elements))
+        while (request := _next(requests, "blinded", "list_end")).HasField("blinded"):
+            job.receive_blinded(BlindedChunk(points=request.blinded.points, labels=request.blinded.labels))
+        job.finish_list()
+        for chunk in job.double_blinded():
+            yield match_pb2.MatchResponse(double_blinded=match_pb2.BlindedChunk(points=chunk.points, labels=chunk.labels))
+        sent = 0
+        for chunk in job.audience():
+            if not context.is_active():
+                raise ProtocolError("the client went away")
+            sent += len(chunk.points) // 32
+            yield match_pb2.MatchResponse(audience=match_pb2.AudienceChunk(points=chunk.points,
+                                                                         ciphertexts=chunk.ciphertexts))
+        yield match_pb2.MatchResponse(audience_end=match_pb2.AudienceEnd(elements=sent))
+
+    def ListActivations(self, request, context):
+        with _errors_to_status(context):
+            merchant = self._auth.require(context, MERCHANT)
+            return match_pb2.ActivationList(activations=[match_pb2.Activation(
+                handle=a["handle"], name=a["name"], where=a["where_expr"], label=a["label"] or "",
+                noisy_size=a["noisy_size"], created_at=a["created"], expires_at=a["expires"], state=a["state"])
+                for a in self._runner.store.list_activations(merchant)])
 
     def GetJob(self, request, context):
         with _errors_to_status(context):
@@ -117,6 +148,11 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
                                     epsilon_left=max(0.0, pol.epsilon_budget - spent), period=pol.budget_period,
                                     epsilon_per_job=pol.epsilon_per_job,
                                     policy_json=json.dumps(pol.to_dict(), sort_keys=True))
+
+
+def _job_start(start: match_pb2.JobStart) -> JobStart:
+    return JobStart(id_kind=start.id_kind, labels=tuple(start.labels), label_sizes=tuple(start.label_sizes),
+                    merchant_base=start.merchant_base, protocol_version=start.protocol_version)
 
 
 def _next(requests, *expected: str):

@@ -15,7 +15,7 @@ so ``!`` binds tightest, then ``&``, then ``|``, and both binary operators are l
 
 ``&`` and ``|`` are associative, so the tree keeps a run of either as one n-ary node: ``a & (b & c)``
 and ``(a & b) & c`` are the same tree. ``str()`` prints that tree with only the parentheses that
-precedence needs, and parsing the text gives back an equal tree.
+precedence needs (``a & b | !(c | d)``), and parsing the text gives back an equal tree.
 
 Limits: at most :data:`MAX_LENGTH` characters and :data:`MAX_DEPTH` levels of nesting (each ``(``
 and each ``!`` opens a level). The parser and the tree are recursive; the depth limit is what keeps
@@ -67,14 +67,21 @@ class Expr:
         raise NotImplementedError
 
     def __str__(self) -> str:
-        raise NotImplementedError
+        text = self._text(" ")
+        # Spaces can triple the length of a long chain; without them the text is never longer than
+        # what was parsed, so it always parses back.
+        return text if len(text) <= MAX_LENGTH else self._text("")
 
     def _mask(self, bits: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _inside(self, prec: int) -> str:
+    def _text(self, sp: str) -> str:
+        raise NotImplementedError
+
+    def _inside(self, prec: int, sp: str) -> str:
         """Text of this node as an operand of an operator of precedence ``prec``."""
-        return f"({self})" if self._PREC < prec else str(self)
+        text = self._text(sp)
+        return f"({text})" if self._PREC < prec else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +99,7 @@ class _Segment(Expr):
     def segments_used(self) -> frozenset[str]:
         return frozenset((self.name,))
 
-    def __str__(self) -> str:
+    def _text(self, sp: str) -> str:
         return self.name
 
 
@@ -110,8 +117,8 @@ class _Not(Expr):
     def segments_used(self) -> frozenset[str]:
         return self.operand.segments_used()
 
-    def __str__(self) -> str:
-        return "!" + self.operand._inside(self._PREC)
+    def _text(self, sp: str) -> str:
+        return "!" + self.operand._inside(self._PREC, sp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +138,8 @@ class _And(Expr):
     def segments_used(self) -> frozenset[str]:
         return frozenset().union(*(op.segments_used() for op in self.operands))
 
-    def __str__(self) -> str:
-        return " & ".join(op._inside(self._PREC) for op in self.operands)
+    def _text(self, sp: str) -> str:
+        return f"{sp}&{sp}".join(op._inside(self._PREC, sp) for op in self.operands)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +159,8 @@ class _Or(Expr):
     def segments_used(self) -> frozenset[str]:
         return frozenset().union(*(op.segments_used() for op in self.operands))
 
-    def __str__(self) -> str:
-        return " | ".join(op._inside(self._PREC) for op in self.operands)
+    def _text(self, sp: str) -> str:
+        return f"{sp}|{sp}".join(op._inside(self._PREC, sp) for op in self.operands)
 
 
 def parse(text: str, segments: Sequence[str]) -> Expr:

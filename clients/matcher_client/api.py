@@ -106,56 +106,125 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
     }
 
 
-def _exchange(stub, token: str, session: MerchantSession, list_size: int, notify: Progress,
-              timeout: float | None) -> match_pb2.Report:
-    # gRPC pulls requests from this iterator on its own thread; a small bound keeps memory flat.
-    outbox: queue.Queue = queue.Queue(maxsize=4)
+class _Conversation:
+    """One bidirectional job stream: requests go through a small queue (gRPC pulls them on its own
+    thread), responses are read in order."""
 
-    def requests():
-        while (item := outbox.get()) is not None:
+    def __init__(self, call, token: str, timeout: float | None):
+        self._outbox: queue.Queue = queue.Queue(maxsize=4)
+        self.responses = call(self._requests(), metadata=[("authorization", f"Bearer {token}")], timeout=timeout)
+
+    def _requests(self):
+        while (item := self._outbox.get()) is not None:
             yield item
 
-    responses = stub.Match(requests(), metadata=[("authorization", f"Bearer {token}")], timeout=timeout)
-    try:
-        start = session.start()
-        outbox.put(match_pb2.MatchRequest(start=match_pb2.JobStart(
-            protocol_version=start.protocol_version, id_kind=start.id_kind, labels=start.labels,
-            label_sizes=start.label_sizes, merchant_base=start.merchant_base)))
-        first = _expect(responses, "accepted").accepted
-        session.accept(JobAccepted(job_id=first.job_id, paillier_n=first.paillier_n, segments=tuple(first.segments),
-                                   layout_json=first.layout_json, max_chunk_elements=first.max_chunk_elements,
-                                   stream_elements=first.stream_elements))
-        sent = 0
-        for chunk in session.blinded_chunks():
-            outbox.put(match_pb2.MatchRequest(blinded=match_pb2.BlindedChunk(points=chunk.points, labels=chunk.labels)))
-            sent += len(chunk)
-            notify("blinding", sent, list_size)
-        outbox.put(match_pb2.MatchRequest(list_end=match_pb2.ListEnd()))
-        for response in responses:
-            kind = response.WhichOneof("msg")
-            if kind == "double_blinded":
-                session.receive_double_blinded(BlindedChunk(points=response.double_blinded.points,
-                                                            labels=response.double_blinded.labels))
-            elif kind == "audience":
-                session.receive_audience(AudienceChunk(points=response.audience.points,
-                                                       ciphertexts=response.audience.ciphertexts))
-                notify("matching", session.stream_elements, first.stream_elements or None)
-            elif kind == "audience_end":
-                if response.audience_end.elements != session.stream_elements:
-                    raise ProtocolError(f"the server announced {response.audience_end.elements} audience elements "
-                                        f"but sent {session.stream_elements}")
-                break
-            else:
-                raise ProtocolError(f"unexpected '{kind}' from the server")
+    def send(self, **message) -> None:
+        self._outbox.put(match_pb2.MatchRequest(**message))
+
+    def expect(self, kind: str):
+        return getattr(_expect(self.responses, kind), kind)
+
+    def close(self) -> None:
+        self._outbox.put(None)
+
+
+def _share_list(talk: _Conversation, session: MerchantSession, list_size: int, notify: Progress) -> None:
+    """The exchange match and activation share: accepted, list up, double-blinded list and audience down."""
+    accepted = talk.expect("accepted")
+    session.accept(JobAccepted(job_id=accepted.job_id, paillier_n=accepted.paillier_n,
+                               segments=tuple(accepted.segments), layout_json=accepted.layout_json,
+                               max_chunk_elements=accepted.max_chunk_elements,
+                               stream_elements=accepted.stream_elements))
+    sent = 0
+    for chunk in session.blinded_chunks():
+        talk.send(blinded=match_pb2.BlindedChunk(points=chunk.points, labels=chunk.labels))
+        sent += len(chunk)
+        notify("blinding", sent, list_size)
+    talk.send(list_end=match_pb2.ListEnd())
+    for response in talk.responses:
+        kind = response.WhichOneof("msg")
+        if kind == "double_blinded":
+            session.receive_double_blinded(BlindedChunk(points=response.double_blinded.points,
+                                                        labels=response.double_blinded.labels))
+        elif kind == "audience":
+            session.receive_audience(AudienceChunk(points=response.audience.points,
+                                                   ciphertexts=response.audience.ciphertexts))
+            notify("matching", session.stream_elements, accepted.stream_elements or None)
+        elif kind == "audience_end":
+            if response.audience_end.elements != session.stream_elements:
+                raise ProtocolError(f"the server announced {response.audience_end.elements} audience elements "
+                                    f"but sent {session.stream_elements}")
+            return
         else:
-            raise ProtocolError("the server closed the stream before the audience ended")
-        sums = session.finish()
-        outbox.put(match_pb2.MatchRequest(sums=match_pb2.LabelSums(sums=sums.sums)))
-        report = _expect(responses, "report").report
+            raise ProtocolError(f"unexpected '{kind}' from the server")
+    raise ProtocolError("the server closed the stream before the audience ended")
+
+
+def _start_message(session: MerchantSession) -> match_pb2.JobStart:
+    start = session.start()
+    return match_pb2.JobStart(protocol_version=start.protocol_version, id_kind=start.id_kind, labels=start.labels,
+                              label_sizes=start.label_sizes, merchant_base=start.merchant_base)
+
+
+def _exchange(stub, token: str, session: MerchantSession, list_size: int, notify: Progress,
+              timeout: float | None) -> match_pb2.Report:
+    talk = _Conversation(stub.Match, token, timeout)
+    try:
+        talk.send(start=_start_message(session))
+        _share_list(talk, session, list_size, notify)
+        talk.send(sums=match_pb2.LabelSums(sums=session.finish().sums))
+        report = talk.expect("report")
         notify("done", 1, 1)
         return report
     finally:
-        outbox.put(None)
+        talk.close()
+
+
+def activate(server: str, token: str, merchant_list: MerchantList, *, name: str, where: str,
+             label: str | None = None, tls_ca: str | None = None, progress: Progress | None = None,
+             kernels: Kernels | None = None, timeout: float | None = None,
+             rng: Callable[[int], bytes] = os.urandom) -> dict:
+    """Opt in to tell the platform which of its members are your matches (optionally one label's),
+    filtered by ``where``; the platform stores that slice for a campaign. You get a handle and a
+    noisy size — never the members."""
+    prepared = merchant_list.prepared
+    notify = progress or (lambda phase, done, total: None)
+    own_kernels = kernels is None
+    kernels = kernels or local_kernels(parallel=len(prepared.keys) > 20_000)
+    try:
+        session = MerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
+                                  kernels=kernels, activation=True)
+        with rpc_errors(), channel(server, tls_ca) as chan:
+            talk = _Conversation(match_pb2_grpc.MatchServiceStub(chan).Activate, token, timeout)
+            try:
+                talk.send(activation=match_pb2.ActivationStart(job=_start_message(session), name=name, where=where,
+                                                               label=label or ""))
+                _share_list(talk, session, len(prepared.keys), notify)
+                claimed = 0
+                for positions, values in session.claims(label):
+                    talk.send(claims=match_pb2.Claims(positions=positions.tolist(), values=values))
+                    talk.send(proofs=match_pb2.Proofs(points=session.prove(talk.expect("challenges").points)))
+                    claimed += len(positions)
+                    notify("claiming", claimed, None)
+                talk.send(claims_end=match_pb2.ClaimsEnd())
+                result = talk.expect("activation_result")
+            finally:
+                talk.close()
+    finally:
+        if own_kernels:
+            kernels.close()
+    return {"handle": result.handle, "name": name, "where": where, "label": label, "noisy_size": result.noisy_size,
+            "expires_at": result.expires_at, "checkpoint": result.checkpoint, "leaf_index": result.leaf_index,
+            "list_size": len(prepared.keys), "invalid": dict(prepared.invalid), "duplicates": prepared.duplicates}
+
+
+def activations(server: str, token: str, *, tls_ca: str | None = None) -> list[dict]:
+    with rpc_errors(), channel(server, tls_ca) as chan:
+        reply = match_pb2_grpc.MatchServiceStub(chan).ListActivations(
+            match_pb2.ListActivationsRequest(), metadata=[("authorization", f"Bearer {token}")])
+    return [{"handle": a.handle, "name": a.name, "where": a.where, "label": a.label or None,
+             "noisy_size": a.noisy_size, "created_at": a.created_at, "expires_at": a.expires_at, "state": a.state}
+            for a in reply.activations]
 
 
 def _expect(responses, kind: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ console = Console(stderr=True)
 server_option = click.option("--server", required=True, help="HOST:PORT of the matcher server.")
 token_option = click.option("--token", envvar="MATCHER_TOKEN", required=True,
                             help="Your bearer token (or set MATCHER_TOKEN).")
+json_option_client = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 tls_option = click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
                           help="CA certificate of a TLS server (plaintext when omitted).")
 
@@ -62,6 +64,19 @@ def match(server: str, token: str, file: str, id_column: str, id_type: str, labe
     prepared = merchant_list.prepared
     console.print(f"{prepared.rows} rows: {len(prepared.keys)} unique ids, {prepared.duplicates} duplicates, "
                   f"{sum(prepared.invalid.values())} invalid {_reasons(prepared.invalid)}")
+    with _progress(quiet) as notify:
+        report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout)
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    table = report_table(report)
+    Console(width=max(80, _table_width(report))).print(table)
+    console.print(f"job {report['job_id']}: ε spent {report['epsilon_spent']:g}, ε left {report['epsilon_left']:g}; "
+                  f"logged at leaf {report['leaf_index']}" + (f"; report written to {json_out}" if json_out else ""))
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool):
+    """A progress bar per phase (blinding, matching, ...), fed by the API's progress callback."""
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, disable=quiet) as progress:
         tasks: dict[str, int] = {}
@@ -71,13 +86,7 @@ def match(server: str, token: str, file: str, id_column: str, id_type: str, labe
                 tasks[phase] = progress.add_task(phase, total=total)
             progress.update(tasks[phase], completed=done, total=total)
 
-        report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout)
-    if json_out:
-        json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    table = report_table(report)
-    Console(width=max(80, _table_width(report))).print(table)
-    console.print(f"job {report['job_id']}: ε spent {report['epsilon_spent']:g}, ε left {report['epsilon_left']:g}; "
-                  f"logged at leaf {report['leaf_index']}" + (f"; report written to {json_out}" if json_out else ""))
+        yield notify
 
 
 def _reasons(invalid: dict[str, int]) -> str:
@@ -103,6 +112,66 @@ def report_table(report: dict) -> Table:
     for segment in report.get("segments") or next(iter(report["labels"].values()))["segments"]:
         table.add_row(segment, *(show(report["labels"][lb]["segments"].get(segment)) for lb in labels))
     return table
+
+
+@main.command()
+@server_option
+@token_option
+@click.argument("file")
+@click.option("--id-column", required=True, help="Column holding the ID.")
+@click.option("--id-type", required=True, type=click.Choice(["phone", "email", "sha256", "opaque"]))
+@click.option("--label-column", default=None, help="Column with a small label per row.")
+@click.option("--where", "where_expr", required=True,
+              help="Segments the slice must satisfy, e.g. \"member & paid_with_platform & !favourited_mini_program\".")
+@click.option("--label", default=None, help="Only the matches of this label.")
+@click.option("--name", required=True, help="Campaign name the platform sees, e.g. spring-coupon.")
+@click.option("--region", default="CN", show_default=True)
+@click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]))
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the result here.")
+@tls_option
+@click.option("--timeout", type=float, default=None)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def activate(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
+             where_expr: str, label: str | None, name: str, region: str, hashed_kind: str, json_out: Path | None,
+             tls_ca: str | None, timeout: float | None, quiet: bool) -> None:
+    """Let the platform target your matches in FILE that satisfy --where (opt-in: the platform learns
+    which of ITS members they are; you learn only a noisy size)."""
+    merchant_list = api.read_list(file, id_column=id_column, id_type=id_type, label_column=label_column,
+                                  region=region, hashed_kind=hashed_kind)
+    with _progress(quiet) as notify:
+        result = api.activate(server, token, merchant_list, name=name, where=where_expr, label=label, tls_ca=tls_ca,
+                              progress=notify, timeout=timeout)
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"activation {result['handle']} '{name}': about {result['noisy_size']:,} members "
+                  f"(noisy), expires {_when(result['expires_at'])}")
+    click.echo(result["handle"])
+
+
+@main.command()
+@server_option
+@token_option
+@tls_option
+@json_option_client
+def activations(server: str, token: str, tls_ca: str | None, as_json: bool) -> None:
+    """Your activations: handles, noisy sizes, status."""
+    rows = api.activations(server, token, tls_ca=tls_ca)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="activations")
+    for column in ("handle", "name", "where", "label", "size (noisy)", "expires", "state"):
+        table.add_column(column)
+    for a in rows:
+        table.add_row(a["handle"], a["name"], a["where"], a["label"] or "all", f"{a['noisy_size']:,}",
+                      _when(a["expires_at"]), a["state"])
+    Console().print(table)
+
+
+def _when(timestamp: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @main.command()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16matcher/v1/match.proto\x12\nmatcher.v1\"\xb9\x01\n\x0cMatchRequest\x12%\n\x05start\x18\x01 \x01(\x0b\x32\x14.matcher.v1.JobStartH\x00\x12+\n\x07\x62linded\x18\x02 \x01(\x0b\x32\x18.matcher.v1.BlindedChunkH\x00\x12\'\n\x08list_end\x18\x03 \x01(\x0b\x32\x13.matcher.v1.ListEndH\x00\x12%\n\x04sums\x18\x04 \x01(\x0b\x32\x15.matcher.v1.LabelSumsH\x00\x42\x05\n\x03msg\"\xfd\x01\n\rMatchResponse\x12+\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x17.matcher.v1.JobAcceptedH\x00\x12\x32\n\x0e\x64ouble_blinded\x18\x02 \x01(\x0b\x32\x18.matcher.v1.BlindedChunkH\x00\x12-\n\x08\x61udience\x18\x03 \x01(\x0b\x32\x19.matcher.v1.AudienceChunkH\x00\x12/\n\x0c\x61udience_end\x18\x04 \x01(\x0b\x32\x17.matcher.v1.AudienceEndH\x00\x12$\n\x06report\x18\x05 \x01(\x0b\x32\x12.matcher.v1.ReportH\x00\x42\x05\n\x03msg\"q\n\x08JobStart\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07id_kind\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x13\n\x0blabel_sizes\x18\x04 \x03(\x04\x12\x15\n\rmerchant_base\x18\x05 \x01(\x0c\"\x8d\x01\n\x0bJobAccepted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\npaillier_n\x18\x02 \x01(\x0c\x12\x10\n\x08segments\x18\x03 \x03(\t\x12\x13\n\x0blayout_json\x18\x04 \x01(\t\x12\x1a\n\x12max_chunk_elements\x18\x05 \x01(\r\x12\x17\n\x0fstream_elements\x18\x06 \x01(\x04\".\n\x0c\x42lindedChunk\x12\x0e\n\x06points\x18\x01 \x01(\x0c\x12\x0e\n\x06labels\x18\x02 \x01(\x0c\"\t\n\x07ListEnd\"4\n\rAudienceChunk\x12\x0e\n\x06points\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63iphertexts\x18\x02 \x01(\x0c\"\x1f\n\x0b\x41udienceEnd\x12\x10\n\x08\x65lements\x18\x01 \x01(\x04\"\x19\n\tLabelSums\x12\x0c\n\x04sums\x18\x01 \x03(\x0c\"h\n\x06Report\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0breport_json\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\x12\x12\n\nleaf_index\x18\x04 \x01(\x04\x12\x11\n\tlog_entry\x18\x05 \x01(\x0c\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"O\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0breport_json\x18\x04 \x01(\t\"\x12\n\x10GetBudgetRequest\"\x8b\x01\n\x06\x42udget\x12\x16\n\x0e\x65psilon_budget\x18\x01 \x01(\x01\x12\x15\n\repsilon_spent\x18\x02 \x01(\x01\x12\x14\n\x0c\x65psilon_left\x18\x03 \x01(\x01\x12\x0e\n\x06period\x18\x04 \x01(\t\x12\x17\n\x0f\x65psilon_per_job\x18\x05 \x01(\x01\x12\x13\n\x0bpolicy_json\x18\x06 \x01(\t2\xcb\x01\n\x0cMatchService\x12@\n\x05Match\x12\x18.matcher.v1.MatchRequest\x1a\x19.matcher.v1.MatchResponse(\x01\x30\x01\x12:\n\x06GetJob\x12\x19.matcher.v1.GetJobRequest\x1a\x15.matcher.v1.JobStatus\x12=\n\tGetBudget\x12\x1c.matcher.v1.GetBudgetRequest\x1a\x12.matcher.v1.Budgetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16matcher/v1/match.proto\x12\nmatcher.v1\"\xe5\x02\n\x0cMatchRequest\x12%\n\x05start\x18\x01 \x01(\x0b\x32\x14.matcher.v1.JobStartH\x00\x12+\n\x07\x62linded\x18\x02 \x01(\x0b\x32\x18.matcher.v1.BlindedChunkH\x00\x12\'\n\x08list_end\x18\x03 \x01(\x0b\x32\x13.matcher.v1.ListEndH\x00\x12%\n\x04sums\x18\x04 \x01(\x0b\x32\x15.matcher.v1.LabelSumsH\x00\x12\x31\n\nactivation\x18\x05 \x01(\x0b\x32\x1b.matcher.v1.ActivationStartH\x00\x12$\n\x06\x63laims\x18\x06 \x01(\x0b\x32\x12.matcher.v1.ClaimsH\x00\x12$\n\x06proofs\x18\x07 \x01(\x0b\x32\x12.matcher.v1.ProofsH\x00\x12+\n\nclaims_end\x18\x08 \x01(\x0b\x32\x15.matcher.v1.ClaimsEndH\x00\x42\x05\n\x03msg\"\xe6\x02\n\rMatchResponse\x12+\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x17.matcher.v1.JobAcceptedH\x00\x12\x32\n\x0e\x64ouble_blinded\x18\x02 \x01(\x0b\x32\x18.matcher.v1.BlindedChunkH\x00\x12-\n\x08\x61udience\x18\x03 \x01(\x0b\x32\x19.matcher.v1.AudienceChunkH\x00\x12/\n\x0c\x61udience_end\x18\x04 \x01(\x0b\x32\x17.matcher.v1.AudienceEndH\x00\x12$\n\x06report\x18\x05 \x01(\x0b\x32\x12.matcher.v1.ReportH\x00\x12,\n\nchallenges\x18\x06 \x01(\x0b\x32\x16.matcher.v1.ChallengesH\x00\x12\x39\n\x11\x61\x63tivation_result\x18\x07 \x01(\x0b\x32\x1c.matcher.v1.ActivationResultH\x00\x42\x05\n\x03msg\"`\n\x0f\x41\x63tivationStart\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.matcher.v1.JobStart\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05where\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\"+\n\x06\x43laims\x12\x11\n\tpositions\x18\x01 \x03(\x04\x12\x0e\n\x06values\x18\x02 \x01(\x0c\"\x1c\n\nChallenges\x12\x0e\n\x06points\x18\x01 \x01(\x0c\"\x18\n\x06Proofs\x12\x0e\n\x06points\x18\x01 \x01(\x0c\"\x0b\n\tClaimsEnd\"r\n\x10\x41\x63tivationResult\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x12\n\nnoisy_size\x18\x02 \x01(\x04\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\x12\x12\n\nleaf_index\x18\x05 \x01(\x04\"\x18\n\x16ListActivationsRequest\"\x93\x01\n\nActivation\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05where\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12\x12\n\nnoisy_size\x18\x05 \x01(\x04\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x12\n\nexpires_at\x18\x07 \x01(\x01\x12\r\n\x05state\x18\x08 \x01(\t\"=\n\x0e\x41\x63tivationList\x12+\n\x0b\x61\x63tivations\x18\x01 \x03(\x0b\x32\x16.matcher.v1.Activation\"q\n\x08JobStart\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07id_kind\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x13\n\x0blabel_sizes\x18\x04 \x03(\x04\x12\x15\n\rmerchant_base\x18\x05 \x01(\x0c\"\x8d\x01\n\x0bJobAccepted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\npaillier_n\x18\x02 \x01(\x0c\x12\x10\n\x08segments\x18\x03 \x03(\t\x12\x13\n\x0blayout_json\x18\x04 \x01(\t\x12\x1a\n\x12max_chunk_elements\x18\x05 \x01(\r\x12\x17\n\x0fstream_elements\x18\x06 \x01(\x04\".\n\x0c\x42lindedChunk\x12\x0e\n\x06points\x18\x01 \x01(\x0c\x12\x0e\n\x06labels\x18\x02 \x01(\x0c\"\t\n\x07ListEnd\"4\n\rAudienceChunk\x12\x0e\n\x06points\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63iphertexts\x18\x02 \x01(\x0c\"\x1f\n\x0b\x41udienceEnd\x12\x10\n\x08\x65lements\x18\x01 \x01(\x04\"\x19\n\tLabelSums\x12\x0c\n\x04sums\x18\x01 \x03(\x0c\"h\n\x06Report\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0breport_json\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\x12\x12\n\nleaf_index\x18\x04 \x01(\x04\x12\x11\n\tlog_entry\x18\x05 \x01(\x0c\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"O\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0breport_json\x18\x04 \x01(\t\"\x12\n\x10GetBudgetRequest\"\x8b\x01\n\x06\x42udget\x12\x16\n\x0e\x65psilon_budget\x18\x01 \x01(\x01\x12\x15\n\repsilon_spent\x18\x02 \x01(\x01\x12\x14\n\x0c\x65psilon_left\x18\x03 \x01(\x01\x12\x0e\n\x06period\x18\x04 \x01(\t\x12\x17\n\x0f\x65psilon_per_job\x18\x05 \x01(\x01\x12\x13\n\x0bpolicy_json\x18\x06 \x01(\t2\xe3\x02\n\x0cMatchService\x12@\n\x05Match\x12\x18.matcher.v1.MatchRequest\x1a\x19.matcher.v1.MatchResponse(\x01\x30\x01\x12\x43\n\x08\x41\x63tivate\x12\x18.matcher.v1.MatchRequest\x1a\x19.matcher.v1.MatchResponse(\x01\x30\x01\x12Q\n\x0fListActivations\x12\".matcher.v1.ListActivationsRequest\x1a\x1a.matcher.v1.ActivationList\x12:\n\x06GetJob\x12\x19.matcher.v1.GetJobRequest\x1a\x15.matcher.v1.JobStatus\x12=\n\tGetBudget\x12\x1c.matcher.v1.GetBudgetRequest\x1a\x12.matcher.v1.Budgetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,33 +32,51 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'matcher.v1.match_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MATCHREQUEST']._serialized_start=39
-  _globals['_MATCHREQUEST']._serialized_end=224
-  _globals['_MATCHRESPONSE']._serialized_start=227
-  _globals['_MATCHRESPONSE']._serialized_end=480
-  _globals['_JOBSTART']._serialized_start=482
-  _globals['_JOBSTART']._serialized_end=595
-  _globals['_JOBACCEPTED']._serialized_start=598
-  _globals['_JOBACCEPTED']._serialized_end=739
-  _globals['_BLINDEDCHUNK']._serialized_start=741
-  _globals['_BLINDEDCHUNK']._serialized_end=787
-  _globals['_LISTEND']._serialized_start=789
-  _globals['_LISTEND']._serialized_end=798
-  _globals['_AUDIENCECHUNK']._serialized_start=800
-  _globals['_AUDIENCECHUNK']._serialized_end=852
-  _globals['_AUDIENCEEND']._serialized_start=854
-  _globals['_AUDIENCEEND']._serialized_end=885
-  _globals['_LABELSUMS']._serialized_start=887
-  _globals['_LABELSUMS']._serialized_end=912
-  _globals['_REPORT']._serialized_start=914
-  _globals['_REPORT']._serialized_end=1018
-  _globals['_GETJOBREQUEST']._serialized_start=1020
-  _globals['_GETJOBREQUEST']._serialized_end=1051
-  _globals['_JOBSTATUS']._serialized_start=1053
-  _globals['_JOBSTATUS']._serialized_end=1132
-  _globals['_GETBUDGETREQUEST']._serialized_start=1134
-  _globals['_GETBUDGETREQUEST']._serialized_end=1152
-  _globals['_BUDGET']._serialized_start=1155
-  _globals['_BUDGET']._serialized_end=1294
-  _globals['_MATCHSERVICE']._serialized_start=1297
-  _globals['_MATCHSERVICE']._serialized_end=1500
+  _globals['_MATCHREQUEST']._serialized_end=396
+  _globals['_MATCHRESPONSE']._serialized_start=399
+  _globals['_MATCHRESPONSE']._serialized_end=757
+  _globals['_ACTIVATIONSTART']._serialized_start=759
+  _globals['_ACTIVATIONSTART']._serialized_end=855
+  _globals['_CLAIMS']._serialized_start=857
+  _globals['_CLAIMS']._serialized_end=900
+  _globals['_CHALLENGES']._serialized_start=902
+  _globals['_CHALLENGES']._serialized_end=930
+  _globals['_PROOFS']._serialized_start=932
+  _globals['_PROOFS']._serialized_end=956
+  _globals['_CLAIMSEND']._serialized_start=958
+  _globals['_CLAIMSEND']._serialized_end=969
+  _globals['_ACTIVATIONRESULT']._serialized_start=971
+  _globals['_ACTIVATIONRESULT']._serialized_end=1085
+  _globals['_LISTACTIVATIONSREQUEST']._serialized_start=1087
+  _globals['_LISTACTIVATIONSREQUEST']._serialized_end=1111
+  _globals['_ACTIVATION']._serialized_start=1114
+  _globals['_ACTIVATION']._serialized_end=1261
+  _globals['_ACTIVATIONLIST']._serialized_start=1263
+  _globals['_ACTIVATIONLIST']._serialized_end=1324
+  _globals['_JOBSTART']._serialized_start=1326
+  _globals['_JOBSTART']._serialized_end=1439
+  _globals['_JOBACCEPTED']._serialized_start=1442
+  _globals['_JOBACCEPTED']._serialized_end=1583
+  _globals['_BLINDEDCHUNK']._serialized_start=1585
+  _globals['_BLINDEDCHUNK']._serialized_end=1631
+  _globals['_LISTEND']._serialized_start=1633
+  _globals['_LISTEND']._serialized_end=1642
+  _globals['_AUDIENCECHUNK']._serialized_start=1644
+  _globals['_AUDIENCECHUNK']._serialized_end=1696
+  _globals['_AUDIENCEEND']._serialized_start=1698
+  _globals['_AUDIENCEEND']._serialized_end=1729
+  _globals['_LABELSUMS']._serialized_start=1731
+  _globals['_LABELSUMS']._serialized_end=1756
+  _globals['_REPORT']._serialized_start=1758
+  _globals['_REPORT']._serialized_end=1862
+  _globals['_GETJOBREQUEST']._serialized_start=1864
+  _globals['_GETJOBREQUEST']._serialized_end=1895
+  _globals['_JOBSTATUS']._serialized_start=1897
+  _globals['_JOBSTATUS']._serialized_end=1976
+  _globals['_GETBUDGETREQUEST']._serialized_start=1978
+  _globals['_GETBUDGETREQUEST']._serialized_end=1996
+  _globals['_BUDGET']._serialized_start=1999
+  _globals['_BUDGET']._serialized_end=2138
+  _globals['_MATCHSERVICE']._serialized_start=2141
+  _globals['_MATCHSERVICE']._serialized_end=2496
 # @@protoc_insertion_point(module_scope)

@@ -7,30 +7,122 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MatchRequest(_message.Message):
-    __slots__ = ("start", "blinded", "list_end", "sums")
+    __slots__ = ("start", "blinded", "list_end", "sums", "activation", "claims", "proofs", "claims_end")
     START_FIELD_NUMBER: _ClassVar[int]
     BLINDED_FIELD_NUMBER: _ClassVar[int]
     LIST_END_FIELD_NUMBER: _ClassVar[int]
     SUMS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_FIELD_NUMBER: _ClassVar[int]
+    PROOFS_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_END_FIELD_NUMBER: _ClassVar[int]
     start: JobStart
     blinded: BlindedChunk
     list_end: ListEnd
     sums: LabelSums
-    def __init__(self, start: _Optional[_Union[JobStart, _Mapping]] = ..., blinded: _Optional[_Union[BlindedChunk, _Mapping]] = ..., list_end: _Optional[_Union[ListEnd, _Mapping]] = ..., sums: _Optional[_Union[LabelSums, _Mapping]] = ...) -> None: ...
+    activation: ActivationStart
+    claims: Claims
+    proofs: Proofs
+    claims_end: ClaimsEnd
+    def __init__(self, start: _Optional[_Union[JobStart, _Mapping]] = ..., blinded: _Optional[_Union[BlindedChunk, _Mapping]] = ..., list_end: _Optional[_Union[ListEnd, _Mapping]] = ..., sums: _Optional[_Union[LabelSums, _Mapping]] = ..., activation: _Optional[_Union[ActivationStart, _Mapping]] = ..., claims: _Optional[_Union[Claims, _Mapping]] = ..., proofs: _Optional[_Union[Proofs, _Mapping]] = ..., claims_end: _Optional[_Union[ClaimsEnd, _Mapping]] = ...) -> None: ...
 
 class MatchResponse(_message.Message):
-    __slots__ = ("accepted", "double_blinded", "audience", "audience_end", "report")
+    __slots__ = ("accepted", "double_blinded", "audience", "audience_end", "report", "challenges", "activation_result")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     DOUBLE_BLINDED_FIELD_NUMBER: _ClassVar[int]
     AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     AUDIENCE_END_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
+    CHALLENGES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_RESULT_FIELD_NUMBER: _ClassVar[int]
     accepted: JobAccepted
     double_blinded: BlindedChunk
     audience: AudienceChunk
     audience_end: AudienceEnd
     report: Report
-    def __init__(self, accepted: _Optional[_Union[JobAccepted, _Mapping]] = ..., double_blinded: _Optional[_Union[BlindedChunk, _Mapping]] = ..., audience: _Optional[_Union[AudienceChunk, _Mapping]] = ..., audience_end: _Optional[_Union[AudienceEnd, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ...) -> None: ...
+    challenges: Challenges
+    activation_result: ActivationResult
+    def __init__(self, accepted: _Optional[_Union[JobAccepted, _Mapping]] = ..., double_blinded: _Optional[_Union[BlindedChunk, _Mapping]] = ..., audience: _Optional[_Union[AudienceChunk, _Mapping]] = ..., audience_end: _Optional[_Union[AudienceEnd, _Mapping]] = ..., report: _Optional[_Union[Report, _Mapping]] = ..., challenges: _Optional[_Union[Challenges, _Mapping]] = ..., activation_result: _Optional[_Union[ActivationResult, _Mapping]] = ...) -> None: ...
+
+class ActivationStart(_message.Message):
+    __slots__ = ("job", "name", "where", "label")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    job: JobStart
+    name: str
+    where: str
+    label: str
+    def __init__(self, job: _Optional[_Union[JobStart, _Mapping]] = ..., name: _Optional[str] = ..., where: _Optional[str] = ..., label: _Optional[str] = ...) -> None: ...
+
+class Claims(_message.Message):
+    __slots__ = ("positions", "values")
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    values: bytes
+    def __init__(self, positions: _Optional[_Iterable[int]] = ..., values: _Optional[bytes] = ...) -> None: ...
+
+class Challenges(_message.Message):
+    __slots__ = ("points",)
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    points: bytes
+    def __init__(self, points: _Optional[bytes] = ...) -> None: ...
+
+class Proofs(_message.Message):
+    __slots__ = ("points",)
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    points: bytes
+    def __init__(self, points: _Optional[bytes] = ...) -> None: ...
+
+class ClaimsEnd(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ActivationResult(_message.Message):
+    __slots__ = ("handle", "noisy_size", "expires_at", "checkpoint", "leaf_index")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    NOISY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    LEAF_INDEX_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    noisy_size: int
+    expires_at: float
+    checkpoint: str
+    leaf_index: int
+    def __init__(self, handle: _Optional[str] = ..., noisy_size: _Optional[int] = ..., expires_at: _Optional[float] = ..., checkpoint: _Optional[str] = ..., leaf_index: _Optional[int] = ...) -> None: ...
+
+class ListActivationsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Activation(_message.Message):
+    __slots__ = ("handle", "name", "where", "label", "noisy_size", "created_at", "expires_at", "state")
+    HANDLE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    NOISY_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    handle: str
+    name: str
+    where: str
+    label: str
+    noisy_size: int
+    created_at: float
+    expires_at: float
+    state: str
+    def __init__(self, handle: _Optional[str] = ..., name: _Optional[str] = ..., where: _Optional[str] = ..., label: _Optional[str] = ..., noisy_size: _Optional[int] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., state: _Optional[str] = ...) -> None: ...
+
+class ActivationList(_message.Message):
+    __slots__ = ("activations",)
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    activations: _containers.RepeatedCompositeFieldContainer[Activation]
+    def __init__(self, activations: _Optional[_Iterable[_Union[Activation, _Mapping]]] = ...) -> None: ...
 
 class JobStart(_message.Message):
     __slots__ = ("protocol_version", "id_kind", "labels", "label_sizes", "merchant_base")

@@ -50,6 +50,16 @@ class MatchServiceStub:
                 request_serializer=matcher_dot_v1_dot_match__pb2.MatchRequest.SerializeToString,
                 response_deserializer=matcher_dot_v1_dot_match__pb2.MatchResponse.FromString,
                 _registered_method=True)
+        self.Activate = channel.stream_stream(
+                '/matcher.v1.MatchService/Activate',
+                request_serializer=matcher_dot_v1_dot_match__pb2.MatchRequest.SerializeToString,
+                response_deserializer=matcher_dot_v1_dot_match__pb2.MatchResponse.FromString,
+                _registered_method=True)
+        self.ListActivations = channel.unary_unary(
+                '/matcher.v1.MatchService/ListActivations',
+                request_serializer=matcher_dot_v1_dot_match__pb2.ListActivationsRequest.SerializeToString,
+                response_deserializer=matcher_dot_v1_dot_match__pb2.ActivationList.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/matcher.v1.MatchService/GetJob',
                 request_serializer=matcher_dot_v1_dot_match__pb2.GetJobRequest.SerializeToString,
@@ -82,6 +92,21 @@ class MatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Activate(self, request_iterator, context):
+        """Blind activation: the same exchange without ciphertexts (starting with `activation` instead of
+        `start`), then the merchant claims its matches — Claims, answered by Challenges, answered by
+        Proofs, repeated, then ClaimsEnd — and the platform stores the verified slice of its own rows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListActivations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJob(self, request, context):
         """The merchant's view of its own jobs and budget.
         """
@@ -102,6 +127,16 @@ def add_MatchServiceServicer_to_server(servicer, server):
                     servicer.Match,
                     request_deserializer=matcher_dot_v1_dot_match__pb2.MatchRequest.FromString,
                     response_serializer=matcher_dot_v1_dot_match__pb2.MatchResponse.SerializeToString,
+            ),
+            'Activate': grpc.stream_stream_rpc_method_handler(
+                    servicer.Activate,
+                    request_deserializer=matcher_dot_v1_dot_match__pb2.MatchRequest.FromString,
+                    response_serializer=matcher_dot_v1_dot_match__pb2.MatchResponse.SerializeToString,
+            ),
+            'ListActivations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActivations,
+                    request_deserializer=matcher_dot_v1_dot_match__pb2.ListActivationsRequest.FromString,
+                    response_serializer=matcher_dot_v1_dot_match__pb2.ActivationList.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -152,6 +187,60 @@ class MatchService:
             '/matcher.v1.MatchService/Match',
             matcher_dot_v1_dot_match__pb2.MatchRequest.SerializeToString,
             matcher_dot_v1_dot_match__pb2.MatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Activate(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/matcher.v1.MatchService/Activate',
+            matcher_dot_v1_dot_match__pb2.MatchRequest.SerializeToString,
+            matcher_dot_v1_dot_match__pb2.MatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActivations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/matcher.v1.MatchService/ListActivations',
+            matcher_dot_v1_dot_match__pb2.ListActivationsRequest.SerializeToString,
+            matcher_dot_v1_dot_match__pb2.ActivationList.FromString,
             options,
             channel_credentials,
             insecure,
