@@ -117,6 +117,7 @@ class MatchJob:
                  epsilon: float, start: JobStart, activation: ActivationRequest | None = None,
                  expression: where.Expr | None = None):
         self._runner = runner
+        self.started = runner.store.now()
         self.activation = activation
         self._expression = expression
         self.job_id = job_id
@@ -158,6 +159,7 @@ class MatchJob:
         report_json = canonical_json(report).decode()
         digest = hashlib.sha256(report_json.encode()).hexdigest()
         entry = _entry("released", self.job_id, self.merchant, self.policy, self.start, runner.store.now(),
+                       started=self.started,
                        epsilon=self.epsilon, report_digest=digest, released=released)
         leaf_index, checkpoint = runner.audit_log.append([entry])
         runner.store.finish_job(self.job_id, released=True, report_json=report_json, leaf_index=leaf_index)
@@ -188,6 +190,7 @@ class MatchJob:
             label=activation.label, row_ids=audience.row_ids[chosen].tolist(), noisy_size=released,
             ttl_seconds=self.policy.activation_ttl_seconds)
         entry = _entry("activated", self.job_id, self.merchant, self.policy, self.start, runner.store.now(),
+                       started=self.started,
                        epsilon=self.epsilon)
         entry.update({"activation": handle, "name": activation.name, "where": str(self._expression),
                       "label": activation.label, "released": {"slice": {"matched": released, "segments": {}}},
@@ -205,10 +208,11 @@ class MatchJob:
         runner = self._runner
         runner.store.finish_job(self.job_id, released=False, reason=reason[:500])
         runner.audit_log.append([_entry("failed", self.job_id, self.merchant, self.policy, self.start,
-                                        runner.store.now(), reason=reason[:500])])
+                                        runner.store.now(), started=self.started, reason=reason[:500])])
 
 
 def _entry(decision: str, job_id: str, merchant: Principal, pol: policy_mod.Policy, start: JobStart, now: float, *,
+           started: float | None = None,
            reason: str | None = None, epsilon: float = 0.0, report_digest: str | None = None,
            released: dict | None = None) -> dict:
     entry = {
@@ -222,6 +226,8 @@ def _entry(decision: str, job_id: str, merchant: Principal, pol: policy_mod.Poli
         "policy_digest": pol.digest(),
         "epsilon_spent": epsilon,
         "time": round(now, 3),
+        # When the budget was reserved: the verifier's budget windows are exact with it.
+        "started": round(now if started is None else started, 3),
     }
     if reason is not None:
         entry["reason"] = reason
