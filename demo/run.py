@@ -110,8 +110,13 @@ def main() -> None:
         run("matcher-client", "match", "--server", address, "--token", token, str(merchant),
             "--id-column", "phone", "--id-type", "phone", "--label-column", "store", "--json", str(OUT / "report.json"))
         match_seconds = time.monotonic() - match_started
-        if shutil.which("matcher-audit", path=str(BIN)):
-            run("matcher-audit", "verify", "--server", address, "--token", auditor, "--state", str(OUT / "audit-state.json"))
+        handle = run("matcher-client", "activate", "--server", address, "--token", token, str(merchant),
+                     "--id-column", "phone", "--id-type", "phone", "--label-column", "store", "--label", "online",
+                     "--where", "member & paid_with_platform & !favourited_mini_program", "--name", "spring-coupon",
+                     "--quiet", capture=True).strip().splitlines()[-1]
+        run("matcher", "activation", "list", "--db", db)
+        run("matcher", "activation", "export", "--db", db, handle, "--out", str(OUT / "spring-coupon.csv"))
+        run("matcher-audit", "verify", "--server", address, "--token", auditor, "--state", str(OUT / "audit-state.json"))
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -122,4 +127,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    os.environ.setdefault("COLUMNS", "150")  # rich tables are cut to 80 columns when output is piped
     main()

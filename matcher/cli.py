@@ -290,15 +290,21 @@ def audit_key(db: Path) -> None:
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--workers", default=16, show_default=True, help="gRPC worker threads.")
-@click.option("--no-parallel", is_flag=True, help="Run the crypto in the server process only.")
-def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, workers: int, no_parallel: bool) -> None:
+@click.option("--executor", default="local", show_default=True,
+              help="Where the crypto runs: local (all cores), inline (this process) or dask://HOST:PORT.")
+def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, workers: int, executor: str) -> None:
     """Serve MatchService and AuditService until SIGTERM or Ctrl-C, then shut down gracefully."""
+    from matcher.crypto.kernels import kernels_for
     from matcher.server import ServerConfig, build_server
 
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("TLS needs both --tls-cert and --tls-key")
+    try:
+        kernels = kernels_for(executor)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--executor") from None
     server, port = build_server(ServerConfig(db=db, listen=listen, tls_cert=tls_cert, tls_key=tls_key,
-                                             max_workers=workers, parallel=not no_parallel))
+                                             max_workers=workers, kernels=kernels))
     stopping = threading.Event()
 
     def shutdown(signum, frame):

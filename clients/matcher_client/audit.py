@@ -71,7 +71,8 @@ _IN_FLIGHT = 4
 _JOB_DECISIONS = ("released", "activated", "refused", "failed")
 # Decisions that let something out (a report, or an activated slice's noisy size) and spend ε.
 _RELEASING = ("released", "activated")
-_KNOWN_TYPES = ("job", "policy", "merchant_added", "auditor_added", "merchant_disabled", "merchant_enabled")
+_KNOWN_TYPES = ("job", "policy", "merchant_added", "auditor_added", "merchant_disabled", "merchant_enabled",
+                "activation_exported", "activation_deleted", "activation_expired")
 
 
 # ---------------------------------------------------------------------------

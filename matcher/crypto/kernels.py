@@ -144,6 +144,64 @@ class PoolKernels(Kernels):
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _join(pieces: Sequence[bytes]) -> bytes:
+    return b"".join(pieces)
+
+
+class DaskKernels(Kernels):
+    """The same kernels on a Dask distributed cluster (``matcher serve --executor dask://HOST:PORT``).
+
+    The cluster is part of the operator's trust boundary: encryption tasks carry the Paillier
+    private key (p, q), exactly as the local pool's worker processes do. Run it on the operator's
+    own machines, never on shared infrastructure.
+    """
+
+    def __init__(self, address_or_client, workers: int | None = None):
+        from distributed import Client  # optional dependency: pip install 'matcher[dask]'
+
+        self._client = address_or_client if isinstance(address_or_client, Client) else Client(address_or_client)
+        self._owns_client = not isinstance(address_or_client, Client)
+        self.workers = workers or max(1, len(self._client.scheduler_info().get("workers", {})))
+
+    _pieces = PoolKernels._pieces
+
+    def hash_to_curve(self, msgs: Sequence[bytes], dst: bytes) -> bytes:
+        pieces = [list(msgs[a:b]) for a, b in self._pieces(len(msgs))]
+        futures = self._client.map(group.hash_to_curve_batch, pieces, [dst] * len(pieces), pure=False)
+        return b"".join(self._client.gather(futures))
+
+    def blind(self, scalar: bytes, points: bytes) -> bytes:
+        size = group.ELEMENT_SIZE
+        if len(points) % size:
+            return group.blind(scalar, points)  # raises the precise error
+        pieces = [bytes(points[a * size:b * size]) for a, b in self._pieces(len(points) // size)]
+        futures = self._client.map(group.blind, [scalar] * len(pieces), pieces, pure=False)
+        return b"".join(self._client.gather(futures))
+
+    def submit_encrypt(self, context: EncryptionContext, plaintexts: Sequence[int]):
+        key_bytes = context.key.to_bytes()
+        pieces = [list(plaintexts[a:b]) for a, b in self._pieces(len(plaintexts), minimum=256)]
+        futures = [self._client.submit(_encrypt_in_worker, key_bytes, context.nonce, piece, pure=False)
+                   for piece in pieces]
+        return self._client.submit(_join, futures, pure=False)
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+
+def kernels_for(executor: str) -> Kernels:
+    """``local`` (a process pool over this machine's cores), ``inline`` (this process only) or
+    ``dask://HOST:PORT`` (a Dask distributed scheduler)."""
+    if executor == "local":
+        return local_kernels(True)
+    if executor == "inline":
+        return Kernels()
+    if executor.startswith("dask://"):
+        return DaskKernels("tcp://" + executor[len("dask://"):])
+    raise ValueError(f"unknown executor {executor!r}: use local, inline or dask://HOST:PORT")
+
+
 def local_kernels(parallel: bool = True) -> Kernels:
     """The best kernels for this machine: a process pool when there is more than one core."""
     if parallel and (os.cpu_count() or 1) > 1:

@@ -1,0 +1,50 @@
+"""The Dask executor gives byte-identical kernels and the same job results as the local pool."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from matcher.crypto import group  # noqa: E402
+from matcher.crypto.kernels import DaskKernels, EncryptionContext, Kernels, PoolKernels  # noqa: E402
+from matcher_client import api  # noqa: E402
+from tests.conftest import SEGMENTS, phone, test_private_key  # noqa: E402
+from tests.test_e2e import exact_policy, ground_truth  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=50) as local, distributed.Client(local) as client:
+        yield client
+
+
+def test_kernels_identical_to_local_pool(cluster):
+    msgs = [phone(i).encode() for i in range(6_000)]
+    dst = group.dst_for("phone")
+    scalar = group.random_scalar()
+    with PoolKernels(workers=2) as pool:
+        dask = DaskKernels(cluster)
+        hashed = pool.hash_to_curve(msgs, dst)
+        assert dask.hash_to_curve(msgs, dst) == hashed == Kernels().hash_to_curve(msgs, dst)
+        assert dask.blind(scalar, hashed) == pool.blind(scalar, hashed)
+    key = test_private_key()
+    plaintexts = list(range(600))
+    ciphertexts = DaskKernels(cluster).submit_encrypt(EncryptionContext(key), plaintexts).result()
+    size = key.public_key.ciphertext_size
+    assert [key.decrypt(int.from_bytes(ciphertexts[i:i + size], "big")) for i in range(0, len(ciphertexts), size)] \
+        == plaintexts
+
+
+def test_job_on_the_cluster_equals_ground_truth(operator, serve, cluster):
+    rng = random.Random(17)
+    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(5_000)}
+    operator.add_members(members)
+    exact_policy(operator.store)
+    token = operator.token("merchant", "shop")
+    customers = [(phone(i), rng.choice("xy")) for i in range(2_500, 7_500)]
+    report = api.match(serve(kernels=DaskKernels(cluster)).address, token, rows=customers, id_type="phone")
+    assert report["labels"] == ground_truth(members, customers)
