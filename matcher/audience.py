@@ -36,7 +36,7 @@ def parse_flag(value: str | None, column: str) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise ids.InvalidId(f"segment column '{column}' holds {value!r}, not a yes/no value", reason=f"bad_segment_{column}")
+    raise ids.InvalidId(f"bad_segment_{column}", f"segment column {column!r} holds {value!r}, not a yes/no value")
 
 
 def import_file(store: Store, path: str, *, id_column: str, id_type: str, segments: Sequence[str] = (),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -81,8 +82,9 @@ def audience() -> None:
 @click.option("--region", default="CN", show_default=True, help="Default region for phones without a country code.")
 @click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
               help="For --id-type sha256: what was hashed.")
+@json_option
 def audience_import(db: Path, file: str, id_column: str, id_type: str, segments: str, region: str,
-                    hashed_kind: str) -> None:
+                    hashed_kind: str, as_json: bool) -> None:
     """Import (or update) members from a CSV/Parquet FILE; hashes each id to the group once."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -98,8 +100,12 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
         summary = import_file(store, file, id_column=id_column, id_type=id_type, segments=names, region=region,
                               hashed_kind=hashed_kind, kernels=kernels,
                               progress=lambda n: progress.advance(task, n))
+    reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary.invalid.items()))
     console.print(f"read {summary.rows} rows: imported {summary.imported}, duplicates {summary.duplicates}, "
-                  f"invalid {sum(summary.invalid.values())} {summary.invalid or ''}; audience has {summary.members} members")
+                  f"invalid {sum(summary.invalid.values())}{f' ({reasons})' if reasons else ''}; "
+                  f"audience has {summary.members} members", soft_wrap=True)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(summary), indent=2))
 
 
 @audience.command("show")
