@@ -131,3 +131,22 @@ def test_process_pool_gives_the_same_counts(operator, serve):
     customers = [(phone(i), rng.choice("ab")) for i in range(3_000, 9_000)]
     report = api.match(serve(parallel=True).address, token, rows=customers, id_type="phone")
     assert report["labels"] == ground_truth(members, customers)
+
+
+def test_merchant_hash_cache_gives_the_same_report_and_skips_rehashing(operator, serve, tmp_path):
+    from matcher.crypto.kernels import Kernels
+    from matcher_client.hash_cache import CachingKernels, HashCache
+
+    members = {phone(i): i % 4 for i in range(80)}
+    operator.add_members(members)
+    exact_policy(operator.store)
+    token = operator.token("merchant", "shop")
+    rows = [(phone(i), None) for i in range(40, 120)]
+    served = serve()
+    cache_path = tmp_path / "hashes.cache"
+    first = api.match(served.address, token, rows=rows, id_type="phone", cache=str(cache_path))
+    assert oct(cache_path.stat().st_mode & 0o777) == "0o600"
+    counting = CachingKernels(Kernels(), HashCache(cache_path))
+    second = api.match(served.address, token, rows=rows, id_type="phone", kernels=counting)
+    assert (counting._cache.hits, counting._cache.misses) == (80, 0)
+    assert first["labels"] == second["labels"] == ground_truth(members, [(n, "all") for n, _ in rows])

@@ -55,7 +55,7 @@ def match(server: str, token: str, file: str | None = None, *, id_column: str | 
           label_column: str | None = None, rows: Iterable[tuple[str, str | None]] | None = None,
           region: str = "CN", hashed_kind: str = "phone", tls_ca: str | None = None,
           progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
-          rng: Callable[[int], bytes] = os.urandom) -> dict:
+          rng: Callable[[int], bytes] = os.urandom, cache: str | None = None) -> dict:
     """Run a match job on ``file`` (or on in-memory ``rows`` of (id, label)) and return the report dict."""
     if (file is None) == (rows is None):
         raise ValueError("give exactly one of file= or rows=")
@@ -67,16 +67,26 @@ def match(server: str, token: str, file: str | None = None, *, id_column: str | 
     else:
         merchant_list = prepare_rows(rows, id_type=id_type, region=region, hashed_kind=hashed_kind)
     return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
-                   timeout=timeout, rng=rng)
+                   timeout=timeout, rng=rng, cache=cache)
+
+
+def _kernels(kernels: Kernels | None, list_size: int, cache: str | None) -> tuple[Kernels, bool]:
+    """The caller's kernels, or our own (a pool for big lists), behind the hash cache when asked."""
+    own = kernels is None
+    kernels = kernels or local_kernels(parallel=list_size > 20_000)
+    if cache:
+        from matcher_client.hash_cache import CachingKernels, HashCache
+
+        kernels = CachingKernels(kernels, HashCache(cache))
+    return kernels, own
 
 
 def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str | None = None,
             progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
-            rng: Callable[[int], bytes] = os.urandom) -> dict:
+            rng: Callable[[int], bytes] = os.urandom, cache: str | None = None) -> dict:
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
-    own_kernels = kernels is None
-    kernels = kernels or local_kernels(parallel=len(prepared.keys) > 20_000)
+    kernels, own_kernels = _kernels(kernels, len(prepared.keys), cache)
     try:
         session = MerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
                                   kernels=kernels)
@@ -183,14 +193,13 @@ def _exchange(stub, token: str, session: MerchantSession, list_size: int, notify
 def activate(server: str, token: str, merchant_list: MerchantList, *, name: str, where: str,
              label: str | None = None, tls_ca: str | None = None, progress: Progress | None = None,
              kernels: Kernels | None = None, timeout: float | None = None,
-             rng: Callable[[int], bytes] = os.urandom) -> dict:
+             rng: Callable[[int], bytes] = os.urandom, cache: str | None = None) -> dict:
     """Opt in to tell the platform which of its members are your matches (optionally one label's),
     filtered by ``where``; the platform stores that slice for a campaign. You get a handle and a
     noisy size — never the members."""
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
-    own_kernels = kernels is None
-    kernels = kernels or local_kernels(parallel=len(prepared.keys) > 20_000)
+    kernels, own_kernels = _kernels(kernels, len(prepared.keys), cache)
     try:
         session = MerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
                                   kernels=kernels, activation=True)

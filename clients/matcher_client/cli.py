@@ -18,6 +18,8 @@ console = Console(stderr=True)
 server_option = click.option("--server", required=True, help="HOST:PORT of the matcher server.")
 token_option = click.option("--token", envvar="MATCHER_TOKEN", required=True,
                             help="Your bearer token (or set MATCHER_TOKEN).")
+cache_option = click.option("--cache", type=click.Path(dir_okay=False),
+                            help="Local file caching hashed IDs between runs (created 0600).")
 json_option_client = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 tls_option = click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
                           help="CA certificate of a TLS server (plaintext when omitted).")
@@ -53,10 +55,11 @@ def main() -> None:
               help="For --id-type sha256: what was hashed.")
 @tls_option
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@cache_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def match(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
           json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None, timeout: float | None,
-          quiet: bool) -> None:
+          cache: str | None, quiet: bool) -> None:
     """Match the IDs in FILE (CSV with a header, Parquet, or - for stdin) and print the report."""
     with console.status("reading and normalizing", spinner="dots"):
         merchant_list = api.read_list(file, id_column=id_column, id_type=id_type, label_column=label_column,
@@ -65,7 +68,8 @@ def match(server: str, token: str, file: str, id_column: str, id_type: str, labe
     console.print(f"{prepared.rows} rows: {len(prepared.keys)} unique ids, {prepared.duplicates} duplicates, "
                   f"{sum(prepared.invalid.values())} invalid {_reasons(prepared.invalid)}")
     with _progress(quiet) as notify:
-        report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout)
+        report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout,
+                             cache=cache)
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     table = report_table(report)
@@ -130,17 +134,18 @@ def report_table(report: dict) -> Table:
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the result here.")
 @tls_option
 @click.option("--timeout", type=float, default=None)
+@cache_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def activate(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
              where_expr: str, label: str | None, name: str, region: str, hashed_kind: str, json_out: Path | None,
-             tls_ca: str | None, timeout: float | None, quiet: bool) -> None:
+             tls_ca: str | None, timeout: float | None, cache: str | None, quiet: bool) -> None:
     """Let the platform target your matches in FILE that satisfy --where (opt-in: the platform learns
     which of ITS members they are; you learn only a noisy size)."""
     merchant_list = api.read_list(file, id_column=id_column, id_type=id_type, label_column=label_column,
                                   region=region, hashed_kind=hashed_kind)
     with _progress(quiet) as notify:
         result = api.activate(server, token, merchant_list, name=name, where=where_expr, label=label, tls_ca=tls_ca,
-                              progress=notify, timeout=timeout)
+                              progress=notify, timeout=timeout, cache=cache)
     if json_out:
         json_out.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"activation {result['handle']} '{name}': about {result['noisy_size']:,} members "
