@@ -23,8 +23,8 @@ _FALSE = frozenset({"", "0", "false", "f", "no", "n", "off"})
 @dataclass
 class ImportSummary:
     rows: int = 0
-    imported: int = 0
-    duplicates: int = 0
+    imported: int = 0      # new members
+    duplicates: int = 0    # valid rows whose member was already there (earlier in the file, or imported before)
     invalid: dict[str, int] = field(default_factory=dict)
     segments: list[str] = field(default_factory=list)
     members: int = 0
@@ -52,7 +52,7 @@ def import_file(store: Store, path: str, *, id_column: str, id_type: str, segmen
     kernels = kernels or Kernels()
     summary = ImportSummary(segments=list(segments))
     invalid: Counter[str] = Counter()
-    seen: set[str] = set()
+    before = store.audience_info()["members"]
 
     def batches():
         for rows in tabular.read_columns(path, [id_column, *segments]):
@@ -68,10 +68,6 @@ def import_file(store: Store, path: str, *, id_column: str, id_type: str, segmen
                     invalid[bad.reason] += 1
                     continue
                 key = ids.match_key(normalized, "sha256" if id_type == "sha256" else id_type, region=region)
-                if key in seen:
-                    summary.duplicates += 1
-                    continue
-                seen.add(key)
                 members.append(normalized)
                 keys.append(key)
                 bits.append(mask)
@@ -83,7 +79,11 @@ def import_file(store: Store, path: str, *, id_column: str, id_type: str, segmen
             points = kernels.hash_to_curve([k.encode() for k in keys], dst)
             yield [(m, k, points[32 * i:32 * i + 32], b) for i, (m, k, b) in enumerate(zip(members, keys, bits))]
 
-    summary.imported = store.import_audience(batches(), id_kind=kind, segments=segments)
+    valid = store.import_audience(batches(), id_kind=kind, segments=segments)
     summary.invalid = dict(invalid)
     summary.members = store.audience_info()["members"]
+    # Duplicates are left to the table's unique key (memory stays bounded by one batch): a valid row
+    # that did not add a member repeated one seen earlier in this file or in an earlier import.
+    summary.imported = summary.members - before
+    summary.duplicates = valid - summary.imported
     return summary

@@ -85,7 +85,10 @@ def audience() -> None:
 @json_option
 def audience_import(db: Path, file: str, id_column: str, id_type: str, segments: str, region: str,
                     hashed_kind: str, as_json: bool) -> None:
-    """Import (or update) members from a CSV/Parquet FILE; hashes each id to the group once."""
+    """Import (or update) members from a CSV/Parquet FILE; hashes each id to the group once.
+
+    A member already present (earlier in the file, or from an earlier import) gets the segments of
+    its latest row."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from matcher import tabular

@@ -63,7 +63,7 @@ def test_audience_import_messy_csv_counts_each_reason(initialised, tmp_path):
     csv_path = tmp_path / "members.csv"
     csv_path.write_text("member_id,member,paid\n"
                         "138 0000 0001,1,0\n+86 138-0000-0002,yes,true\n008613800000003,0,no\n"
-                        "13800000001,1,1\n"          # a duplicate of the first, other spelling
+                        "13800000001,1,1\n"          # the first member again, other spelling, new segments
                         "not a phone,1,1\n,0,0\n"     # invalid_phone, empty
                         "13800000004,maybe,1\n")     # a segment value that is not yes/no
     result = CliRunner().invoke(main, [
@@ -76,7 +76,8 @@ def test_audience_import_messy_csv_counts_each_reason(initialised, tmp_path):
     assert "invalid 3 (bad_segment_member: 1, empty: 1, invalid_phone: 1)" in result.stderr
     store = Store(initialised)
     rows = dict(store.db.execute("SELECT member_id, segments FROM audience").fetchall())
-    assert rows == {"+8613800000001": 0b01, "+8613800000002": 0b11, "+8613800000003": 0b00}
+    # A member seen again updates its segments: the later row (1,1) wins over the first (1,0).
+    assert rows == {"+8613800000001": 0b11, "+8613800000002": 0b11, "+8613800000003": 0b00}
 
 
 def test_audience_import_errors_name_the_problem_and_change_nothing(initialised, tmp_path):
