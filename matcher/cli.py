@@ -301,7 +301,11 @@ def audit_key(db: Path) -> None:
 @click.option("--workers", default=16, show_default=True, help="gRPC worker threads.")
 @click.option("--executor", default="local", show_default=True,
               help="Where the crypto runs: local (all cores), inline (this process) or dask://HOST:PORT.")
-def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, workers: int, executor: str) -> None:
+@click.option("--randomness-pool", default="auto", show_default=True,
+              help="Paillier randomness to precompute while idle, in values: a number, 0 (off) or auto "
+                   "(the audience size, at most 2,000,000).")
+def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, workers: int, executor: str,
+          randomness_pool: str) -> None:
     """Serve MatchService and AuditService until SIGTERM or Ctrl-C, then shut down gracefully."""
     from matcher.crypto.kernels import kernels_for
     from matcher.server import ServerConfig, build_server
@@ -312,8 +316,14 @@ def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, wo
         kernels = kernels_for(executor)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--executor") from None
+    if randomness_pool == "auto":
+        pool_values = min(2_000_000, Store(db).audience_info()["members"])
+    elif randomness_pool.isdigit():
+        pool_values = int(randomness_pool)
+    else:
+        raise click.BadParameter("a number of values, 0 or auto", param_hint="--randomness-pool")
     server, port = build_server(ServerConfig(db=db, listen=listen, tls_cert=tls_cert, tls_key=tls_key,
-                                             max_workers=workers, kernels=kernels))
+                                             max_workers=workers, kernels=kernels, randomness_pool=pool_values))
     stopping = threading.Event()
 
     def shutdown(signum, frame):

@@ -27,8 +27,9 @@ from typing import Callable, Iterator
 from matcher import activations
 from matcher import policy as policy_mod
 from matcher import where
+from matcher.crypto import pool
 from matcher.crypto.kernels import Kernels
-from matcher.errors import InputError, MatcherError, PolicyRefused
+from matcher.errors import InputError, MatcherError, PolicyRefused, ProtocolError
 from matcher.keys import OperatorKeys
 from matcher.log.auditlog import AuditLog, canonical_json
 from matcher.protocol.messages import AudienceChunk, BlindedChunk, JobAccepted, JobStart, LabelSums
@@ -74,6 +75,21 @@ class JobRunner:
         self.kernels = kernels or Kernels()
         self.noise = noise or policy_mod.OpenDPNoise()
         self.rng = rng
+        self.pool_key_id = pool.key_id(keys.paillier.public_key)
+        self._active = 0
+        self._active_lock = threading.Lock()
+
+    @property
+    def active_jobs(self) -> int:
+        return self._active
+
+    def _job_started(self) -> None:
+        with self._active_lock:
+            self._active += 1
+
+    def _job_ended(self) -> None:
+        with self._active_lock:
+            self._active -= 1
 
     def audit_event(self, entry: dict) -> None:
         self.audit_log.append([{**entry, "time": round(self.store.now(), 3)}])
@@ -100,11 +116,15 @@ class JobRunner:
             self.audit_log.append([_entry("refused", job_id, merchant, pol, start, self.store.now(), reason=refused.reason)])
             raise
         job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression)
+        self._job_started()
         try:
             dummies = [policy_mod.dummy_count(pol, self.noise) for _ in start.labels] if pol.dummies else []
+            randomness = pool.PooledRandomness(self.store, self.pool_key_id, self.keys.pool_key,
+                                               self.keys.paillier.public_key.ciphertext_size)
             job.session = PlatformSession(audience, self.keys.paillier, job_id=job_id, dummies=dummies,
                                           rng=self.rng, kernels=self.kernels, activation=activation is not None,
-                                          activation_label=activation.label if activation else None)
+                                          activation_label=activation.label if activation else None,
+                                          randomness=randomness.take)
             job.accepted = job.session.start(start)
         except MatcherError as err:
             job.abort(str(err))
@@ -128,6 +148,7 @@ class MatchJob:
         self.session: PlatformSession
         self.accepted: JobAccepted
         self._ended = threading.Event()
+        self._end_lock = threading.Lock()
 
     def receive_blinded(self, chunk: BlindedChunk) -> None:
         self.session.receive_blinded(chunk)
@@ -161,10 +182,23 @@ class MatchJob:
         entry = _entry("released", self.job_id, self.merchant, self.policy, self.start, runner.store.now(),
                        started=self.started,
                        epsilon=self.epsilon, report_digest=digest, released=released)
+        self._claim_end()
         leaf_index, checkpoint = runner.audit_log.append([entry])
         runner.store.finish_job(self.job_id, released=True, report_json=report_json, leaf_index=leaf_index)
-        self._ended.set()
         return Report(self.job_id, report_json, checkpoint, leaf_index, canonical_json(entry))
+
+    def _claim_end(self) -> None:
+        if not self._end():
+            raise ProtocolError("the job was aborted before its release")
+
+    def _end(self) -> bool:
+        """Mark the job ended; True for the one caller that ended it (finish and abort may race)."""
+        with self._end_lock:
+            if self._ended.is_set():
+                return False
+            self._ended.set()
+        self._runner._job_ended()
+        return True
 
     def challenge(self, positions, values: bytes) -> bytes:
         return self.session.challenge(positions, values)
@@ -195,16 +229,15 @@ class MatchJob:
         entry.update({"activation": handle, "name": activation.name, "where": str(self._expression),
                       "label": activation.label, "released": {"slice": {"matched": released, "segments": {}}},
                       "expires": round(expires, 3)})
+        self._claim_end()
         leaf_index, checkpoint = runner.audit_log.append([entry])
         runner.store.finish_job(self.job_id, released=True, leaf_index=leaf_index)
-        self._ended.set()
         return ActivationResult(handle, released, expires, checkpoint, leaf_index)
 
     def abort(self, reason: str) -> None:
         """Idempotent, and a no-op after a release: safe to call from any cleanup path."""
-        if self._ended.is_set():
+        if not self._end():
             return
-        self._ended.set()
         runner = self._runner
         runner.store.finish_job(self.job_id, released=False, reason=reason[:500])
         runner.audit_log.append([_entry("failed", self.job_id, self.merchant, self.policy, self.start,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from matcher.crypto.paillier import PrivateKey
@@ -21,6 +22,8 @@ from matcher.log.checkpoint import Signer
 class OperatorKeys:
     paillier: PrivateKey
     signer: Signer
+    # AES-256-GCM key sealing the precomputed Paillier randomness at rest (see matcher.crypto.pool).
+    pool_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
 
 
 def key_path_for(db_path: str | Path) -> Path:
@@ -35,7 +38,8 @@ def create(path: Path, *, origin: str, paillier_bits: int = 2048) -> OperatorKey
 
 def write(path: Path, keys: OperatorKeys) -> None:
     """Write a new key file, mode 0600 from the first byte (never chmod after the fact)."""
-    data = json.dumps({"paillier": keys.paillier.to_bytes().hex(), "signer": keys.signer.key_string}).encode()
+    data = json.dumps({"paillier": keys.paillier.to_bytes().hex(), "signer": keys.signer.key_string,
+                       "pool": keys.pool_key.hex()}).encode()
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -54,4 +58,4 @@ def load(path: Path) -> OperatorKeys:
                          hint=f"chmod 600 {path}")
     data = json.loads(path.read_text())
     return OperatorKeys(paillier=PrivateKey.from_bytes(bytes.fromhex(data["paillier"])),
-                        signer=Signer.from_key_string(data["signer"]))
+                        signer=Signer.from_key_string(data["signer"]), pool_key=bytes.fromhex(data["pool"]))

@@ -16,7 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from matcher import keys as keys_mod
-from matcher.crypto.kernels import Kernels, local_kernels
+from matcher.crypto import pool
+from matcher.crypto.kernels import EncryptionContext, Kernels, local_kernels
 from matcher.jobs import JobRunner
 from matcher.log.auditlog import AuditLog
 from matcher.policy import NoiseSource
@@ -47,6 +48,8 @@ class ServerConfig:
     noise: NoiseSource | None = None
     rng: Callable[[int], bytes] = field(default=os.urandom)
     clock: Callable[[], float] = field(default=time.time)
+    # Precomputed Paillier randomness to keep ready (values; 0 = none): encrypting then costs one product.
+    randomness_pool: int = 0
 
 
 class _AuthInterceptor(grpc.ServerInterceptor):
@@ -78,6 +81,42 @@ def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
 
 
+class _PoolFiller(threading.Thread):
+    """Tops up the randomness pool while no job runs (matcher.crypto.pool)."""
+
+    def __init__(self, runner: JobRunner, target_values: int):
+        super().__init__(name="matcher-pool-filler", daemon=True)
+        self._runner = runner
+        self._target_batches = -(-target_values // pool.BATCH)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        runner = self._runner
+        key = runner.keys.paillier
+        size = key.public_key.ciphertext_size
+        context, rounds = EncryptionContext(key), 0
+        while not self._halt.wait(0.05):
+            if runner.active_jobs or runner.store.pool_batches(runner.pool_key_id) >= self._target_batches:
+                self._halt.wait(1.0)
+                continue
+            if rounds % 64 == 0:
+                context = EncryptionContext(key)  # a fresh secret base h now and then
+            rounds += 1
+            try:
+                # Encryptions of zero are exactly the randomness r = h^alpha.
+                data = runner.kernels.submit_encrypt(context, [0] * (pool.BATCH * max(1, runner.kernels.workers))).result()
+            except Exception:  # kernels shut down under us: stopping
+                log.exception("randomness pool refill failed")
+                return
+            values = [int.from_bytes(data[i:i + size], "big") for i in range(0, len(data), size)]
+            runner.store.pool_add(runner.pool_key_id, [pool.seal(runner.keys.pool_key, size, values[i:i + pool.BATCH])
+                                                       for i in range(0, len(values), pool.BATCH)])
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=30)
+
+
 @dataclass
 class MatcherServer:
     """The gRPC server with what it owns; ``stop`` is the graceful shutdown SIGTERM triggers."""
@@ -86,11 +125,14 @@ class MatcherServer:
     store: Store
     runner: JobRunner
     health: health.HealthServicer
+    filler: _PoolFiller | None = None
     _stopping: threading.Lock = field(default_factory=threading.Lock)
     _stopped: bool = False
 
     def start(self) -> None:
         self.grpc_server.start()
+        if self.filler:
+            self.filler.start()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self.grpc_server.wait_for_termination(timeout)
@@ -104,6 +146,8 @@ class MatcherServer:
             self._stopped = True
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        if self.filler and self.filler.is_alive():
+            self.filler.stop()
         self.store.fail_running_jobs("server shut down during the job")
         self.runner.kernels.close()
         self.store.close()
@@ -144,4 +188,5 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
         port = server.add_insecure_port(config.listen)
     if port == 0:
         raise OSError(f"could not listen on {config.listen}")
-    return MatcherServer(server, store, runner, health_servicer), port
+    filler = _PoolFiller(runner, config.randomness_pool) if config.randomness_pool > 0 else None
+    return MatcherServer(server, store, runner, health_servicer, filler), port

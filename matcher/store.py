@@ -105,6 +105,15 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (handle, row_id)
     ) WITHOUT ROWID;
     """,
+    # 3: sealed, precomputed Paillier randomness (matcher.crypto.pool)
+    """
+    CREATE TABLE randomness_pool (
+        id INTEGER PRIMARY KEY,
+        key_id TEXT NOT NULL,           -- which Paillier modulus the values belong to
+        sealed BLOB NOT NULL
+    );
+    CREATE INDEX randomness_by_key ON randomness_pool (key_id, id);
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Segment bits live in one signed 64-bit SQLite integer.
@@ -422,6 +431,22 @@ class Store:
     def expired_activations(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT handle FROM activations WHERE state = 'active' AND expires <= ?",
                                               [self._clock()])]
+
+    # -- precomputed Paillier randomness -------------------------------------------------------
+
+    def pool_batches(self, key_id: str) -> int:
+        return self.db.execute("SELECT count(*) FROM randomness_pool WHERE key_id = ?", [key_id]).fetchone()[0]
+
+    def pool_add(self, key_id: str, sealed: Sequence[bytes]) -> None:
+        with self.transaction() as conn:
+            conn.executemany("INSERT INTO randomness_pool (key_id, sealed) VALUES (?, ?)", [(key_id, b) for b in sealed])
+
+    def pool_take(self, key_id: str, batches: int) -> list[bytes]:
+        """Remove and return up to ``batches`` sealed batches: taken once, never handed out twice."""
+        with self.transaction() as conn:
+            rows = conn.execute("DELETE FROM randomness_pool WHERE id IN (SELECT id FROM randomness_pool "
+                                "WHERE key_id = ? ORDER BY id LIMIT ?) RETURNING sealed", [key_id, batches]).fetchall()
+        return [bytes(r[0]) for r in rows]
 
     # -- audit log ----------------------------------------------------------------------------
 

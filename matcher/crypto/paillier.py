@@ -419,6 +419,20 @@ class PlatformEncryptor:
         return [int(self._randomness()) for _ in range(count)]
 
 
+def encrypt_with_randomness(public_key: PublicKey, plaintexts: Sequence[int], randomness: Sequence[int]) -> list[int]:
+    """Encrypt with precomputed n-th residues (each from a PlatformEncryptor, each used once):
+    (1 + m·n)·r = r + n·(m·r mod n)  (mod n^2) — one small product per row, no exponentiation."""
+    if len(plaintexts) != len(randomness):
+        raise InputError("one randomness value per plaintext is required")
+    n, n2 = public_key._n, public_key._n2
+    out = []
+    for m, r in zip(plaintexts, randomness):
+        m = public_key._checked_plaintext(m)
+        c = r + n * (m * r % n) if m else mpz(r)
+        out.append(int(c - n2 if c >= n2 else c))
+    return out
+
+
 @dataclass(frozen=True)
 class Unpacked:
     """A decrypted, unpacked sum: how many rows, per-segment counts, per-metric sums."""

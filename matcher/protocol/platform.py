@@ -94,8 +94,11 @@ class PlatformSession:
     def __init__(self, audience: Audience, key: paillier.PrivateKey, *, job_id: str,
                  dummies: Sequence[int] = (), rng: Rng = os.urandom, kernels: Kernels | None = None,
                  max_chunk: int = MAX_CHUNK_ELEMENTS, audience_chunk_rows: int = AUDIENCE_CHUNK_ROWS,
-                 activation: bool = False, activation_label: str | None = None):
+                 activation: bool = False, activation_label: str | None = None,
+                 randomness: Callable[[int], list[int] | None] | None = None):
         self._audience = audience
+        # Precomputed n-th residues, each used once (matcher.crypto.pool); None when dry.
+        self._randomness = randomness
         self.activation = activation
         self._activation_label = activation_label
         self._key = key
@@ -218,7 +221,7 @@ class PlatformSession:
             packed = self.layout.pack_many(self._audience.segment_bits[rows[real]].tolist())
             for at, value in zip(np.nonzero(real)[0].tolist(), packed):
                 plaintexts[at] = value
-            future = _NO_CIPHERTEXTS if self.activation else self._kernels.submit_encrypt(encryption, plaintexts)
+            future = _NO_CIPHERTEXTS if self.activation else self._encrypt(encryption, plaintexts)
             points = np.empty((len(rows), group.ELEMENT_SIZE), dtype=np.uint8)
             if real.any():
                 hashed = np.ascontiguousarray(self._audience.points[rows[real]]).tobytes()
@@ -233,6 +236,18 @@ class PlatformSession:
             ready_points, ready = pending.popleft()
             yield AudienceChunk(points=ready_points, ciphertexts=ready.result())
         self._state = _State.AWAITING_PROOFS if self.activation else _State.AWAITING_SUMS
+
+    def _encrypt(self, encryption: EncryptionContext, plaintexts: list[int]) -> Future:
+        """From the precomputed pool when it has enough, else online on the kernels."""
+        pooled = self._randomness(len(plaintexts)) if self._randomness else None
+        if pooled is None:
+            return self._kernels.submit_encrypt(encryption, plaintexts)
+        public = self._key.public_key
+        size = public.ciphertext_size
+        done: Future = Future()
+        done.set_result(b"".join(c.to_bytes(size, "big")
+                                 for c in paillier.encrypt_with_randomness(public, plaintexts, pooled)))
+        return done
 
     @property
     def stream_length(self) -> int:

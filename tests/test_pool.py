@@ -1,0 +1,63 @@
+"""Precomputed Paillier randomness: sealed at rest, used once, same results as online encryption."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from matcher.crypto import pool
+from matcher.crypto.kernels import EncryptionContext, Kernels
+from matcher.errors import CryptoError
+from matcher_client import api
+from tests.conftest import SEGMENTS, phone, test_private_key
+from tests.test_e2e import exact_policy, ground_truth
+
+
+def test_seal_round_trip_and_tamper():
+    key = bytes(range(32))
+    values = [random.getrandbits(4096) for _ in range(10)]
+    blob = pool.seal(key, 512, values)
+    assert pool.unseal(key, 512, blob) == values
+    assert values[0].to_bytes(512, "big") not in blob  # sealed, not stored in the clear
+    tampered = blob[:40] + bytes([blob[40] ^ 1]) + blob[41:]
+    with pytest.raises(CryptoError):
+        pool.unseal(key, 512, tampered)
+    with pytest.raises(CryptoError):
+        pool.unseal(bytes(32), 512, blob)
+
+
+def test_encryption_with_pooled_randomness_decrypts(operator):
+    key = test_private_key()
+    size = key.public_key.ciphertext_size
+    data = Kernels().submit_encrypt(EncryptionContext(key), [0] * 50).result()
+    randomness = [int.from_bytes(data[i:i + size], "big") for i in range(0, len(data), size)]
+    operator.store.pool_add("k", [pool.seal(operator.keys.pool_key, size, randomness)])
+    drawn = pool.PooledRandomness(operator.store, "k", operator.keys.pool_key, size)
+    assert drawn.take(60) is None and drawn.dry          # not enough: dry, the job encrypts online
+    assert operator.store.pool_batches("k") == 0          # and what was taken is never handed out again
+    from matcher.crypto.paillier import encrypt_with_randomness
+
+    plaintexts = list(range(50))
+    ciphertexts = encrypt_with_randomness(key.public_key, plaintexts, randomness)
+    assert [key.decrypt(c) for c in ciphertexts] == plaintexts
+
+
+def test_server_fills_the_pool_when_idle_and_jobs_use_it(operator, serve):
+    rng = random.Random(23)
+    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(1_500)}
+    operator.add_members(members)
+    exact_policy(operator.store)
+    token = operator.token("merchant", "shop")
+    served = serve(randomness_pool=3 * pool.BATCH)
+    key_id = served.server.runner.pool_key_id
+    deadline = time.monotonic() + 60
+    while operator.store.pool_batches(key_id) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert operator.store.pool_batches(key_id) == 3
+    served.server.filler.stop()  # hold the pool still while we count what the job takes
+    customers = [(phone(i), "all") for i in range(1_000, 2_000)]
+    report = api.match(served.address, token, rows=customers, id_type="phone")
+    assert report["labels"] == ground_truth(members, customers)
+    assert operator.store.pool_batches(key_id) == 1  # 1,500 rows took two batches of 1,024
