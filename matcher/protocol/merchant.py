@@ -26,11 +26,12 @@ import enum
 import os
 from typing import Callable, Iterator, Sequence
 
+import gmpy2
 import numpy as np
 
 from matcher.crypto import group, paillier
 from matcher.crypto.kernels import Kernels
-from matcher.errors import InputError, ProtocolError
+from matcher.errors import InputError, InvalidCiphertext, ProtocolError
 from matcher.protocol._points import PointIndex, as_point_array
 from matcher.protocol.messages import (
     MAX_CHUNK_ELEMENTS,
@@ -108,7 +109,7 @@ class MerchantSession:
         self.job_id = accepted.job_id
         self.segments = accepted.segments
         self._chunk_size = min(self._chunk_size, accepted.max_chunk_elements)
-        self._sums = [1] * len(self.label_names)  # 1 is the empty product
+        self._sums = [gmpy2.mpz(1)] * len(self.label_names)  # 1 is the empty product
         self._state = _State.ACCEPTED
 
     def blinded_chunks(self) -> Iterator[BlindedChunk]:
@@ -151,11 +152,12 @@ class MerchantSession:
             self.stream_elements += n
             return
         size = key.ciphertext_size
-        sums = self._sums
+        sums, n2, data = self._sums, key.n_squared, chunk.ciphertexts
+        # Rows are multiplied unchecked (a gcd per row was 8% of the client's time); the sums are
+        # validated in finish(), and a bad row can only spoil the sum the platform itself decrypts.
         for pos, label in zip(positions.tolist(), labels.tolist()):
-            c = key.from_bytes(chunk.ciphertexts[pos * size:(pos + 1) * size])
-            sums[label] = key.add(sums[label], c)
-            self.matched_counts[label] += 1
+            sums[label] = sums[label] * gmpy2.mpz.from_bytes(data[pos * size:(pos + 1) * size], "big") % n2
+        np.add.at(self.matched_counts, labels, 1)
         self.stream_elements += n
 
     def claims(self, label: str | None = None) -> Iterator[tuple[np.ndarray, bytes]]:
@@ -186,4 +188,9 @@ class MerchantSession:
         key = self._public_key
         assert key is not None
         self._state = _State.DONE
+        for label, total in zip(self.label_names, self._sums):
+            try:
+                key.validate(total)
+            except InvalidCiphertext:
+                raise InvalidCiphertext(f"the platform's ciphertexts for label '{label}' are not in Z*_(n^2)") from None
         return LabelSums(sums=tuple(key.to_bytes(key.rerandomize(s, self._rng)) for s in self._sums))

@@ -1,0 +1,705 @@
+"""End-to-end benchmark: one full match job over real gRPC on localhost, JSON out.
+
+    python -m bench.e2e --platform 100000 --merchant 100000 --overlap 0.5 --segments 60 \
+        [--peer openmined] [--out FILE.json] [--workdir DIR] [--pyspy PREFIX] [--cprofile FILE]
+
+What it does, in order (each step timed separately):
+
+1. generates synthetic data: ``--platform`` distinct CN mobile numbers (E.164) with ``--segments``
+   random segment bits each, and a merchant list of ``--merchant`` numbers of which a fraction
+   ``--overlap`` are platform members (the rest are not);
+2. creates an operator database with the library (``matcher.keys.create``, ``Store(create=True)``),
+   imports the audience through ``Store.import_audience`` with the pool's ``hash_to_curve``
+   (timed as ``import``), sets the policy to noise none / k 0 / dummies off / min_list_size 1 /
+   a large ε budget, and adds a merchant;
+3. starts the real server as a subprocess (``<venv>/bin/matcher serve``) and waits for gRPC
+   health SERVING;
+4. runs the merchant job in this process with ``matcher_client.api.run_job`` (list preparation,
+   i.e. normalization with ``phonenumbers``, is timed separately as ``prepare``), recording a
+   timestamp for every gRPC message and every progress callback;
+5. checks every count of the report against the plaintext ground truth;
+6. with ``--peer openmined``, runs OpenMined PSI cardinality (GCS, fpr 1e-9) on the very same two
+   sets, in a subprocess of the interpreter given by ``--peer-python`` (default
+   ``/tmp/benchvenv/bin/python`` when it exists: ``openmined-psi`` pins an older protobuf than
+   matcher's generated code needs, so it lives in its own venv), and prints the ratio.
+
+Memory: the server's peak RSS is the kernel's high-water mark (``VmHWM``) of the server process
+and of each of its pool workers, read from /proc just before the server is stopped; the sum of
+the tree's ``VmRSS`` is also sampled every 0.2 s. The client's peak is this process's
+``ru_maxrss`` (after resetting the high-water mark right before the job, where the kernel
+allows it, so data generation does not count) and the high-water marks of its pool workers.
+
+Bytes on the wire: measured, not estimated — the MatchService stub is wrapped so every request
+and response message is counted as its protobuf size plus gRPC's 5-byte message prefix (HTTP/2
+frame headers, ~0.06 %, are not counted). The analytic estimate (32 B per point each way,
+one ciphertext per platform row) is recorded beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import hashlib
+import json
+import os
+import pstats
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+
+from bench.micro import machine_info
+
+_MOBILE_PREFIXES = np.array([138, 139, 150, 151, 152, 158, 186, 187, 188], dtype=np.int64)
+_SUFFIX_SPACE = 10**8
+_HERE = Path(__file__).resolve().parent
+_DEFAULT_PEER_PYTHON = "/tmp/benchvenv/bin/python"
+_PYSPY_CANDIDATES = ("/tmp/benchvenv/bin/py-spy",)
+
+
+# -- synthetic data ---------------------------------------------------------------------------------
+
+def _unique_numbers(rng: np.random.Generator, count: int) -> np.ndarray:
+    """``count`` distinct integers encoding (prefix index, 8-digit suffix)."""
+    space = len(_MOBILE_PREFIXES) * _SUFFIX_SPACE
+    if count > space // 4:
+        raise SystemExit(f"at most {space // 4} synthetic numbers")
+    values = np.unique(rng.integers(0, space, size=int(count * 1.05) + 16, dtype=np.int64))
+    while len(values) < count:
+        values = np.unique(np.concatenate([values, rng.integers(0, space, size=count, dtype=np.int64)]))
+    return rng.permutation(values)[:count]
+
+
+def _to_e164(values: np.ndarray) -> list[str]:
+    prefixes = _MOBILE_PREFIXES[values // _SUFFIX_SPACE].tolist()
+    suffixes = (values % _SUFFIX_SPACE).tolist()
+    return ["+86%d%08d" % pair for pair in zip(prefixes, suffixes)]
+
+
+def generate(platform_n: int, merchant_n: int, overlap: float, n_segments: int, seed: int):
+    """Platform numbers with segment masks, and a merchant list whose first part is platform members."""
+    rng = np.random.default_rng(seed)
+    shared = min(platform_n, int(round(merchant_n * overlap)))
+    values = _unique_numbers(rng, platform_n + merchant_n - shared)
+    platform_values = values[:platform_n]
+    outsiders = values[platform_n:]
+    members = rng.choice(platform_n, size=shared, replace=False)
+    merchant_values = rng.permutation(np.concatenate([platform_values[members], outsiders]))
+    if n_segments:
+        masks = rng.integers(0, 2**n_segments, size=platform_n, dtype=np.uint64, endpoint=False) \
+            if n_segments < 64 else rng.integers(0, 2**63, size=platform_n, dtype=np.uint64)
+    else:
+        masks = np.zeros(platform_n, dtype=np.uint64)
+    # Ground truth, from plaintext: which platform rows the merchant holds, and their segment counts.
+    matched_masks = masks[members]
+    segment_counts = [int(((matched_masks >> np.uint64(i)) & np.uint64(1)).sum()) for i in range(n_segments)]
+    truth = {"matched": int(shared), "segments": segment_counts}
+    return _to_e164(platform_values), masks, _to_e164(merchant_values), truth
+
+
+# -- /proc helpers ----------------------------------------------------------------------------------
+
+def _status_kib(pid: int, field: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _children(pid: int, skip: set[int] = frozenset()) -> list[int]:
+    """All descendants of ``pid`` except the subtrees rooted at ``skip`` (scan of /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child in skip:
+                continue
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmd:
+            return cmd.read().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
+    except OSError:
+        return "?"
+
+
+class TreeSampler:
+    """Samples the summed VmRSS of a process tree; remembers each member's VmHWM and CPU time."""
+
+    def __init__(self, root: int, interval: float = 0.2, exclude: set[int] | None = None):
+        self.root = root
+        self.interval = interval
+        self.exclude = exclude or set()
+        self.peak_tree_rss_kib = 0
+        self.hwm: dict[int, int] = {}
+        self.cpu: dict[int, float] = {}
+        self.cpu_start: dict[int, float] = {}  # first reading: CPU spent before the sampled window
+        self.names: dict[int, str] = {}
+        self._pids: list[int] = [root]
+        self._scanned_at = float("-inf")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "TreeSampler":
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.sample()
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def sample(self) -> None:
+        # Rescanning /proc for descendants costs more than reading a few status files (it showed
+        # up at ~6 % of the client's samples at 0.2 s): rescan at most once a second.
+        now = time.monotonic()
+        if now - self._scanned_at >= 1.0:
+            self._pids = [self.root, *_children(self.root, self.exclude)]
+            self._scanned_at = now
+        total = 0
+        for pid in self._pids:
+            rss = _status_kib(pid, "VmRSS")
+            if rss is None:
+                continue
+            total += rss
+            self.hwm[pid] = max(self.hwm.get(pid, 0), _status_kib(pid, "VmHWM") or 0)
+            cpu = _cpu_seconds(pid)
+            if cpu is not None:
+                self.cpu[pid] = cpu
+                self.cpu_start.setdefault(pid, cpu if pid == self.root else 0.0)
+            if pid not in self.names:
+                self.names[pid] = _cmdline(pid)
+        self.peak_tree_rss_kib = max(self.peak_tree_rss_kib, total)
+
+    def report(self) -> dict:
+        return {
+            "peak_tree_rss_mib_sampled": round(self.peak_tree_rss_kib / 1024, 1),
+            "processes": [{"pid": pid, "cmd": self.names.get(pid, "?"), "peak_rss_mib": round(kib / 1024, 1),
+                           "cpu_s": round(self.cpu.get(pid, 0.0) - self.cpu_start.get(pid, 0.0), 2)}
+                          for pid, kib in sorted(self.hwm.items())],
+            "peak_rss_mib_main": round(self.hwm.get(self.root, 0) / 1024, 1),
+            "peak_rss_mib_max_process": round(max(self.hwm.values(), default=0) / 1024, 1),
+        }
+
+
+def _reset_own_hwm() -> bool:
+    """Linux: writing 5 to clear_refs resets VmHWM, so the job's own peak can be read afterwards."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# -- the job, instrumented --------------------------------------------------------------------------
+
+class WireLog:
+    """Counts MatchService messages (protobuf size + 5-byte gRPC prefix) and timestamps each kind."""
+
+    def __init__(self, t0: float):
+        self.t0 = t0
+        self.sent = 0
+        self.received = 0
+        self.sent_by_kind: dict[str, int] = {}
+        self.received_by_kind: dict[str, int] = {}
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter() - self.t0
+        with self._lock:
+            self.first.setdefault(name, now)
+            self.last[name] = now
+
+    def count(self, message, direction: str) -> None:
+        kind = message.WhichOneof("msg") or "?"
+        size = message.ByteSize() + 5
+        with self._lock:
+            if direction == "sent":
+                self.sent += size
+                self.sent_by_kind[kind] = self.sent_by_kind.get(kind, 0) + size
+            else:
+                self.received += size
+                self.received_by_kind[kind] = self.received_by_kind.get(kind, 0) + size
+        self.mark(f"{direction}:{kind}")
+
+
+def _counting_grpc_module(real_module, wire: WireLog):
+    """A stand-in for ``match_pb2_grpc`` whose stub counts every message of ``Match``."""
+
+    class CountingStub:
+        def __init__(self, channel):
+            self._stub = real_module.MatchServiceStub(channel)
+
+        def Match(self, request_iterator, **kwargs):
+            def requests():
+                for request in request_iterator:
+                    wire.count(request, "sent")
+                    yield request
+
+            responses = self._stub.Match(requests(), **kwargs)
+
+            def counted():
+                for response in responses:
+                    wire.count(response, "received")
+                    yield response
+
+            return counted()
+
+        def __getattr__(self, name):
+            return getattr(self._stub, name)
+
+    return types.SimpleNamespace(MatchServiceStub=CountingStub)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_serving(address: str, process: subprocess.Popen, timeout: float = 120.0) -> float:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    started = time.perf_counter()
+    with grpc.insecure_channel(address) as chan:
+        stub = health_pb2_grpc.HealthStub(chan)
+        while time.perf_counter() - started < timeout:
+            if process.poll() is not None:
+                raise SystemExit(f"the server exited with {process.returncode} before serving")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return time.perf_counter() - started
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise SystemExit("the server did not become SERVING in time")
+
+
+def _find_pyspy(explicit: str | None) -> str | None:
+    for candidate in ([explicit] if explicit else []) + [shutil.which("py-spy"), *_PYSPY_CANDIDATES]:
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def _matcher_executable() -> str:
+    local = Path(sys.executable).parent / "matcher"
+    return str(local) if local.exists() else (shutil.which("matcher") or "matcher")
+
+
+def build_operator_db(workdir: Path, platform_ids: list[str], masks: np.ndarray, n_segments: int) -> tuple[Path, str, dict]:
+    from matcher import ids, keys as keys_mod
+    from matcher.crypto import group
+    from matcher.crypto.kernels import local_kernels
+    from matcher.store import Store
+
+    timings: dict = {}
+    db = workdir / "operator.db"
+    started = time.perf_counter()
+    keys_mod.create(keys_mod.key_path_for(db), origin="matcher.bench")
+    timings["keygen_s"] = round(time.perf_counter() - started, 3)
+    store = Store(db, create=True)
+    store.set_meta({"origin": "matcher.bench"})
+    segments = [f"seg{i:02d}" for i in range(n_segments)]
+    dst = group.dst_for("phone")
+    batch = 65_536
+    started = time.perf_counter()
+    with local_kernels() as kernels:
+        def batches():
+            for lo in range(0, len(platform_ids), batch):
+                members = platform_ids[lo:lo + batch]
+                keys = [hashlib.sha256(m.encode()).hexdigest() for m in members]
+                points = kernels.hash_to_curve([k.encode() for k in keys], dst)
+                bits = masks[lo:lo + batch].tolist()
+                yield [(m, k, points[32 * i:32 * i + 32], b) for i, (m, k, b) in enumerate(zip(members, keys, bits))]
+
+        imported = store.import_audience(batches(), id_kind="phone", segments=segments)
+    timings["import_s"] = round(time.perf_counter() - started, 3)
+    timings["import_rows_per_s"] = round(imported / max(timings["import_s"], 1e-9), 1)
+    # The bench's platform keys must be the library's keys for the same numbers.
+    assert ids.match_key(platform_ids[0], "phone") == hashlib.sha256(platform_ids[0].encode()).hexdigest()
+    for key, value in (("noise", "none"), ("k", "0"), ("dummies", "off"), ("min_list_size", "1"),
+                       ("epsilon_per_job", "1"), ("epsilon_budget", "1000000"), ("jobs_per_hour", "1000")):
+        store.set_policy(key, value)
+    _, token = store.add_principal("merchant", "bench")
+    store.close()
+    timings["db_bytes"] = db.stat().st_size
+    return db, token, timings
+
+
+def run_job(address: str, token: str, merchant_ids: list[str], cprofile: str | None, pyspy: str | None,
+            pyspy_prefix: str | None, rate: int, server_pid: int, cache: str | None = None) -> dict:
+    """The client's job; ``cache`` is a warm merchant hash cache (the repeat-customer scenario)."""
+    import matcher_client.api as api
+    from matcher.v1 import match_pb2_grpc
+
+    started = time.perf_counter()
+    merchant_list = api.prepare_rows(((m, None) for m in merchant_ids), id_type="phone")
+    prepare_s = time.perf_counter() - started
+
+    profiler_proc = None
+    if pyspy and pyspy_prefix:
+        profiler_proc = subprocess.Popen(
+            [pyspy, "record", "--pid", str(os.getpid()), "--subprocesses", "--format", "raw", "--rate", str(rate),
+             "--nonblocking", "-o", f"{pyspy_prefix}-client.txt"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.0)
+    hwm_reset = _reset_own_hwm()
+    rss_before = _status_kib(os.getpid(), "VmRSS") or 0
+
+    t0 = time.perf_counter()
+    wire = WireLog(t0)
+    marks: dict[str, list[float]] = {}
+
+    def progress(phase: str, done: int, total) -> None:
+        now = time.perf_counter() - t0
+        marks.setdefault(phase, [now, now])[1] = now
+
+    real = api.match_pb2_grpc
+    api.match_pb2_grpc = _counting_grpc_module(match_pb2_grpc, wire)
+    profiler = cProfile.Profile() if cprofile else None
+    usage_before = resource.getrusage(resource.RUSAGE_SELF)
+    own_pid = os.getpid()
+    # This process's children include the server (and py-spy): those subtrees are not the client.
+    sampler = TreeSampler(own_pid, exclude={server_pid} | ({profiler_proc.pid} if profiler_proc else set()))
+    try:
+        with sampler:
+            if profiler:
+                profiler.enable()
+            report = api.run_job(address, token, merchant_list, progress=progress, cache=cache)
+            if profiler:
+                profiler.disable()
+    finally:
+        api.match_pb2_grpc = real
+    total_s = time.perf_counter() - t0
+    if profiler_proc:
+        profiler_proc.send_signal(signal.SIGINT)
+        try:
+            profiler_proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            profiler_proc.kill()
+    if profiler:
+        profiler.dump_stats(cprofile)
+        with open(cprofile + ".txt", "w") as out:
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(40)
+            pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(40)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    tree = sampler.report()
+    return {
+        "report": report,
+        "prepare_s": prepare_s,
+        "total_s": total_s,
+        "marks": marks,
+        "wire": wire,
+        "client_memory": {
+            "rss_before_job_mib": round(rss_before / 1024, 1),
+            "peak_rss_mib_main": tree["peak_rss_mib_main"],
+            "ru_maxrss_mib": round(usage.ru_maxrss / 1024, 1),
+            "peak_rss_is_job_only": hwm_reset,
+            "peak_tree_rss_mib_sampled": tree["peak_tree_rss_mib_sampled"],
+            "processes": tree["processes"],
+        },
+        "client_cpu_s": round(usage.ru_utime + usage.ru_stime - usage_before.ru_utime - usage_before.ru_stime, 2),
+    }
+
+
+def _phases(job: dict) -> dict:
+    """Wall-clock phases of the job from the client's point of view (seconds since run_job began)."""
+    w: WireLog = job["wire"]
+    first, last = w.first, w.last
+    t_end = job["total_s"]
+    points = {
+        "accepted": first.get("received:accepted"),
+        "list_sent": last.get("sent:list_end"),
+        "first_double_blinded": first.get("received:double_blinded"),
+        "last_double_blinded": last.get("received:double_blinded"),
+        "first_audience": first.get("received:audience"),
+        "last_audience": last.get("received:audience"),
+        "audience_end": first.get("received:audience_end"),
+        "sums_sent": first.get("sent:sums"),
+        "report": first.get("received:report"),
+        "done": t_end,
+    }
+    def span(a, b):
+        return round(points[b] - points[a], 3) if points.get(a) is not None and points.get(b) is not None else None
+
+    phases = {
+        "start_to_accepted_s": round(points["accepted"], 3) if points["accepted"] is not None else None,
+        # Client hashes + blinds its list and streams it; the server blinds each chunk as it arrives.
+        "blinding_s": span("accepted", "list_sent"),
+        # Server finishes b·a·H(x), shuffles, streams them back.
+        "double_blinded_s": span("list_sent", "last_double_blinded"),
+        # Server blinds + encrypts its audience and streams it; the client blinds, matches, sums.
+        "matching_s": span("last_double_blinded", "audience_end"),
+        # Client re-randomizes the sums; server decrypts, applies the policy, appends to the audit log.
+        "finish_s": span("audience_end", "report"),
+        "total_s": round(t_end, 3),
+    }
+    return {"phases": phases, "timeline_s": {k: (round(v, 3) if v is not None else None) for k, v in points.items()},
+            "progress_marks_s": {k: [round(a, 3), round(b, 3)] for k, (a, b) in job["marks"].items()}}
+
+
+def check(report: dict, truth: dict, n_segments: int) -> dict:
+    label = report["labels"].get("all", {})
+    got_segments = [label.get("segments", {}).get(f"seg{i:02d}") for i in range(n_segments)]
+    wrong = [i for i, (a, b) in enumerate(zip(got_segments, truth["segments"])) if a != b]
+    ok = label.get("matched") == truth["matched"] and not wrong
+    return {"ok": ok, "matched": label.get("matched"), "expected_matched": truth["matched"],
+            "segments_wrong": wrong[:10], "segments_checked": n_segments}
+
+
+# -- OpenMined peer ---------------------------------------------------------------------------------
+
+def run_openmined(python: str, workdir: Path, platform_ids: list[str], merchant_ids: list[str],
+                  timeout: float) -> dict:
+    server_file, client_file = workdir / "peer_server.txt", workdir / "peer_client.txt"
+    server_file.write_text("\n".join(platform_ids))
+    client_file.write_text("\n".join(merchant_ids))
+    command = [python, str(_HERE / "peer_openmined.py"), str(server_file), str(client_file)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError as err:
+        return {"available": False, "reason": f"no interpreter {python}: {err}"}
+    except subprocess.TimeoutExpired:
+        return {"available": True, "finished": False, "reason": f"timed out after {timeout} s"}
+    finally:
+        server_file.unlink(missing_ok=True)
+        client_file.unlink(missing_ok=True)
+    if done.returncode != 0:
+        return {"available": False, "reason": (done.stderr or done.stdout).strip()[-800:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+def _wait_pool(db: Path, values: int, timeout: float = 3600) -> float:
+    """Seconds until the server's randomness pool holds ``values`` (it fills while idle)."""
+    import sqlite3
+
+    from matcher.crypto import pool
+
+    wanted = -(-values // pool.BATCH)
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        with contextlib.closing(sqlite3.connect(str(db), timeout=30)) as conn:
+            if conn.execute("SELECT count(*) FROM randomness_pool").fetchone()[0] >= wanted:
+                return time.perf_counter() - started
+        time.sleep(0.5)
+    raise TimeoutError("the randomness pool did not fill")
+
+
+def _warm_cache(workdir: Path, merchant_ids: list[str]) -> tuple[str, float]:
+    import matcher_client.api as api
+    from matcher.crypto import group
+    from matcher.crypto.kernels import local_kernels
+    from matcher_client.hash_cache import CachingKernels, HashCache
+
+    path = str(workdir / "merchant-hashes.cache")
+    started = time.perf_counter()
+    keys = api.prepare_rows(((m, None) for m in merchant_ids), id_type="phone").prepared.keys
+    with CachingKernels(local_kernels(), HashCache(path)) as kernels:
+        for lo in range(0, len(keys), 65_536):
+            kernels.hash_to_curve([k.encode() for k in keys[lo:lo + 65_536]], group.dst_for("phone"))
+    return path, round(time.perf_counter() - started, 3)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--platform", type=int, required=True, help="platform audience size")
+    parser.add_argument("--merchant", type=int, required=True, help="merchant list size")
+    parser.add_argument("--overlap", type=float, default=0.5, help="fraction of the merchant list on the platform")
+    parser.add_argument("--segments", type=int, default=60, help="boolean segments per platform member (0..64)")
+    parser.add_argument("--peer", choices=["none", "openmined"], default="none")
+    parser.add_argument("--peer-python", default=None,
+                        help=f"interpreter with openmined-psi (default {_DEFAULT_PEER_PYTHON} if present)")
+    parser.add_argument("--peer-timeout", type=float, default=1800)
+    parser.add_argument("--out", default=None, help="write the JSON result here")
+    parser.add_argument("--workdir", default=None, help="where the operator DB goes (default: a temp dir, removed)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--pyspy", default=None, metavar="PREFIX",
+                        help="profile with py-spy: PREFIX-server.txt and PREFIX-client.txt (collapsed stacks)")
+    parser.add_argument("--pyspy-bin", default=None)
+    parser.add_argument("--pyspy-rate", type=int, default=50)
+    parser.add_argument("--cprofile", default=None, metavar="FILE", help="cProfile the client's main thread")
+    parser.add_argument("--pool", choices=["off", "prefill"], default="off",
+                        help="prefill: let the server precompute its Paillier randomness pool before the job "
+                             "(timed separately as pool_fill_s); off: online encryption")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="hash the merchant list into a local hash cache before the job (timed separately)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.segments <= 64:
+        parser.error("--segments must be in 0..64")
+    if not 0 <= args.overlap <= 1:
+        parser.error("--overlap must be in 0..1")
+
+    result: dict = {"benchmark": "e2e", "params": {k: v for k, v in vars(args).items()
+                                                   if k in ("platform", "merchant", "overlap", "segments", "peer", "seed")},
+                    "machine": machine_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    temp = None
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        temp = tempfile.TemporaryDirectory(prefix="matcher-bench-")
+        workdir = Path(temp.name)
+
+    try:
+        started = time.perf_counter()
+        platform_ids, masks, merchant_ids, truth = generate(args.platform, args.merchant, args.overlap,
+                                                            args.segments, args.seed)
+        result["generate_s"] = round(time.perf_counter() - started, 3)
+        print(f"generated {len(platform_ids)} platform / {len(merchant_ids)} merchant ids, "
+              f"{truth['matched']} shared ({result['generate_s']} s)", file=sys.stderr)
+
+        db, token, setup = build_operator_db(workdir, platform_ids, masks, args.segments)
+        result["setup"] = setup
+        print(f"operator db ready: import {setup['import_s']} s", file=sys.stderr)
+        del masks
+
+        pyspy = _find_pyspy(args.pyspy_bin) if args.pyspy else None
+        if args.pyspy and not pyspy:
+            print("py-spy not found; profiling skipped", file=sys.stderr)
+        port = _free_port()
+        address = f"127.0.0.1:{port}"
+        pool_values = args.platform if args.pool == "prefill" else 0
+        serve = [_matcher_executable(), "serve", "--db", str(db), "--listen", address,
+                 "--randomness-pool", str(pool_values)]
+        if pyspy:
+            serve = [pyspy, "record", "--subprocesses", "--format", "raw", "--rate", str(args.pyspy_rate),
+                     "--nonblocking", "-o", f"{args.pyspy}-server.txt", "--", *serve]
+        server_log = open(workdir / "server.log", "w")
+        server = subprocess.Popen(serve, stdout=server_log, stderr=subprocess.STDOUT)
+        server_root = server.pid
+        try:
+            result["server_start_s"] = round(_wait_serving(address, server), 3)
+            if pool_values:
+                result["pool_fill_s"] = round(_wait_pool(db, pool_values), 3)
+                print(f"randomness pool filled in {result['pool_fill_s']} s", file=sys.stderr)
+            cache = None
+            if args.warm_cache:
+                cache, result["cache_fill_s"] = _warm_cache(workdir, merchant_ids)
+                print(f"hash cache warmed in {result['cache_fill_s']} s", file=sys.stderr)
+            server_root = server.pid
+            if pyspy:  # the server is py-spy's child; measure the server, not the profiler
+                kids = [p for p in _children(server.pid) if "serve" in _cmdline(p)]
+                server_root = kids[0] if kids else server.pid
+            with TreeSampler(server_root) as server_sampler:
+                job = run_job(address, token, merchant_ids, args.cprofile, pyspy, args.pyspy, args.pyspy_rate,
+                              server.pid, cache=cache)
+            server_cpu = {pid: server_sampler.cpu[pid] - server_sampler.cpu_start.get(pid, 0.0)
+                          for pid in server_sampler.cpu}
+        finally:
+            if server.poll() is None:
+                # Stop the server itself (graceful SIGTERM, which also shuts its pool down); under
+                # py-spy, the profiler then exits with its child and writes the profile. A SIGINT
+                # to py-spy instead left the server's pool workers orphaned.
+                with contextlib.suppress(ProcessLookupError, NameError):
+                    os.kill(server_root, signal.SIGTERM)
+                try:
+                    server.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+            server_log.close()
+
+        phases = _phases(job)
+        wire: WireLog = job["wire"]
+        list_size = job["report"]["list_size"]
+        n_cipher = 512  # 2048-bit n: ciphertexts mod n^2 are 4096 bits
+        estimate = {
+            "client_to_server": 32 * list_size + n_cipher,
+            "server_to_client": 32 * list_size + args.platform * (32 + n_cipher),
+        }
+        result.update({
+            "correct": check(job["report"], truth, args.segments),
+            "prepare_s": round(job["prepare_s"], 3),
+            **phases,
+            "rates": {
+                "job_platform_rows_per_s": round(args.platform / job["total_s"], 1),
+                "job_merchant_rows_per_s": round(args.merchant / job["total_s"], 1),
+                "matching_platform_rows_per_s": round(args.platform / phases["phases"]["matching_s"], 1)
+                if phases["phases"].get("matching_s") else None,
+            },
+            "wall_incl_prepare_s": round(job["prepare_s"] + job["total_s"], 3),
+            "memory": {"server": server_sampler.report(), "client": job["client_memory"]},
+            "cpu_s_during_job": {"server_tree": round(sum(server_cpu.values()), 2), "client_main_process": job["client_cpu_s"],
+                      "client_tree": round(sum(p["cpu_s"] for p in job["client_memory"]["processes"]), 2)},
+            "wire_bytes": {
+                "method": "measured: protobuf ByteSize + 5-byte gRPC prefix per message, counted in the client stub",
+                "client_to_server": wire.sent, "server_to_client": wire.received,
+                "sent_by_kind": wire.sent_by_kind, "received_by_kind": wire.received_by_kind,
+                "estimate_32B_per_point_512B_per_ciphertext": estimate,
+            },
+        })
+        print(f"matcher job: {phases['phases']['total_s']} s (+ prepare {result['prepare_s']} s), "
+              f"correct={result['correct']['ok']}", file=sys.stderr)
+
+        if args.peer == "openmined":
+            python = args.peer_python or (_DEFAULT_PEER_PYTHON if os.path.exists(_DEFAULT_PEER_PYTHON) else sys.executable)
+            peer = run_openmined(python, workdir, platform_ids, merchant_ids, args.peer_timeout)
+            if peer.get("finished", True) and peer.get("available"):
+                peer["correct"] = abs(peer["intersection_size"] - truth["matched"]) <= max(2, truth["matched"] * 1e-6)
+                peer["ratio_openmined_over_matcher"] = round(peer["total_s"] / phases["phases"]["total_s"], 2)
+                print(f"openmined PSI-CA: {peer['total_s']} s; ratio openmined/matcher = "
+                      f"{peer['ratio_openmined_over_matcher']}x", file=sys.stderr)
+                print(f"ratio {peer['ratio_openmined_over_matcher']}")
+            else:
+                print(f"openmined peer unavailable: {peer.get('reason')}", file=sys.stderr)
+            result["peer_openmined"] = peer
+    finally:
+        if temp:
+            temp.cleanup()
+
+    text = json.dumps(result, indent=2, default=str)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()
