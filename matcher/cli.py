@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from matcher import keys as keys_mod
-from matcher.errors import MatcherError
+from matcher._cli import ErrorReportingGroup
 from matcher.store import Store
 
 console = Console(stderr=True)
@@ -24,25 +24,12 @@ db_option = click.option("--db", "db", required=True, type=click.Path(dir_okay=F
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
 
-class _Group(click.Group):
-    """Turns matcher errors into one readable line and exit code 1, never a traceback."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except MatcherError as err:
-            console.print(f"[bold red]error:[/] {err.message}")
-            if err.hint:
-                console.print(f"[dim]hint: {err.hint}[/]")
-            raise SystemExit(1) from None
-
-
 def _print_token(token: str, as_json: bool) -> None:
     """The token goes alone on the last line of stdout (or as JSON), so scripts can take it."""
     click.echo(json.dumps({"token": token}) if as_json else token)
 
 
-@click.group(cls=_Group)
+@click.group(cls=ErrorReportingGroup)
 @click.version_option(package_name="matcher")
 def main() -> None:
     """Operate a matcher server: audience, merchants, policy, audit log."""

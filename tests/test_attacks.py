@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import math
-import random
 import threading
 from concurrent.futures import Future
 
-import numpy as np
 import pytest
 
-from matcher.crypto import group
 
 from matcher.crypto.kernels import Kernels
 from matcher.errors import LimitExceeded, MatcherError
 from matcher.policy import OpenDPNoise, Policy, dummy_count, split_epsilon
-from matcher.protocol.merchant import MerchantSession
-from matcher.protocol.platform import Audience, PlatformSession
 from matcher.store import Store
 from matcher_client import api
-from tests.conftest import match_key, phone, test_private_key
+from tests.conftest import phone
+from tests.test_protocol import make_audience, run
 from tests.test_e2e import exact_policy
 
 
@@ -160,22 +156,12 @@ class _UnitCiphertexts(Kernels):
         return future
 
 
-def _observed_intersection(members, merchant_keys, policy, noise, key, kernels, rng) -> int:
+def _observed_intersection(audience, merchant_ids, policy, noise, seed) -> int:
     """One full protocol run through both engines; returns what the merchant counts."""
-    audience = Audience(id_kind="phone", points=members, segment_bits=np.zeros(len(members), np.uint64),
-                        segments=("member",))
     dummies = [dummy_count(policy, noise)] if policy.dummies else []
-    platform = PlatformSession(audience, key, job_id="x", dummies=dummies, rng=rng, kernels=kernels)
-    merchant = MerchantSession(merchant_keys, ["all"] * len(merchant_keys), id_kind="phone", rng=rng, kernels=kernels)
-    merchant.accept(platform.start(merchant.start()))
-    for chunk in merchant.blinded_chunks():
-        platform.receive_blinded(chunk)
-    platform.finish_list()
-    for chunk in platform.double_blinded():
-        merchant.receive_double_blinded(chunk)
-    for chunk in platform.audience():
-        merchant.receive_audience(chunk)
-    return merchant.matched_counts[0]
+    _, merchant, _ = run(audience, merchant_ids, ["all"] * len(merchant_ids), dummies=dummies, rerandomize=False,
+                         seed=seed, kernels=_UnitCiphertexts())
+    return int(merchant.matched_counts[0])
 
 
 @pytest.mark.parametrize("dummies", ["on", "off"])
@@ -184,22 +170,17 @@ def test_membership_differencing_on_the_intersection_size(dummies):
     (ε, δ) bound; with dummies off it is exactly 1 — proving the test can fail."""
     policy = Policy(dummies=dummies == "on", noise="none", epsilon_per_job=1.0)
     split = split_epsilon(policy, n_labels=1, n_segments=1)
-    key = test_private_key()
-    keys = [match_key(phone(i)) for i in range(8)]
-    members = np.frombuffer(group.hash_to_curve_batch([k.encode() for k in keys], group.dst_for("phone")),
-                            np.uint8).reshape(-1, 32)
-    with_target, without_target = keys, keys[1:]  # phone(0) is the person whose membership is at stake
-    rng = random.Random(20261129)
-    seeded = lambda n: rng.getrandbits(8 * n).to_bytes(n, "little")  # noqa: E731
-    noise, kernels = OpenDPNoise(), _UnitCiphertexts()
+    audience = make_audience(list(range(8)), [0] * 8, 1)
+    with_target, without_target = list(range(8)), list(range(1, 8))  # member 0's membership is at stake
+    noise = OpenDPNoise()
     runs = 400 if dummies == "on" else 20
     shift = math.ceil(math.log(1 / split.dummy_delta) / split.dummies) + 1 if policy.dummies else 0
     # The adversary's test, fixed in advance: "in" when the count reaches the expected count with the person.
     threshold = len(with_target) + shift
-    said_in_when_in = sum(_observed_intersection(members, with_target, policy, noise, key, kernels, seeded) >= threshold
-                          for _ in range(runs))
-    said_in_when_out = sum(_observed_intersection(members, without_target, policy, noise, key, kernels, seeded)
-                           >= threshold for _ in range(runs))
+    said_in_when_in = sum(_observed_intersection(audience, with_target, policy, noise, seed) >= threshold
+                          for seed in range(runs))
+    said_in_when_out = sum(_observed_intersection(audience, without_target, policy, noise, runs + seed) >= threshold
+                           for seed in range(runs))
     advantage = (said_in_when_in - said_in_when_out) / runs
     if dummies == "off":
         assert advantage == 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -150,3 +151,29 @@ def test_merchant_hash_cache_gives_the_same_report_and_skips_rehashing(operator,
     second = api.match(served.address, token, rows=rows, id_type="phone", kernels=counting)
     assert (counting._cache.hits, counting._cache.misses) == (80, 0)
     assert first["labels"] == second["labels"] == ground_truth(members, [(n, "all") for n, _ in rows])
+
+
+def test_merchant_cli_prints_a_table_and_writes_the_stable_report_json(operator, serve, tmp_path):
+    from click.testing import CliRunner
+
+    from matcher_client.cli import main as client_cli
+
+    members = {phone(i): 0b11 for i in range(40)}
+    operator.add_members(members)
+    exact_policy(operator.store)
+    token = operator.token("merchant", "shop")
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text("phone,store\n" + "".join(f"{phone(i)[3:]},{'a' if i % 2 else 'b'}\n" for i in range(20, 60))
+                        + "oops,a\n")
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(client_cli, ["match", "--server", serve().address, "--token", token, str(csv_path),
+                                             "--id-column", "phone", "--id-type", "phone", "--label-column", "store",
+                                             "--json", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    # The public report interface (design.md): these keys, with these meanings.
+    assert {"job_id", "list_size", "invalid", "duplicates", "labels", "epsilon_spent", "epsilon_left",
+            "checkpoint", "leaf_index"} <= set(report)
+    assert report["invalid"] == {"invalid_phone": 1} and report["list_size"] == 40
+    assert report["labels"]["a"]["matched"] == 10 and report["labels"]["b"]["segments"]["member"] == 10
+    assert "matched" in result.output and "paid_with_platform" in result.output  # the table

@@ -40,8 +40,8 @@ def test_encryption_with_pooled_randomness_decrypts(operator):
     from matcher.crypto.paillier import encrypt_with_randomness
 
     plaintexts = list(range(50))
-    ciphertexts = encrypt_with_randomness(key.public_key, plaintexts, randomness)
-    assert [key.decrypt(c) for c in ciphertexts] == plaintexts
+    data = encrypt_with_randomness(key.public_key, plaintexts, randomness)
+    assert [key.decrypt(int.from_bytes(data[i:i + size], "big")) for i in range(0, len(data), size)] == plaintexts
 
 
 def test_server_fills_the_pool_when_idle_and_jobs_use_it(operator, serve):

@@ -32,11 +32,14 @@ def make_audience(ids: list[int], bits: list[int], n_segments: int) -> Audience:
 
 
 def run(audience: Audience, merchant_ids: list[int], labels: list[str], *, dummies=(), rerandomize=True,
-        seed=1):
+        seed=1, kernels=None):
+    """One full round through both engines, with a seeded, reproducible randomness source."""
     rng = random.Random(seed)
     source = lambda n: rng.getrandbits(8 * n).to_bytes(n, "little")  # noqa: E731
-    platform = PlatformSession(audience, KEY, job_id="job", dummies=dummies, rng=source, audience_chunk_rows=512)
-    merchant = MerchantSession([key_of(i) for i in merchant_ids], labels, id_kind="phone", rng=source)
+    platform = PlatformSession(audience, KEY, job_id="job", dummies=dummies, rng=source, audience_chunk_rows=512,
+                               kernels=kernels)
+    merchant = MerchantSession([key_of(i) for i in merchant_ids], labels, id_kind="phone", rng=source,
+                               kernels=kernels)
     merchant.accept(platform.start(merchant.start()))
     for chunk in merchant.blinded_chunks():
         platform.receive_blinded(chunk)

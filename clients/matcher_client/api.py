@@ -10,11 +10,12 @@ scalar that never leaves memory, and only a·H(x) goes on the wire.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import grpc
 
@@ -70,15 +71,24 @@ def match(server: str, token: str, file: str | None = None, *, id_column: str | 
                    timeout=timeout, rng=rng, cache=cache)
 
 
-def _kernels(kernels: Kernels | None, list_size: int, cache: str | None) -> tuple[Kernels, bool]:
-    """The caller's kernels, or our own (a pool for big lists), behind the hash cache when asked."""
+@contextlib.contextmanager
+def _kernels(kernels: Kernels | None, list_size: int, cache: str | None) -> Iterator[Kernels]:
+    """The caller's kernels, or our own (a pool for big lists), behind the hash cache when asked.
+    What we create we close; the caller's kernels stay open."""
     own = kernels is None
     kernels = kernels or local_kernels(parallel=list_size > 20_000)
+    caching = None
     if cache:
         from matcher_client.hash_cache import CachingKernels, HashCache
 
-        kernels = CachingKernels(kernels, HashCache(cache))
-    return kernels, own
+        caching = CachingKernels(kernels, HashCache(cache))
+    try:
+        yield caching or kernels
+    finally:
+        if caching:
+            caching.flush()
+        if own:
+            kernels.close()
 
 
 def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str | None = None,
@@ -86,16 +96,12 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
             rng: Callable[[int], bytes] = os.urandom, cache: str | None = None) -> dict:
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
-    kernels, own_kernels = _kernels(kernels, len(prepared.keys), cache)
-    try:
+    with _kernels(kernels, len(prepared.keys), cache) as kernels:
         session = MerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
                                   kernels=kernels)
         with rpc_errors(), channel(server, tls_ca) as chan:
             stub = match_pb2_grpc.MatchServiceStub(chan)
             report = _exchange(stub, token, session, len(prepared.keys), notify, timeout)
-    finally:
-        if own_kernels:
-            kernels.close()
     released = json.loads(report.report_json)
     return {
         "job_id": report.job_id,
@@ -199,8 +205,7 @@ def activate(server: str, token: str, merchant_list: MerchantList, *, name: str,
     noisy size — never the members."""
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
-    kernels, own_kernels = _kernels(kernels, len(prepared.keys), cache)
-    try:
+    with _kernels(kernels, len(prepared.keys), cache) as kernels:
         session = MerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
                                   kernels=kernels, activation=True)
         with rpc_errors(), channel(server, tls_ca) as chan:
@@ -219,9 +224,6 @@ def activate(server: str, token: str, merchant_list: MerchantList, *, name: str,
                 result = talk.expect("activation_result")
             finally:
                 talk.close()
-    finally:
-        if own_kernels:
-            kernels.close()
     return {"handle": result.handle, "name": name, "where": where, "label": label, "noisy_size": result.noisy_size,
             "expires_at": result.expires_at, "checkpoint": result.checkpoint, "leaf_index": result.leaf_index,
             "list_size": len(prepared.keys), "invalid": dict(prepared.invalid), "duplicates": prepared.duplicates}

@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from matcher._cli import ErrorReportingGroup
 from matcher.errors import MatcherError, VerificationError
 from matcher_client import audit
 
@@ -27,20 +28,16 @@ tls_option = click.option("--tls-ca", type=click.Path(exists=True, dir_okay=Fals
                           help="CA certificate of a TLS server (plaintext when omitted).")
 
 
-class _Group(click.Group):
+class _Group(ErrorReportingGroup):
     """A lying log is exit 1 with one VIOLATION line; anything that kept the check from running is exit 2."""
 
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except VerificationError as err:
+    error_exit_code = 2
+
+    def handle(self, err: MatcherError) -> int:
+        if isinstance(err, VerificationError):
             click.echo(f"VIOLATION: {err}")
-            raise SystemExit(1) from None
-        except MatcherError as err:
-            console.print(f"[bold red]error:[/] {err.message}", highlight=False)
-            if err.hint:
-                console.print(f"[dim]hint: {err.hint}[/]", highlight=False)
-            raise SystemExit(2) from None
+            return 1
+        return super().handle(err)
 
 
 @click.group(cls=_Group)

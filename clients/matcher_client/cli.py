@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from matcher.errors import MatcherError
+from matcher._cli import ErrorReportingGroup
 from matcher_client import api
 
 console = Console(stderr=True)
@@ -25,48 +25,51 @@ tls_option = click.option("--tls-ca", type=click.Path(exists=True, dir_okay=Fals
                           help="CA certificate of a TLS server (plaintext when omitted).")
 
 
-class _Group(click.Group):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except MatcherError as err:
-            console.print(f"[bold red]error:[/] {err.message}")
-            if err.hint:
-                console.print(f"[dim]hint: {err.hint}[/]")
-            raise SystemExit(1) from None
+def list_job_options(command):
+    """The options every job on a list takes (match, activate): server, token, file and how to read it."""
+    for option in reversed([
+        server_option, token_option, click.argument("file"),
+        click.option("--id-column", required=True, help="Column holding the ID."),
+        click.option("--id-type", required=True, type=click.Choice(["phone", "email", "sha256", "opaque"])),
+        click.option("--label-column", default=None, help="Column with a small label per row (store, tier, ...)."),
+        click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write the result here as JSON."),
+        click.option("--region", default="CN", show_default=True,
+                     help="Default region for phones without a country code."),
+        click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
+                     help="For --id-type sha256: what was hashed."),
+        tls_option,
+        click.option("--timeout", type=float, default=None, help="Give up after this many seconds."),
+        cache_option,
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]):
+        command = option(command)
+    return command
 
 
-@click.group(cls=_Group)
-@click.version_option(package_name="matcher")
-def main() -> None:
-    """Match your customer list against a platform's audience without revealing it."""
-
-
-@main.command()
-@server_option
-@token_option
-@click.argument("file")
-@click.option("--id-column", required=True, help="Column holding the ID.")
-@click.option("--id-type", required=True, type=click.Choice(["phone", "email", "sha256", "opaque"]))
-@click.option("--label-column", default=None, help="Column with a small label per row (store, tier, ...).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
-@click.option("--region", default="CN", show_default=True, help="Default region for phones without a country code.")
-@click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
-              help="For --id-type sha256: what was hashed.")
-@tls_option
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
-@cache_option
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def match(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
-          json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None, timeout: float | None,
-          cache: str | None, quiet: bool) -> None:
-    """Match the IDs in FILE (CSV with a header, Parquet, or - for stdin) and print the report."""
+def _read(file: str, id_column: str, id_type: str, label_column: str | None, region: str, hashed_kind: str):
     with console.status("reading and normalizing", spinner="dots"):
         merchant_list = api.read_list(file, id_column=id_column, id_type=id_type, label_column=label_column,
                                       region=region, hashed_kind=hashed_kind)
     prepared = merchant_list.prepared
     console.print(f"{prepared.rows} rows: {len(prepared.keys)} unique ids, {prepared.duplicates} duplicates, "
                   f"{sum(prepared.invalid.values())} invalid {_reasons(prepared.invalid)}")
+    return merchant_list
+
+
+@click.group(cls=ErrorReportingGroup)
+@click.version_option(package_name="matcher")
+def main() -> None:
+    """Match your customer list against a platform's audience without revealing it."""
+
+
+@main.command()
+@list_job_options
+def match(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
+          json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None, timeout: float | None,
+          cache: str | None, quiet: bool) -> None:
+    """Match the IDs in FILE (CSV with a header, Parquet, or - for stdin) and print the report."""
+    merchant_list = _read(file, id_column, id_type, label_column, region, hashed_kind)
     with _progress(quiet) as notify:
         report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout,
                              cache=cache)
@@ -119,30 +122,17 @@ def report_table(report: dict) -> Table:
 
 
 @main.command()
-@server_option
-@token_option
-@click.argument("file")
-@click.option("--id-column", required=True, help="Column holding the ID.")
-@click.option("--id-type", required=True, type=click.Choice(["phone", "email", "sha256", "opaque"]))
-@click.option("--label-column", default=None, help="Column with a small label per row.")
+@list_job_options
 @click.option("--where", "where_expr", required=True,
               help="Segments the slice must satisfy, e.g. \"member & paid_with_platform & !favourited_mini_program\".")
 @click.option("--label", default=None, help="Only the matches of this label.")
 @click.option("--name", required=True, help="Campaign name the platform sees, e.g. spring-coupon.")
-@click.option("--region", default="CN", show_default=True)
-@click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]))
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the result here.")
-@tls_option
-@click.option("--timeout", type=float, default=None)
-@cache_option
-@click.option("--quiet", is_flag=True, help="No progress bar.")
 def activate(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
-             where_expr: str, label: str | None, name: str, region: str, hashed_kind: str, json_out: Path | None,
-             tls_ca: str | None, timeout: float | None, cache: str | None, quiet: bool) -> None:
+             json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None, timeout: float | None,
+             cache: str | None, quiet: bool, where_expr: str, label: str | None, name: str) -> None:
     """Let the platform target your matches in FILE that satisfy --where (opt-in: the platform learns
     which of ITS members they are; you learn only a noisy size)."""
-    merchant_list = api.read_list(file, id_column=id_column, id_type=id_type, label_column=label_column,
-                                  region=region, hashed_kind=hashed_kind)
+    merchant_list = _read(file, id_column, id_type, label_column, region, hashed_kind)
     with _progress(quiet) as notify:
         result = api.activate(server, token, merchant_list, name=name, where=where_expr, label=label, tls_ca=tls_ca,
                               progress=notify, timeout=timeout, cache=cache)

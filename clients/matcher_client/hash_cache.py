@@ -2,74 +2,117 @@
 
 Hashing to the group is the merchant's most expensive per-ID step and depends only on the ID and
 the hash-to-curve suite/DST, never on a job: a merchant that matches the same customer list every
-week can hash it once. The cache is keyed by suite and DST, so a new suite version never reads
-stale points. It holds match keys (SHA-256 of normalized IDs) and their points — as sensitive as
-the customer list itself, so it is created with mode 0600 and belongs next to that list.
+week can hash it once. The cache holds match keys (SHA-256 of normalized IDs) and their points —
+as sensitive as the customer list itself, so it is created with mode 0600 and belongs next to
+that list.
+
+Format: a header naming the suite and DST, then fixed-size records (64-byte message, 32-byte
+point) sorted by message, so a whole chunk is looked up with one vectorised binary search. A cache
+written for another suite or DST is ignored (and replaced on the next write), never read.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import sqlite3
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 from matcher.crypto import group
 from matcher.crypto.kernels import Kernels
 
-_BATCH = 900  # stays under SQLite's host-parameter limit
+_MAGIC = b"matcher-hash-cache-v1\n"
+_MSG = 64  # match keys are 64 hex digits
+_RECORD = np.dtype([("msg", f"S{_MSG}"), ("point", "V32")])
 
 
 class HashCache:
     def __init__(self, path: str | Path):
-        path = Path(path)
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        self._conn = sqlite3.connect(str(path))
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("CREATE TABLE IF NOT EXISTS points (suite TEXT NOT NULL, dst BLOB NOT NULL, "
-                           "msg BLOB NOT NULL, point BLOB NOT NULL, PRIMARY KEY (suite, dst, msg)) WITHOUT ROWID")
+        self.path = Path(path)
         self.hits = 0
         self.misses = 0
+        self._dst: bytes | None = None
+        self._records = np.empty(0, _RECORD)
 
-    def get(self, msgs: Sequence[bytes], dst: bytes) -> dict[bytes, bytes]:
-        found: dict[bytes, bytes] = {}
-        for lo in range(0, len(msgs), _BATCH):
-            part = msgs[lo:lo + _BATCH]
-            marks = ",".join("?" * len(part))
-            found.update(self._conn.execute(
-                f"SELECT msg, point FROM points WHERE suite = ? AND dst = ? AND msg IN ({marks})",
-                [group.SUITE, dst, *part]).fetchall())
-        return found
+    def _load(self, dst: bytes) -> None:
+        if self._dst == dst:
+            return
+        self._dst, self._records = dst, np.empty(0, _RECORD)
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        data = self.path.read_bytes()
+        header_end = data.find(b"\n", len(_MAGIC)) + 1
+        if not data.startswith(_MAGIC) or header_end == 0:
+            return
+        header = json.loads(data[len(_MAGIC):header_end])
+        if header == {"suite": group.SUITE, "dst": dst.hex()}:
+            self._records = np.frombuffer(data, _RECORD, offset=header_end)
 
-    def put(self, items: Sequence[tuple[bytes, bytes]], dst: bytes) -> None:
-        with self._conn:
-            self._conn.executemany("INSERT OR IGNORE INTO points (suite, dst, msg, point) VALUES (?, ?, ?, ?)",
-                                   [(group.SUITE, dst, m, p) for m, p in items])
+    def get(self, msgs: Sequence[bytes], dst: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask, points of the found ones in order) for ``msgs``."""
+        self._load(dst)
+        wanted = np.array(msgs, dtype=f"S{_MSG}")
+        if not len(self._records):
+            return np.zeros(len(msgs), bool), np.empty(0, "V32")
+        at = np.minimum(np.searchsorted(self._records["msg"], wanted), len(self._records) - 1)
+        found = self._records["msg"][at] == wanted
+        return found, self._records["point"][at[found]]
 
-    def close(self) -> None:
-        self._conn.close()
+    def put(self, msgs: Sequence[bytes], points: bytes, dst: bytes) -> None:
+        """Add entries and rewrite the file atomically (sorted, deduplicated)."""
+        self._load(dst)
+        fresh = np.empty(len(msgs), _RECORD)
+        fresh["msg"] = np.array(msgs, dtype=f"S{_MSG}")
+        fresh["point"] = np.frombuffer(points, "V32")
+        merged = np.concatenate([self._records, fresh])
+        merged = merged[np.unique(merged["msg"], return_index=True)[1]]
+        header = _MAGIC + json.dumps({"suite": group.SUITE, "dst": dst.hex()}).encode() + b"\n"
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(header)
+            f.write(merged.tobytes())
+        os.replace(tmp, self.path)
+        self._records = merged
 
 
 class CachingKernels(Kernels):
-    """Kernels whose hashing consults the cache first; everything else goes to the inner kernels."""
+    """Kernels whose hashing consults the cache first; everything else goes to the inner kernels.
+    New points are written back when the kernels are closed (one rewrite per job)."""
 
     def __init__(self, inner: Kernels, cache: HashCache):
         self._inner = inner
         self._cache = cache
+        self._pending_msgs: list[bytes] = []
+        self._pending_points: list[bytes] = []
+        self._pending_dst: bytes | None = None
         self.workers = inner.workers
 
     def hash_to_curve(self, msgs: Sequence[bytes], dst: bytes) -> bytes:
-        cached = self._cache.get(msgs, dst)
-        missing = [m for m in msgs if m not in cached]
+        if any(len(m) != _MSG for m in msgs):  # not match keys: nothing to cache
+            return self._inner.hash_to_curve(msgs, dst)
+        if self._pending_dst not in (None, dst):
+            self.flush()
+        found, cached = self._cache.get(msgs, dst)
+        out = np.empty(len(msgs), "V32")
+        out[found] = cached
+        missing = [m for m, hit in zip(msgs, found.tolist()) if not hit]
         if missing:
             fresh = self._inner.hash_to_curve(missing, dst)
-            computed = [(m, fresh[32 * i:32 * i + 32]) for i, m in enumerate(missing)]
-            self._cache.put(computed, dst)
-            cached.update(computed)
+            out[~found] = np.frombuffer(fresh, "V32")
+            self._pending_msgs += missing
+            self._pending_points.append(fresh)
+            self._pending_dst = dst
         self._cache.hits += len(msgs) - len(missing)
         self._cache.misses += len(missing)
-        return b"".join(cached[m] for m in msgs)
+        return out.tobytes()
+
+    def flush(self) -> None:
+        if self._pending_msgs:
+            self._cache.put(self._pending_msgs, b"".join(self._pending_points), self._pending_dst)
+        self._pending_msgs, self._pending_points, self._pending_dst = [], [], None
 
     def blind(self, scalar: bytes, points: bytes) -> bytes:
         return self._inner.blind(scalar, points)
@@ -78,5 +121,5 @@ class CachingKernels(Kernels):
         return self._inner.submit_encrypt(context, plaintexts)
 
     def close(self) -> None:
+        self.flush()
         self._inner.close()
-        self._cache.close()

@@ -419,18 +419,21 @@ class PlatformEncryptor:
         return [int(self._randomness()) for _ in range(count)]
 
 
-def encrypt_with_randomness(public_key: PublicKey, plaintexts: Sequence[int], randomness: Sequence[int]) -> list[int]:
-    """Encrypt with precomputed n-th residues (each from a PlatformEncryptor, each used once):
-    (1 + m·n)·r = r + n·(m·r mod n)  (mod n^2) — one small product per row, no exponentiation."""
+def encrypt_with_randomness(public_key: PublicKey, plaintexts: Sequence[int], randomness: Sequence[int]) -> bytes:
+    """Encrypt with precomputed n-th residues (each from a PlatformEncryptor, each used once) and
+    serialize: (1 + m·n)·r = r + n·(m·r mod n)  (mod n^2), one small product per row and no
+    exponentiation. Returns the concatenated fixed-size ciphertexts."""
     if len(plaintexts) != len(randomness):
         raise InputError("one randomness value per plaintext is required")
-    n, n2 = public_key._n, public_key._n2
-    out = []
+    n, n2, size = public_key._n, public_key._n2, public_key.ciphertext_size
+    if plaintexts and not (0 <= min(plaintexts) and max(plaintexts) < n):
+        raise InputError("plaintext out of range [0, n)")
+    parts = []
     for m, r in zip(plaintexts, randomness):
-        m = public_key._checked_plaintext(m)
-        c = r + n * (m * r % n) if m else mpz(r)
-        out.append(int(c - n2 if c >= n2 else c))
-    return out
+        r = mpz(r)
+        c = r + n * (m * r % n) if m else r
+        parts.append((c - n2 if c >= n2 else c).to_bytes(size, "big"))
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)

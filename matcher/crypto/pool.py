@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from gmpy2 import mpz
 
 from matcher.errors import CryptoError
 
@@ -37,7 +38,7 @@ def unseal(key: bytes, size: int, blob: bytes) -> list[int]:
         plain = AESGCM(key).decrypt(blob[:_NONCE], blob[_NONCE:], size.to_bytes(4, "big"))
     except Exception:
         raise CryptoError("a sealed randomness batch failed to open: wrong key or tampered store") from None
-    return [int.from_bytes(plain[i:i + size], "big") for i in range(0, len(plain), size)]
+    return [mpz.from_bytes(plain[i:i + size], "big") for i in range(0, len(plain), size)]
 
 
 class PooledRandomness:

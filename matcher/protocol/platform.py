@@ -242,11 +242,8 @@ class PlatformSession:
         pooled = self._randomness(len(plaintexts)) if self._randomness else None
         if pooled is None:
             return self._kernels.submit_encrypt(encryption, plaintexts)
-        public = self._key.public_key
-        size = public.ciphertext_size
         done: Future = Future()
-        done.set_result(b"".join(c.to_bytes(size, "big")
-                                 for c in paillier.encrypt_with_randomness(public, plaintexts, pooled)))
+        done.set_result(paillier.encrypt_with_randomness(self._key.public_key, plaintexts, pooled))
         return done
 
     @property
