@@ -29,7 +29,7 @@ from matcher import policy as policy_mod
 from matcher import where
 from matcher.crypto import pool
 from matcher.crypto.kernels import Kernels
-from matcher.errors import InputError, MatcherError, PolicyRefused, ProtocolError
+from matcher.errors import InputError, LimitExceeded, MatcherError, PolicyRefused, ProtocolError
 from matcher.keys import OperatorKeys
 from matcher.log.auditlog import AuditLog, canonical_json
 from matcher.protocol.messages import AudienceChunk, BlindedChunk, JobAccepted, JobStart, LabelSums
@@ -68,8 +68,9 @@ class JobRunner:
     """Shared by every RPC of one server."""
 
     def __init__(self, store: Store, keys: OperatorKeys, audit_log: AuditLog, *, kernels: Kernels | None = None,
-                 noise: policy_mod.NoiseSource | None = None, rng: Rng = os.urandom):
+                 noise: policy_mod.NoiseSource | None = None, rng: Rng = os.urandom, max_concurrent_jobs: int = 4):
         self.store = store
+        self.max_concurrent_jobs = max_concurrent_jobs
         self.keys = keys
         self.audit_log = audit_log
         self.kernels = kernels or Kernels()
@@ -84,7 +85,12 @@ class JobRunner:
         return self._active
 
     def _job_started(self) -> None:
+        """Count the job in, or refuse it when the server is at its limit (memory and cores are
+        shared by all running jobs; a refused job spent nothing and can simply retry)."""
         with self._active_lock:
+            if self._active >= self.max_concurrent_jobs:
+                raise LimitExceeded(f"the server is already running {self._active} jobs", reason="server_busy",
+                                    hint="retry in a minute")
             self._active += 1
 
     def _job_ended(self) -> None:
@@ -95,6 +101,15 @@ class JobRunner:
         self.audit_log.append([{**entry, "time": round(self.store.now(), 3)}])
 
     def begin(self, merchant: Principal, start: JobStart, activation: ActivationRequest | None = None) -> "MatchJob":
+        slot = _Slot(self)
+        try:
+            return self._begin(merchant, start, activation, slot)
+        except BaseException:
+            slot.release()  # idempotent: a job that already ended released it itself
+            raise
+
+    def _begin(self, merchant: Principal, start: JobStart, activation: ActivationRequest | None,
+               slot: "_Slot") -> "MatchJob":
         job_id = uuid.UUID(bytes=self.rng(16), version=4).hex
         pol = self.store.effective_policy(merchant.name)
         audience = self.store.load_audience()
@@ -115,8 +130,7 @@ class JobRunner:
             self.store.record_refusal(job_id, merchant, refused.reason, start.list_size, len(start.labels))
             self.audit_log.append([_entry("refused", job_id, merchant, pol, start, self.store.now(), reason=refused.reason)])
             raise
-        job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression)
-        self._job_started()
+        job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression, slot)
         try:
             dummies = [policy_mod.dummy_count(pol, self.noise) for _ in start.labels] if pol.dummies else []
             randomness = pool.PooledRandomness(self.store, self.pool_key_id, self.keys.pool_key,
@@ -132,11 +146,29 @@ class JobRunner:
         return job
 
 
+class _Slot:
+    """One of the server's concurrent-job slots, taken at begin and given back exactly once."""
+
+    def __init__(self, runner: JobRunner):
+        runner._job_started()
+        self._runner = runner
+        self._held = True
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+        self._runner._job_ended()
+
+
 class MatchJob:
     def __init__(self, runner: JobRunner, job_id: str, merchant: Principal, pol: policy_mod.Policy,
                  epsilon: float, start: JobStart, activation: ActivationRequest | None = None,
-                 expression: where.Expr | None = None):
+                 expression: where.Expr | None = None, slot: "_Slot | None" = None):
         self._runner = runner
+        self._slot = slot
         self.started = runner.store.now()
         self.activation = activation
         self._expression = expression
@@ -197,7 +229,8 @@ class MatchJob:
             if self._ended.is_set():
                 return False
             self._ended.set()
-        self._runner._job_ended()
+        if self._slot:
+            self._slot.release()
         return True
 
     def challenge(self, positions, values: bytes) -> bytes:

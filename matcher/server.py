@@ -162,6 +162,7 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     origin = store.get_meta("origin") or keys.signer.name
     kernels = config.kernels or local_kernels(config.parallel)
     runner = JobRunner(store, keys, AuditLog(store, keys.signer, origin), kernels=kernels, noise=config.noise,
+                       max_concurrent_jobs=config.max_concurrent_jobs,
                        rng=config.rng)
     auth = Authenticator(store)
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -138,13 +138,25 @@ class Store:
             raise StoreError(f"no database at {self.path}", hint="run `matcher init --db PATH` first")
         self._clock = clock
         self._lock = threading.RLock()
-        conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-        self.db = sqlite_utils.Database(conn)
+        # One connection per thread (gRPC serves calls on a pool of threads): WAL lets them read
+        # concurrently, and SQLite's own locking orders their writes.
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
         self._audience_cache: tuple[str, Audience] | None = None
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            db = self._local.db = sqlite_utils.Database(conn)
+            with self._lock:
+                self._connections.append(conn)
+        return db
 
     def now(self) -> float:
         return self._clock()
@@ -155,7 +167,10 @@ class Store:
         return self._lock
 
     def close(self) -> None:
-        self.db.conn.close()
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
 
     # -- transactions and schema --------------------------------------------------------------
 

@@ -190,3 +190,35 @@ def test_membership_differencing_on_the_intersection_size(dummies):
         standard_error = math.sqrt(0.5 / runs)
         assert advantage <= bound + 3 * standard_error, (advantage, bound)
         assert advantage < 0.5  # far from the certainty the adversary has without dummies
+
+
+def test_server_refuses_jobs_beyond_its_concurrency_limit_and_frees_slots(operator):
+    """Slots are taken before any crypto and given back on every end: release, failure, refusal."""
+    from matcher.jobs import JobRunner
+    from matcher.log.auditlog import AuditLog
+    from matcher.protocol.messages import JobStart
+    from matcher.crypto import group
+
+    operator.add_members({phone(i): 1 for i in range(30)})
+    exact_policy(operator.store)
+    merchant, _ = operator.store.add_principal("merchant", "shop")
+    runner = JobRunner(operator.store, operator.keys, AuditLog(operator.store, operator.keys.signer, "matcher.test"),
+                       max_concurrent_jobs=2)
+    start = JobStart(id_kind="phone", labels=("all",), label_sizes=(20,),
+                     merchant_base=group.base_mult(group.random_scalar()))
+    first, second = runner.begin(merchant, start), runner.begin(merchant, start)
+    with pytest.raises(LimitExceeded, match="already running 2 jobs"):
+        runner.begin(merchant, start)
+    first.abort("test")
+    first.abort("again")  # idempotent: frees one slot, not two
+    assert runner.active_jobs == 1
+    third = runner.begin(merchant, start)
+    small = JobStart(id_kind="phone", labels=("all",), label_sizes=(1,), merchant_base=start.merchant_base)
+    with pytest.raises(LimitExceeded):
+        runner.begin(merchant, small)
+    second.abort("test")
+    with pytest.raises(MatcherError, match="requires at least 10"):  # a refusal gives its slot back
+        runner.begin(merchant, small)
+    assert runner.active_jobs == 1
+    third.abort("test")
+    assert runner.active_jobs == 0
