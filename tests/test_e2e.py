@@ -177,3 +177,29 @@ def test_merchant_cli_prints_a_table_and_writes_the_stable_report_json(operator,
     assert report["invalid"] == {"invalid_phone": 1} and report["list_size"] == 40
     assert report["labels"]["a"]["matched"] == 10 and report["labels"]["b"]["segments"]["member"] == 10
     assert "matched" in result.output and "paid_with_platform" in result.output  # the table
+
+
+def test_concurrent_jobs_and_audit_reads_on_one_server(operator, serve):
+    """Three merchants at once while an auditor verifies: every report equals its ground truth."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from matcher_client import audit
+
+    rng = random.Random(31)
+    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(600)}
+    operator.add_members(members)
+    exact_policy(operator.store)
+    tokens = [operator.token("merchant", f"shop{i}") for i in range(3)]
+    auditor = operator.token("auditor", "audit")
+    lists = [[(phone(i), "all") for i in range(k * 150, k * 150 + 400)] for k in range(3)]
+    served = serve()
+    with ThreadPoolExecutor(4) as pool:
+        jobs = [pool.submit(api.match, served.address, t, rows=rows, id_type="phone") for t, rows in zip(tokens, lists)]
+        verifications = [pool.submit(audit.verify, audit.GrpcLogSource(served.address, auditor)) for _ in range(3)]
+        reports = [j.result() for j in jobs]
+        for v in verifications:
+            v.result()
+    for report, rows in zip(reports, lists):
+        assert report["labels"] == ground_truth(members, rows)
+    final = audit.verify(audit.GrpcLogSource(served.address, auditor))
+    assert final.jobs["released"] == 3
