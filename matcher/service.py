@@ -62,43 +62,49 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
         self._auth = auth
 
     def Match(self, request_iterator, context) -> Iterator[match_pb2.MatchResponse]:
+        return self._job(request_iterator, context, "start", self._finish_match)
+
+    def Activate(self, request_iterator, context) -> Iterator[match_pb2.MatchResponse]:
+        return self._job(request_iterator, context, "activation", self._finish_activation)
+
+    def _job(self, request_iterator, context, first: str, finish) -> Iterator[match_pb2.MatchResponse]:
+        """One job stream: authenticate, begin (policy before crypto), the shared exchange, then
+        the job's own ending; any matcher error aborts the job (refund, audit) and ends the call."""
         job: MatchJob | None = None
         try:
             merchant = self._auth.require(context, MERCHANT)
             requests = iter(request_iterator)
-            job = self._runner.begin(merchant, _job_start(_next(requests, "start").start))
+            opening = getattr(_next(requests, first), first)
+            if first == "activation":
+                job = self._runner.begin(merchant, _job_start(opening.job), ActivationRequest(
+                    name=opening.name, where=opening.where, label=opening.label or None))
+            else:
+                job = self._runner.begin(merchant, _job_start(opening))
             yield from self._exchange(job, requests, context)
-            sums = _next(requests, "sums").sums
-            report = job.finish(LabelSums(sums=tuple(sums.sums)))
-            yield match_pb2.MatchResponse(report=match_pb2.Report(
-                job_id=report.job_id, report_json=report.report_json, checkpoint=report.checkpoint,
-                leaf_index=report.leaf_index, log_entry=report.log_entry))
+            yield from finish(job, requests)
         except MatcherError as err:
             if job is not None:
                 job.abort(str(err))
             _abort(context, err)
 
-    def Activate(self, request_iterator, context) -> Iterator[match_pb2.MatchResponse]:
-        job: MatchJob | None = None
-        try:
-            merchant = self._auth.require(context, MERCHANT)
-            requests = iter(request_iterator)
-            start = _next(requests, "activation").activation
-            job = self._runner.begin(merchant, _job_start(start.job), ActivationRequest(
-                name=start.name, where=start.where, label=start.label or None))
-            yield from self._exchange(job, requests, context)
-            while (request := _next(requests, "claims", "claims_end")).HasField("claims"):
-                challenges = job.challenge(list(request.claims.positions), request.claims.values)
-                yield match_pb2.MatchResponse(challenges=match_pb2.Challenges(points=challenges))
-                job.verify(_next(requests, "proofs").proofs.points)
-            result = job.finish_activation()
-            yield match_pb2.MatchResponse(activation_result=match_pb2.ActivationResult(
-                handle=result.handle, noisy_size=result.noisy_size, expires_at=result.expires_at,
-                checkpoint=result.checkpoint, leaf_index=result.leaf_index))
-        except MatcherError as err:
-            if job is not None:
-                job.abort(str(err))
-            _abort(context, err)
+    @staticmethod
+    def _finish_match(job: MatchJob, requests) -> Iterator[match_pb2.MatchResponse]:
+        sums = _next(requests, "sums").sums
+        report = job.finish(LabelSums(sums=tuple(sums.sums)))
+        yield match_pb2.MatchResponse(report=match_pb2.Report(
+            job_id=report.job_id, report_json=report.report_json, checkpoint=report.checkpoint,
+            leaf_index=report.leaf_index, log_entry=report.log_entry))
+
+    @staticmethod
+    def _finish_activation(job: MatchJob, requests) -> Iterator[match_pb2.MatchResponse]:
+        while (request := _next(requests, "claims", "claims_end")).HasField("claims"):
+            challenges = job.challenge(list(request.claims.positions), request.claims.values)
+            yield match_pb2.MatchResponse(challenges=match_pb2.Challenges(points=challenges))
+            job.verify(_next(requests, "proofs").proofs.points)
+        result = job.finish_activation()
+        yield match_pb2.MatchResponse(activation_result=match_pb2.ActivationResult(
+            handle=result.handle, noisy_size=result.noisy_size, expires_at=result.expires_at,
+            checkpoint=result.checkpoint, leaf_index=result.leaf_index))
 
     def _exchange(self, job: MatchJob, requests, context) -> Iterator[match_pb2.MatchResponse]:
         """The part match and activation share: accept, receive the list, return it double-blinded,

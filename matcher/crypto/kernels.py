@@ -91,14 +91,9 @@ class Kernels:
         self.close()
 
 
-class PoolKernels(Kernels):
-    """Splits each batch over a process pool; results are byte-identical to :class:`Kernels`."""
-
-    def __init__(self, workers: int | None = None, executor: Executor | None = None):
-        self.workers = workers or os.cpu_count() or 1
-        # spawn, not fork: the server process holds gRPC threads, which do not survive a fork.
-        self._executor = executor or ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+class _SplittingKernels(Kernels):
+    """Kernels that cut each batch into pieces and run them elsewhere; subclasses say where
+    (:meth:`_map` and :meth:`_submit_joined`). Results are byte-identical to :class:`Kernels`."""
 
     def _pieces(self, n: int, minimum: int = _MIN_PIECE) -> list[tuple[int, int]]:
         if n == 0:
@@ -107,24 +102,46 @@ class PoolKernels(Kernels):
         step = -(-n // count)
         return [(i, min(n, i + step)) for i in range(0, n, step)]
 
+    def _map(self, fn, *columns) -> list:
+        raise NotImplementedError
+
+    def _submit_joined(self, fn, pieces: list, *constants):
+        """A future of the bytes ``fn(*constants, piece)`` gives for each piece, joined in order."""
+        raise NotImplementedError
+
     def hash_to_curve(self, msgs: Sequence[bytes], dst: bytes) -> bytes:
         if len(msgs) < 2 * _MIN_PIECE:
             return group.hash_to_curve_batch(msgs, dst)
         pieces = [list(msgs[a:b]) for a, b in self._pieces(len(msgs))]
-        return b"".join(self._executor.map(group.hash_to_curve_batch, pieces, [dst] * len(pieces)))
+        return b"".join(self._map(group.hash_to_curve_batch, pieces, [dst] * len(pieces)))
 
     def blind(self, scalar: bytes, points: bytes) -> bytes:
-        n = len(points) // group.ELEMENT_SIZE
-        if n < 2 * _MIN_PIECE or len(points) % group.ELEMENT_SIZE:
-            return group.blind(scalar, points)
         size = group.ELEMENT_SIZE
+        n = len(points) // size
+        if n < 2 * _MIN_PIECE or len(points) % size:
+            return group.blind(scalar, points)  # small, or ragged: group.blind names the error
         pieces = [bytes(points[a * size:b * size]) for a, b in self._pieces(n)]
-        return b"".join(self._executor.map(group.blind, [scalar] * len(pieces), pieces))
+        return b"".join(self._map(group.blind, [scalar] * len(pieces), pieces))
 
-    def submit_encrypt(self, context: EncryptionContext, plaintexts: Sequence[int]) -> Future:
-        key_bytes = context.key.to_bytes()
+    def submit_encrypt(self, context: EncryptionContext, plaintexts: Sequence[int]):
         pieces = [list(plaintexts[a:b]) for a, b in self._pieces(len(plaintexts), minimum=256)]
-        futures = [self._executor.submit(_encrypt_in_worker, key_bytes, context.nonce, piece) for piece in pieces]
+        return self._submit_joined(_encrypt_in_worker, pieces, context.key.to_bytes(), context.nonce)
+
+
+class PoolKernels(_SplittingKernels):
+    """Splits each batch over a local process pool."""
+
+    def __init__(self, workers: int | None = None, executor: Executor | None = None):
+        self.workers = workers or os.cpu_count() or 1
+        # spawn, not fork: the server process holds gRPC threads, which do not survive a fork.
+        self._executor = executor or ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def _map(self, fn, *columns) -> list:
+        return list(self._executor.map(fn, *columns))
+
+    def _submit_joined(self, fn, pieces: list, *constants) -> Future:
+        futures = [self._executor.submit(fn, *constants, piece) for piece in pieces]
         joined: Future = Future()
         remaining = [len(futures)]
 
@@ -148,7 +165,7 @@ def _join(pieces: Sequence[bytes]) -> bytes:
     return b"".join(pieces)
 
 
-class DaskKernels(Kernels):
+class DaskKernels(_SplittingKernels):
     """The same kernels on a Dask distributed cluster (``matcher serve --executor dask://HOST:PORT``).
 
     The cluster is part of the operator's trust boundary: encryption tasks carry the Paillier
@@ -163,26 +180,11 @@ class DaskKernels(Kernels):
         self._owns_client = not isinstance(address_or_client, Client)
         self.workers = workers or max(1, len(self._client.scheduler_info().get("workers", {})))
 
-    _pieces = PoolKernels._pieces
+    def _map(self, fn, *columns) -> list:
+        return self._client.gather(self._client.map(fn, *columns, pure=False))
 
-    def hash_to_curve(self, msgs: Sequence[bytes], dst: bytes) -> bytes:
-        pieces = [list(msgs[a:b]) for a, b in self._pieces(len(msgs))]
-        futures = self._client.map(group.hash_to_curve_batch, pieces, [dst] * len(pieces), pure=False)
-        return b"".join(self._client.gather(futures))
-
-    def blind(self, scalar: bytes, points: bytes) -> bytes:
-        size = group.ELEMENT_SIZE
-        if len(points) % size:
-            return group.blind(scalar, points)  # raises the precise error
-        pieces = [bytes(points[a * size:b * size]) for a, b in self._pieces(len(points) // size)]
-        futures = self._client.map(group.blind, [scalar] * len(pieces), pieces, pure=False)
-        return b"".join(self._client.gather(futures))
-
-    def submit_encrypt(self, context: EncryptionContext, plaintexts: Sequence[int]):
-        key_bytes = context.key.to_bytes()
-        pieces = [list(plaintexts[a:b]) for a, b in self._pieces(len(plaintexts), minimum=256)]
-        futures = [self._client.submit(_encrypt_in_worker, key_bytes, context.nonce, piece, pure=False)
-                   for piece in pieces]
+    def _submit_joined(self, fn, pieces: list, *constants):
+        futures = [self._client.submit(fn, *constants, piece, pure=False) for piece in pieces]
         return self._client.submit(_join, futures, pure=False)
 
     def close(self) -> None:
