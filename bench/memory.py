@@ -1,0 +1,124 @@
+"""Peak memory of server and client when the platform audience is large (issue 7: 5M rows ≤ 1 GB).
+
+    python -m bench.memory --platform 5000000 --merchant 100000 [--out FILE.json]
+
+Memory, not speed, is the question here, so the audience points are random curve coordinates
+rather than real hashes (import in seconds instead of minutes; blinding does not care), and the
+job is an activation, which streams every audience row exactly like a match but without the
+Paillier ciphertexts, whose encryption would take minutes online. Per-row memory of a match is the
+same arrays plus at most a few chunks of ciphertexts in flight. Peak RSS is the kernel's
+high-water mark (VmHWM) of the server process and of each pool worker, and ru_maxrss of the
+client process, read after the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.e2e import _free_port, _matcher_executable, _wait_serving
+
+
+def _vm_hwm_mib(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of every thread of ``pid`` (pool workers are started from helper threads)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def build(workdir: Path, platform: int) -> tuple[Path, str, float]:
+    from matcher import keys as keys_mod
+    from matcher.store import Store
+
+    db = workdir / "operator.db"
+    keys_mod.create(keys_mod.key_path_for(db), origin="matcher.bench")
+    store = Store(db, create=True)
+    store.set_meta({"origin": "matcher.bench"})
+    rng = np.random.default_rng(5)
+    started = time.perf_counter()
+
+    def batches():
+        for lo in range(0, platform, 100_000):
+            n = min(100_000, platform - lo)
+            points = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
+            points[:, 31] &= 0x7F   # canonical u-coordinates
+            points[:, 0] |= 0x10    # far from the small-order values 0 and 1
+            bits = rng.integers(0, 2, size=n)
+            yield [(f"m{lo + i}", f"{lo + i:064x}", points[i].tobytes(), int(bits[i])) for i in range(n)]
+
+    store.import_audience(batches(), id_kind="phone", segments=["member"])
+    import_s = time.perf_counter() - started
+    for key, value in (("noise", "none"), ("k", "0"), ("dummies", "off"), ("min_list_size", "1"),
+                       ("epsilon_budget", "1000000"), ("jobs_per_hour", "1000")):
+        store.set_policy(key, value)
+    _, token = store.add_principal("merchant", "bench")
+    store.close()
+    return db, token, import_s
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--platform", type=int, default=5_000_000)
+    parser.add_argument("--merchant", type=int, default=100_000)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    from matcher_client import api
+
+    with tempfile.TemporaryDirectory(prefix="matcher-mem-") as tmp:
+        db, token, import_s = build(Path(tmp), args.platform)
+        address = f"127.0.0.1:{_free_port()}"
+        server = subprocess.Popen([_matcher_executable(), "serve", "--db", str(db), "--listen", address,
+                                   "--randomness-pool", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        try:
+            _wait_serving(address, server)
+            rows = [(f"+86139{i:08d}", None) for i in range(args.merchant)]
+            merchant_list = api.prepare_rows(rows, id_type="phone")
+            started = time.perf_counter()
+            result = api.activate(address, token, merchant_list, name="memory", where="member")
+            job_s = time.perf_counter() - started
+            server_mib = _vm_hwm_mib(server.pid)
+            workers = {pid: _vm_hwm_mib(pid) for pid in _children(server.pid)}
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    report = {
+        "benchmark": "memory", "platform_rows": args.platform, "merchant_rows": args.merchant,
+        "import_s": round(import_s, 1), "job_s": round(job_s, 1), "activation_noisy_size": result["noisy_size"],
+        "peak_rss_mib": {"server_main": server_mib, "server_workers": workers,
+                         "client_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+    }
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(0 if main() else 1)
