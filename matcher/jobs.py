@@ -18,6 +18,7 @@ a point or a ciphertext: only sizes, the policy in force, ε and the released ce
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 import uuid
@@ -37,6 +38,8 @@ from matcher.protocol.platform import PlatformSession
 from matcher.store import Principal, Store
 
 Rng = Callable[[int], bytes]
+# One line per decision for the operator's logs: ids, names and sizes, never an ID, point or key.
+log = logging.getLogger("matcher.jobs")
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class JobRunner:
             self.store.open_job(job_id, merchant, pol=pol, epsilon=epsilon, list_size=start.list_size,
                                 labels=len(start.labels))
         except PolicyRefused as refused:
+            log.info("job %s for %s refused: %s", job_id, merchant.name, refused.reason)
             self.store.record_refusal(job_id, merchant, refused.reason, start.list_size, len(start.labels))
             self.audit_log.append([_entry("refused", job_id, merchant, pol, start, self.store.now(), reason=refused.reason)])
             raise
@@ -217,6 +221,8 @@ class MatchJob:
         self._claim_end()
         leaf_index, checkpoint = runner.audit_log.append([entry])
         runner.store.finish_job(self.job_id, released=True, report_json=report_json, leaf_index=leaf_index)
+        log.info("job %s for %s released: %d ids, %d labels, ε %g, leaf %d", self.job_id, self.merchant.name,
+                 self.start.list_size, len(self.start.labels), self.epsilon, leaf_index)
         return Report(self.job_id, report_json, checkpoint, leaf_index, canonical_json(entry))
 
     def _claim_end(self) -> None:
@@ -265,6 +271,8 @@ class MatchJob:
         self._claim_end()
         leaf_index, checkpoint = runner.audit_log.append([entry])
         runner.store.finish_job(self.job_id, released=True, leaf_index=leaf_index)
+        log.info("activation %s (job %s) for %s stored: %d rows, expires %s", handle, self.job_id, self.merchant.name,
+                 len(chosen), round(expires))
         return ActivationResult(handle, released, expires, checkpoint, leaf_index)
 
     def abort(self, reason: str) -> None:
@@ -272,6 +280,7 @@ class MatchJob:
         if not self._end():
             return
         runner = self._runner
+        log.info("job %s for %s failed: %s", self.job_id, self.merchant.name, reason[:200])
         runner.store.finish_job(self.job_id, released=False, reason=reason[:500])
         runner.audit_log.append([_entry("failed", self.job_id, self.merchant, self.policy, self.start,
                                         runner.store.now(), started=self.started, reason=reason[:500])])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 from typing import Iterator
 
 import grpc
@@ -15,8 +14,6 @@ from matcher.log.merkle import MerkleTree
 from matcher.protocol.messages import BlindedChunk, JobStart, LabelSums
 from matcher.store import Principal, Store
 from matcher.v1 import audit_pb2, audit_pb2_grpc, match_pb2, match_pb2_grpc
-
-log = logging.getLogger("matcher.service")
 
 MERCHANT = "merchant"
 AUDITOR = "auditor"

@@ -17,8 +17,6 @@ import queue
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping
 
-import grpc
-
 from matcher import ids, tabular
 from matcher.crypto.kernels import Kernels, local_kernels
 from matcher.errors import ProtocolError
