@@ -249,7 +249,7 @@ class MatchJob:
         """Filter the verified rows, refuse a slice under k, store it, log it, return a noisy size."""
         runner, activation = self._runner, self.activation
         assert activation is not None and self._expression is not None
-        audience = runner.store.load_audience()
+        audience = self.session.members  # the snapshot the stream was built from, even if an import ran since
         rows = self.session.activated_rows()
         chosen = rows[self._expression.mask_filter(audience.segment_bits[rows])]
         released = policy_mod.release(self.policy, {"slice": {"matched": len(chosen), "segments": {}}},
@@ -258,6 +258,7 @@ class MatchJob:
             raise PolicyRefused(f"the slice has fewer than k = {self.policy.k} members; nothing was activated",
                                 reason="slice_too_small", hint="widen the --where expression or the label")
         handle = f"act_{self.job_id[:16]}"
+        self._claim_end()
         expires = runner.store.create_activation(
             handle, self.merchant, job_id=self.job_id, name=activation.name, where=str(self._expression),
             label=activation.label, row_ids=audience.row_ids[chosen].tolist(), noisy_size=released,
@@ -268,7 +269,6 @@ class MatchJob:
         entry.update({"activation": handle, "name": activation.name, "where": str(self._expression),
                       "label": activation.label, "released": {"slice": {"matched": released, "segments": {}}},
                       "expires": round(expires, 3)})
-        self._claim_end()
         leaf_index, checkpoint = runner.audit_log.append([entry])
         runner.store.finish_job(self.job_id, released=True, leaf_index=leaf_index)
         log.info("activation %s (job %s) for %s stored: %d rows, expires %s", handle, self.job_id, self.merchant.name,

@@ -120,6 +120,11 @@ class PlatformSession:
         if self._state not in states:
             raise ProtocolError(f"call out of order: the job is in state '{self._state.value}'")
 
+    @property
+    def members(self) -> Audience:
+        """The audience snapshot this job streams (row indexes refer to it)."""
+        return self._audience
+
     def start(self, start: JobStart) -> JobAccepted:
         self._expect(_State.NEW)
         if start.protocol_version != PROTOCOL_VERSION:
@@ -147,8 +152,7 @@ class PlatformSession:
                                                     n_segments=len(self._audience.segments),
                                                     key_bits=self._key.public_key.bits)
         self._state = _State.RECEIVING
-        n = self._key.public_key.n
-        return JobAccepted(job_id=self._job_id, paillier_n=int(n).to_bytes((int(n).bit_length() + 7) // 8, "big"),
+        return JobAccepted(job_id=self._job_id, paillier_n=self._key.public_key.n_bytes(),
                            segments=self._audience.segments,
                            layout_json=json.dumps(self.layout.to_dict(), sort_keys=True, separators=(",", ":")),
                            max_chunk_elements=self._max_chunk,
@@ -217,11 +221,7 @@ class PlatformSession:
         for lo in range(0, len(order), self._audience_chunk_rows):
             rows = order[lo:lo + self._audience_chunk_rows]
             real = rows >= 0
-            plaintexts = [0] * len(rows)
-            packed = self.layout.pack_many(self._audience.segment_bits[rows[real]].tolist())
-            for at, value in zip(np.nonzero(real)[0].tolist(), packed):
-                plaintexts[at] = value
-            future = _NO_CIPHERTEXTS if self.activation else self._encrypt(encryption, plaintexts)
+            future = _NO_CIPHERTEXTS if self.activation else self._encrypt(encryption, self._payloads(rows, real))
             points = np.empty((len(rows), group.ELEMENT_SIZE), dtype=np.uint8)
             if real.any():
                 hashed = np.ascontiguousarray(self._audience.points[rows[real]]).tobytes()
@@ -237,6 +237,14 @@ class PlatformSession:
             yield AudienceChunk(points=ready_points, ciphertexts=ready.result())
         self._state = _State.AWAITING_PROOFS if self.activation else _State.AWAITING_SUMS
 
+    def _payloads(self, rows: np.ndarray, real: np.ndarray) -> list[int]:
+        """Packed plaintexts for a chunk of stream rows; dummies carry 0."""
+        plaintexts = [0] * len(rows)
+        packed = self.layout.pack_many(self._audience.segment_bits[rows[real]].tolist())
+        for at, value in zip(np.nonzero(real)[0].tolist(), packed):
+            plaintexts[at] = value
+        return plaintexts
+
     def _encrypt(self, encryption: EncryptionContext, plaintexts: list[int]) -> Future:
         """From the precomputed pool when it has enough, else online on the kernels."""
         pooled = self._randomness(len(plaintexts)) if self._randomness else None
@@ -245,10 +253,6 @@ class PlatformSession:
         done: Future = Future()
         done.set_result(paillier.encrypt_with_randomness(self._key.public_key, plaintexts, pooled))
         return done
-
-    @property
-    def stream_length(self) -> int:
-        return len(self._audience) + sum(self._dummies)
 
     def challenge(self, positions: Sequence[int], values: bytes) -> bytes:
         """Check a chunk of claims and return one challenge point t_p = c_p·Q_p per claim."""
