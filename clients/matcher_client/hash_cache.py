@@ -120,6 +120,9 @@ class CachingKernels(Kernels):
     def submit_encrypt(self, context, plaintexts):
         return self._inner.submit_encrypt(context, plaintexts)
 
+    def submit_blind(self, scalar: bytes, points: bytes):
+        return self._inner.submit_blind(scalar, points)
+
     def close(self) -> None:
         self.flush()
         self._inner.close()

@@ -66,6 +66,15 @@ def _done(value) -> Future:
     return future
 
 
+def _done_or_raise(fn, *args) -> Future:
+    future: Future = Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as err:
+        future.set_exception(err)
+    return future
+
+
 class Kernels:
     """Runs batch kernels in this process."""
 
@@ -74,6 +83,10 @@ class Kernels:
     def submit_encrypt(self, context: EncryptionContext, plaintexts: Sequence[int]) -> Future:
         """Fresh encryptions of ``plaintexts``, serialized (fixed-size big-endian), as a future of bytes."""
         return _done(_serialize(context.local_encryptor(), plaintexts))
+
+    def submit_blind(self, scalar: bytes, points: bytes) -> Future:
+        """:meth:`blind` as a future, so the caller can overlap it with its own work."""
+        return _done(group.blind(scalar, points))
 
     def hash_to_curve(self, msgs: Sequence[bytes], dst: bytes) -> bytes:
         return group.hash_to_curve_batch(msgs, dst)
@@ -126,6 +139,13 @@ class _SplittingKernels(Kernels):
     def submit_encrypt(self, context: EncryptionContext, plaintexts: Sequence[int]):
         pieces = [list(plaintexts[a:b]) for a, b in self._pieces(len(plaintexts), minimum=256)]
         return self._submit_joined(_encrypt_in_worker, pieces, context.key.to_bytes(), context.nonce)
+
+    def submit_blind(self, scalar: bytes, points: bytes):
+        size = group.ELEMENT_SIZE
+        if len(points) % size:
+            return _done_or_raise(group.blind, scalar, points)  # group.blind names the error
+        pieces = [bytes(points[a * size:b * size]) for a, b in self._pieces(len(points) // size, minimum=1024)]
+        return self._submit_joined(group.blind, pieces, scalar)
 
 
 class PoolKernels(_SplittingKernels):

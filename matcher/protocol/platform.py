@@ -207,8 +207,8 @@ class PlatformSession:
     def audience(self, lookahead: int = 4) -> Iterator[AudienceChunk]:
         """b·H(y) with Enc(payload(y)) for every member, r·G with Enc(0) per dummy, in a fresh order.
 
-        Encryption of the next ``lookahead`` chunks runs (on the kernels' workers) while the
-        current chunk is on the wire.
+        Blinding and encryption of the next ``lookahead`` chunks run (on the kernels' workers, or
+        in this thread for pooled encryption) while the current chunk is on the wire.
         """
         self._expect(_State.STREAMING)
         n = len(self._audience)
@@ -217,25 +217,31 @@ class PlatformSession:
         order[order >= n] = -1 - (order[order >= n] - n)  # dummies are -1, -2, ...
         self.stream_order = order
         encryption = EncryptionContext(self._key, rng=self._rng)
-        pending: deque[tuple[bytes, Future]] = deque()
+        pending: deque[tuple[np.ndarray, Future | None, Future]] = deque()
         for lo in range(0, len(order), self._audience_chunk_rows):
             rows = order[lo:lo + self._audience_chunk_rows]
             real = rows >= 0
-            future = _NO_CIPHERTEXTS if self.activation else self._encrypt(encryption, self._payloads(rows, real))
-            points = np.empty((len(rows), group.ELEMENT_SIZE), dtype=np.uint8)
-            if real.any():
-                hashed = np.ascontiguousarray(self._audience.points[rows[real]]).tobytes()
-                points[real] = _rows(self._kernels.blind(self._scalar, hashed))
-            if not real.all():
-                points[~real] = dummy_points[-1 - rows[~real]]
-            pending.append((points.tobytes(), future))
+            # Blinding goes to the workers first, so it runs while this thread encrypts.
+            blinded = (self._kernels.submit_blind(
+                self._scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes()) if real.any() else None)
+            encrypted = _NO_CIPHERTEXTS if self.activation else self._encrypt(encryption, self._payloads(rows, real))
+            pending.append((rows, blinded, encrypted))
             if len(pending) > lookahead:
-                ready_points, ready = pending.popleft()
-                yield AudienceChunk(points=ready_points, ciphertexts=ready.result())
+                yield self._chunk(*pending.popleft(), dummy_points)
         while pending:
-            ready_points, ready = pending.popleft()
-            yield AudienceChunk(points=ready_points, ciphertexts=ready.result())
+            yield self._chunk(*pending.popleft(), dummy_points)
         self._state = _State.AWAITING_PROOFS if self.activation else _State.AWAITING_SUMS
+
+    @staticmethod
+    def _chunk(rows: np.ndarray, blinded: Future | None, encrypted: Future, dummy_points: np.ndarray) -> AudienceChunk:
+        """Stream points in stream order: the members' b·H(y) and the dummies' r·G."""
+        real = rows >= 0
+        points = np.empty((len(rows), group.ELEMENT_SIZE), dtype=np.uint8)
+        if blinded is not None:
+            points[real] = _rows(blinded.result())
+        if not real.all():
+            points[~real] = dummy_points[-1 - rows[~real]]
+        return AudienceChunk(points=points.tobytes(), ciphertexts=encrypted.result())
 
     def _payloads(self, rows: np.ndarray, real: np.ndarray) -> list[int]:
         """Packed plaintexts for a chunk of stream rows; dummies carry 0."""
