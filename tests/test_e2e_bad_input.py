@@ -189,3 +189,52 @@ def test_unknown_job_is_not_found_in_client_errors(ready):
                                                      metadata=[("authorization", f"Bearer {token}")])
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert NotFound.grpc_code == "NOT_FOUND"
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_client_vanishing_mid_stream_fails_the_job_and_refunds(operator, serve, how):
+    """A merchant that walks away after the audience started streaming: the job ends failed, its ε
+    is refunded, the failure is audited, and the server goes on serving."""
+    operator.add_members({phone(i): 1 for i in range(8_000)})  # a stream of a few chunks
+    exact_policy(operator.store, noise="discrete_laplace")
+    token = operator.token("merchant", "shop")
+    address = serve().address
+    outbox = __import__("queue").Queue()
+
+    def requests():
+        while (item := outbox.get()) is not None:
+            yield item
+
+    with grpc.insecure_channel(address) as chan:
+        stub = match_pb2_grpc.MatchServiceStub(chan)
+        call = stub.Match(requests(), metadata=[("authorization", f"Bearer {token}")],
+                          timeout=3 if how == "deadline" else 60)
+        outbox.put(start_request(20))
+        assert next(call).WhichOneof("msg") == "accepted"
+        outbox.put(match_pb2.MatchRequest(blinded=match_pb2.BlindedChunk(points=valid_points(20), labels=bytes(20))))
+        outbox.put(match_pb2.MatchRequest(list_end=match_pb2.ListEnd()))
+        assert next(call).WhichOneof("msg") == "double_blinded"
+        if how == "cancel":
+            call.cancel()
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in call:  # the audience streams; the sums never come
+                pass
+        assert ended.value.code() == (grpc.StatusCode.CANCELLED if how == "cancel" else grpc.StatusCode.DEADLINE_EXCEEDED)
+        outbox.put(None)
+    store = operator.store
+    assert wait_for(lambda: store.db.execute("SELECT state FROM jobs").fetchall() == [("failed",)])
+    assert store.db.execute("SELECT state FROM budget").fetchall() == [("refunded",)]
+    assert wait_for(lambda: any(b'"decision":"failed"' in data for _, data in store.log_entries(0, store.log_size())))
+    report = api.match(address, token, rows=[(phone(i), None) for i in range(20)], id_type="phone")
+    assert report["list_size"] == 20  # and the server still serves
