@@ -150,6 +150,27 @@ def prepare(
     return prepared
 
 
+def merge(parts: Iterable[PreparedList]) -> PreparedList:
+    """Join lists prepared from consecutive pieces of one file (e.g. on several cores), with the
+    same result as preparing the whole file at once: first occurrence wins across pieces too."""
+    merged = PreparedList()
+    seen: set[str] = set()
+    invalid: Counter[str] = Counter()
+    for part in parts:
+        merged.rows += part.rows
+        merged.duplicates += part.duplicates
+        invalid.update(part.invalid)
+        for key, label in zip(part.keys, part.labels):
+            if key in seen:
+                merged.duplicates += 1
+                continue
+            seen.add(key)
+            merged.keys.append(key)
+            merged.labels.append(label)
+    merged.invalid = dict(invalid)
+    return merged
+
+
 def _check_id_type(id_type: str) -> None:
     if id_type not in ID_TYPES:
         raise InputError(

@@ -47,10 +47,11 @@ def list_job_options(command):
     return command
 
 
-def _read(file: str, id_column: str, id_type: str, label_column: str | None, region: str, hashed_kind: str):
-    with console.status("reading and normalizing", spinner="dots"):
+def _read(file: str, id_column: str, id_type: str, label_column: str | None, region: str, hashed_kind: str,
+          quiet: bool = False):
+    with _progress(quiet) as notify:
         merchant_list = api.read_list(file, id_column=id_column, id_type=id_type, label_column=label_column,
-                                      region=region, hashed_kind=hashed_kind)
+                                      region=region, hashed_kind=hashed_kind, progress=notify)
     prepared = merchant_list.prepared
     console.print(f"{prepared.rows} rows: {len(prepared.keys)} unique ids, {prepared.duplicates} duplicates, "
                   f"{sum(prepared.invalid.values())} invalid {_reasons(prepared.invalid)}")
@@ -69,7 +70,7 @@ def match(server: str, token: str, file: str, id_column: str, id_type: str, labe
           json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None, timeout: float | None,
           cache: str | None, quiet: bool) -> None:
     """Match the IDs in FILE (CSV with a header, Parquet, or - for stdin) and print the report."""
-    merchant_list = _read(file, id_column, id_type, label_column, region, hashed_kind)
+    merchant_list = _read(file, id_column, id_type, label_column, region, hashed_kind, quiet)
     with _progress(quiet) as notify:
         report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout,
                              cache=cache)
@@ -132,7 +133,7 @@ def activate(server: str, token: str, file: str, id_column: str, id_type: str, l
              cache: str | None, quiet: bool, where_expr: str, label: str | None, name: str) -> None:
     """Let the platform target your matches in FILE that satisfy --where (opt-in: the platform learns
     which of ITS members they are; you learn only a noisy size)."""
-    merchant_list = _read(file, id_column, id_type, label_column, region, hashed_kind)
+    merchant_list = _read(file, id_column, id_type, label_column, region, hashed_kind, quiet)
     with _progress(quiet) as notify:
         result = api.activate(server, token, merchant_list, name=name, where=where_expr, label=label, tls_ca=tls_ca,
                               progress=notify, timeout=timeout, cache=cache)
