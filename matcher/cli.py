@@ -291,8 +291,10 @@ def audit_key(db: Path) -> None:
 @click.option("--randomness-pool", default="auto", show_default=True,
               help="Paillier randomness to precompute while idle, in values: a number, 0 (off) or auto "
                    "(the audience size, at most 2,000,000).")
+@click.option("--grace", default=10.0, show_default=True, type=click.FloatRange(0, 600),
+              help="Seconds running jobs get to finish after SIGTERM before they are failed (and refunded).")
 def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, workers: int, executor: str,
-          randomness_pool: str) -> None:
+          randomness_pool: str, grace: float) -> None:
     """Serve MatchService and AuditService until SIGTERM or Ctrl-C, then shut down gracefully."""
     from matcher.crypto.kernels import kernels_for
     from matcher.server import ServerConfig, build_server
@@ -316,8 +318,8 @@ def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, wo
     def shutdown(signum, frame):
         if not stopping.is_set():
             stopping.set()
-            console.print("shutting down: finishing running jobs (10 s grace)")
-            threading.Thread(target=server.stop, daemon=True).start()
+            console.print(f"shutting down: finishing running jobs ({grace:g} s grace)")
+            threading.Thread(target=server.stop, args=(grace,), daemon=True).start()
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)

@@ -188,3 +188,43 @@ def test_serve_rejects_half_a_tls_configuration(initialised, tmp_path):
     cert, _ = self_signed(tmp_path)
     result = invoke("serve", "--db", str(initialised), "--tls-cert", str(cert))
     assert result.exit_code != 0 and "both --tls-cert and --tls-key" in result.output
+
+
+def test_sigterm_during_a_job_fails_it_cleanly_and_refunds(operator, tmp_path):
+    from matcher.crypto import group
+    from matcher.v1 import match_pb2, match_pb2_grpc
+
+    operator.add_members({phone(i): 1 for i in range(30)})
+    exact_policy(operator.store, noise="discrete_laplace")
+    token = operator.token("merchant", "shop")
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "matcher"), "serve", "--db", str(operator.db), "--listen", f"127.0.0.1:{port}",
+                               "--executor", "inline", "--grace", "1"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    outbox = __import__("queue").Queue()
+
+    def requests():
+        while (item := outbox.get()) is not None:
+            yield item
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+            wait_serving(chan)
+            call = match_pb2_grpc.MatchServiceStub(chan).Match(
+                requests(), metadata=[("authorization", f"Bearer {token}")], timeout=60)
+            outbox.put(match_pb2.MatchRequest(start=match_pb2.JobStart(
+                protocol_version=1, id_kind="phone", labels=["all"], label_sizes=[20],
+                merchant_base=group.base_mult(group.random_scalar()))))
+            assert next(call).WhichOneof("msg") == "accepted"  # the job is running, its ε reserved
+            assert operator.store.db.execute("SELECT state FROM budget").fetchall() == [("reserved",)]
+            server.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.RpcError):
+                next(call)
+            outbox.put(None)
+        output, _ = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    assert server.returncode == 0, output
+    assert operator.store.db.execute("SELECT state FROM jobs").fetchall() == [("failed",)]
+    assert operator.store.db.execute("SELECT state FROM budget").fetchall() == [("refunded",)]

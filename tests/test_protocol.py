@@ -213,3 +213,29 @@ def test_activation_refuses_a_forged_value():
 
     with pytest.raises(InputError, match="forged"):
         run_activation(audience, list(range(30, 90)), ["all"] * 60, tamper=forge)
+
+
+@pytest.mark.parametrize("forge", [lambda n2: 0, lambda n2: n2, lambda n2: n2 + 5, lambda n2: KEY.p])
+def test_sums_outside_z_n2_are_refused(forge):
+    audience = make_audience(list(range(10)), [1] * 10, 2)
+    platform, _, _ = run(audience, list(range(5)), ["all"] * 5)
+    size = KEY.public_key.ciphertext_size
+    value = forge(KEY.public_key.n_squared)
+    data = value.to_bytes(size + 1, "big")[-size:] if value < 256 ** size else b"\xff" * size
+    with pytest.raises(InvalidCiphertext):
+        platform.receive_sums(LabelSums((data,)))
+
+
+def test_wrong_sized_sum_and_chunk_are_refused():
+    audience = make_audience(list(range(10)), [1] * 10, 2)
+    platform, _, _ = run(audience, list(range(5)), ["all"] * 5)
+    with pytest.raises(InvalidCiphertext):
+        platform.receive_sums(LabelSums((b"\x01" * 100,)))
+    fresh = PlatformSession(audience, KEY, job_id="j", max_chunk=4)
+    merchant = MerchantSession([key_of(i) for i in range(6)], ["all"] * 6, id_kind="phone")
+    fresh.start(merchant.start())
+    from matcher.errors import ChunkTooLarge
+    from matcher.protocol.messages import BlindedChunk
+
+    with pytest.raises(ChunkTooLarge):
+        fresh.receive_blinded(BlindedChunk(points=bytes(32) * 6, labels=bytes(6)))
