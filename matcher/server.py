@@ -159,6 +159,8 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     recovered = store.fail_running_jobs("server restarted during the job")
     if recovered:
         log.warning("marked %d interrupted jobs failed; their budget was refunded", recovered)
+    # Read the audience into memory now, not during the first merchant's job.
+    log.info("audience loaded: %d members", len(store.load_audience()))
     origin = store.get_meta("origin") or keys.signer.name
     kernels = config.kernels or local_kernels(config.parallel)
     runner = JobRunner(store, keys, AuditLog(store, keys.signer, origin), kernels=kernels, noise=config.noise,
