@@ -518,7 +518,7 @@ def run_openmined(python: str, workdir: Path, platform_ids: list[str], merchant_
 # -- main -------------------------------------------------------------------------------------------
 
 def _wait_pool(db: Path, values: int, timeout: float = 3600) -> float:
-    """Seconds until the server's randomness pool holds ``values`` (it fills while idle)."""
+    """Seconds until the server's randomness pool holds ``values`` and a job stream is ready."""
     import sqlite3
 
     from matcher.crypto import pool
@@ -527,7 +527,8 @@ def _wait_pool(db: Path, values: int, timeout: float = 3600) -> float:
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
         with contextlib.closing(sqlite3.connect(str(db), timeout=30)) as conn:
-            if conn.execute("SELECT count(*) FROM randomness_pool").fetchone()[0] >= wanted:
+            if (conn.execute("SELECT count(*) FROM randomness_pool").fetchone()[0] >= wanted
+                    and conn.execute("SELECT count(*) FROM stream_slots WHERE taken = 0").fetchone()[0] >= 1):
                 return time.perf_counter() - started
         time.sleep(0.5)
     raise TimeoutError("the randomness pool did not fill")
@@ -567,8 +568,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pyspy-rate", type=int, default=50)
     parser.add_argument("--cprofile", default=None, metavar="FILE", help="cProfile the client's main thread")
     parser.add_argument("--pool", choices=["off", "prefill"], default="off",
-                        help="prefill: let the server precompute its Paillier randomness pool before the job "
-                             "(timed separately as pool_fill_s); off: online encryption")
+                        help="prefill: let the server precompute, before the job, its Paillier randomness pool "
+                             "and one job stream (b·H(y)) (timed separately as pool_fill_s); off: all online")
     parser.add_argument("--warm-cache", action="store_true",
                         help="hash the merchant list into a local hash cache before the job (timed separately)")
     args = parser.parse_args(argv)
@@ -608,7 +609,7 @@ def main(argv: list[str] | None = None) -> dict:
         address = f"127.0.0.1:{port}"
         pool_values = args.platform if args.pool == "prefill" else 0
         serve = [_matcher_executable(), "serve", "--db", str(db), "--listen", address,
-                 "--randomness-pool", str(pool_values)]
+                 "--randomness-pool", str(pool_values), "--stream-slots", "1" if pool_values else "0"]
         if pyspy:
             serve = [pyspy, "record", "--subprocesses", "--format", "raw", "--rate", str(args.pyspy_rate),
                      "--nonblocking", "-o", f"{args.pyspy}-server.txt", "--", *serve]

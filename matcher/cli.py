@@ -291,10 +291,13 @@ def audit_key(db: Path) -> None:
 @click.option("--randomness-pool", default="auto", show_default=True,
               help="Paillier randomness to precompute while idle, in values: a number, 0 (off) or auto "
                    "(the audience size, at most 2,000,000).")
+@click.option("--stream-slots", default=1, show_default=True, type=click.IntRange(0, 16),
+              help="Job streams to precompute while idle (a scalar b, an order, b·H(y) for every member), "
+                   "each used by one job; 0 computes them during the job.")
 @click.option("--grace", default=10.0, show_default=True, type=click.FloatRange(0, 600),
               help="Seconds running jobs get to finish after SIGTERM before they are failed (and refunded).")
 def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, workers: int, executor: str,
-          randomness_pool: str, grace: float) -> None:
+          randomness_pool: str, stream_slots: int, grace: float) -> None:
     """Serve MatchService and AuditService until SIGTERM or Ctrl-C, then shut down gracefully."""
     from matcher.crypto.kernels import kernels_for
     from matcher.server import ServerConfig, build_server
@@ -312,7 +315,8 @@ def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, wo
     else:
         raise click.BadParameter("a number of values, 0 or auto", param_hint="--randomness-pool")
     server, port = build_server(ServerConfig(db=db, listen=listen, tls_cert=tls_cert, tls_key=tls_key,
-                                             max_workers=workers, kernels=kernels, randomness_pool=pool_values))
+                                             max_workers=workers, kernels=kernels, randomness_pool=pool_values,
+                                             stream_slots=stream_slots))
     stopping = threading.Event()
 
     def shutdown(signum, frame):

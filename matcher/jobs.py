@@ -25,6 +25,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+import numpy as np
+
 from matcher import activations
 from matcher import policy as policy_mod
 from matcher import where
@@ -34,10 +36,12 @@ from matcher.errors import InputError, LimitExceeded, MatcherError, PolicyRefuse
 from matcher.keys import OperatorKeys
 from matcher.log.auditlog import AuditLog, canonical_json
 from matcher.protocol.messages import AudienceChunk, BlindedChunk, JobAccepted, JobStart, LabelSums
-from matcher.protocol.platform import PlatformSession
+from matcher.protocol.platform import PlatformSession, PrecomputedStream
 from matcher.store import Principal, Store
 
 Rng = Callable[[int], bytes]
+# Associated data naming a sealed stream scalar b (see matcher.crypto.pool.seal_bytes).
+STREAM_SCALAR = b"matcher-stream-scalar-v1"
 # One line per decision for the operator's logs: ids, names and sizes, never an ID, point or key.
 log = logging.getLogger("matcher.jobs")
 
@@ -142,7 +146,7 @@ class JobRunner:
             job.session = PlatformSession(audience, self.keys.paillier, job_id=job_id, dummies=dummies,
                                           rng=self.rng, kernels=self.kernels, activation=activation is not None,
                                           activation_label=activation.label if activation else None,
-                                          randomness=randomness.take)
+                                          randomness=randomness.take, precomputed=job.take_stream_slot(audience))
             job.accepted = job.session.start(start)
         except MatcherError as err:
             job.abort(str(err))
@@ -173,6 +177,7 @@ class MatchJob:
                  expression: where.Expr | None = None, slot: "_Slot | None" = None):
         self._runner = runner
         self._slot = slot
+        self._stream_slot: int | None = None
         self.started = runner.store.now()
         self.activation = activation
         self._expression = expression
@@ -225,6 +230,17 @@ class MatchJob:
                  self.start.list_size, len(self.start.labels), self.epsilon, leaf_index)
         return Report(self.job_id, report_json, checkpoint, leaf_index, canonical_json(entry))
 
+    def take_stream_slot(self, audience) -> PrecomputedStream | None:
+        """The member half of this job's stream, if the server made one while idle (used once)."""
+        store = self._runner.store
+        taken = store.take_stream_slot(audience.version)
+        if taken is None:
+            return None
+        self._stream_slot, sealed, order = taken
+        scalar = pool.unseal_bytes(self._runner.keys.pool_key, sealed, STREAM_SCALAR)
+        return PrecomputedStream(scalar=scalar, order=np.frombuffer(order, np.int64),
+                                 blinded=store.stream_slot_pieces(self._stream_slot))
+
     def _claim_end(self) -> None:
         if not self._end():
             raise ProtocolError("the job was aborted before its release")
@@ -237,6 +253,8 @@ class MatchJob:
             self._ended.set()
         if self._slot:
             self._slot.release()
+        if self._stream_slot is not None:
+            self._runner.store.drop_stream_slots(slot_id=self._stream_slot)
         return True
 
     def challenge(self, positions, values: bytes) -> bytes:

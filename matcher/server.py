@@ -18,9 +18,10 @@ from grpc_reflection.v1alpha import reflection
 from matcher import keys as keys_mod
 from matcher.crypto import pool
 from matcher.crypto.kernels import EncryptionContext, Kernels, local_kernels
-from matcher.jobs import JobRunner
+from matcher.jobs import STREAM_SCALAR, JobRunner
 from matcher.log.auditlog import AuditLog
 from matcher.policy import NoiseSource
+from matcher.protocol.platform import precompute_stream
 from matcher.service import AUDITOR, MERCHANT, AuditServicer, Authenticator, MatchServicer
 from matcher.store import Store
 from matcher.v1 import audit_pb2, audit_pb2_grpc, match_pb2, match_pb2_grpc
@@ -50,6 +51,8 @@ class ServerConfig:
     clock: Callable[[], float] = field(default=time.time)
     # Precomputed Paillier randomness to keep ready (values; 0 = none): encrypting then costs one product.
     randomness_pool: int = 0
+    # Precomputed member halves of job streams (b, order, b·H(y)) to keep ready; 0 = none.
+    stream_slots: int = 0
 
 
 class _AuthInterceptor(grpc.ServerInterceptor):
@@ -81,36 +84,63 @@ def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
 
 
-class _PoolFiller(threading.Thread):
-    """Tops up the randomness pool while no job runs (matcher.crypto.pool)."""
+class _Precomputer(threading.Thread):
+    """While no job runs: keeps ``stream_slots`` precomputed stream halves for the current audience
+    (matcher.protocol.platform.PrecomputedStream) and the randomness pool topped up
+    (matcher.crypto.pool). Jobs that find them ready skip that work; jobs that don't, do it."""
 
-    def __init__(self, runner: JobRunner, target_values: int):
-        super().__init__(name="matcher-pool-filler", daemon=True)
+    def __init__(self, runner: JobRunner, pool_values: int, stream_slots: int):
+        super().__init__(name="matcher-precompute", daemon=True)
         self._runner = runner
-        self._target_batches = -(-target_values // pool.BATCH)
+        self._target_batches = -(-pool_values // pool.BATCH)
+        self._stream_slots = stream_slots
+        self._version: str | None = None
         self._halt = threading.Event()
 
     def run(self) -> None:
         runner = self._runner
-        key = runner.keys.paillier
-        size = key.public_key.ciphertext_size
-        context, rounds = EncryptionContext(key), 0
+        context, rounds = EncryptionContext(runner.keys.paillier), 0
         while not self._halt.wait(0.05):
-            if runner.active_jobs or runner.store.pool_batches(runner.pool_key_id) >= self._target_batches:
-                self._halt.wait(1.0)
-                continue
-            if rounds % 64 == 0:
-                context = EncryptionContext(key)  # a fresh secret base h now and then
-            rounds += 1
             try:
-                # Encryptions of zero are exactly the randomness r = h^alpha.
-                data = runner.kernels.submit_encrypt(context, [0] * (pool.BATCH * max(1, runner.kernels.workers))).result()
-            except Exception:  # kernels shut down under us: stopping
-                log.exception("randomness pool refill failed")
+                if runner.active_jobs:
+                    self._halt.wait(1.0)
+                elif self._stream_slot_wanted():
+                    self._make_stream_slot()
+                elif runner.store.pool_batches(runner.pool_key_id) < self._target_batches:
+                    if rounds % 64 == 0:
+                        context = EncryptionContext(runner.keys.paillier)  # a fresh secret base h now and then
+                    rounds += 1
+                    self._top_up_pool(context)
+                else:
+                    self._halt.wait(1.0)
+            except Exception:  # kernels or store closed under us: stopping
+                if not self._halt.is_set():
+                    log.exception("precomputation failed")
                 return
-            values = [int.from_bytes(data[i:i + size], "big") for i in range(0, len(data), size)]
-            runner.store.pool_add(runner.pool_key_id, [pool.seal(runner.keys.pool_key, size, values[i:i + pool.BATCH])
-                                                       for i in range(0, len(values), pool.BATCH)])
+
+    def _stream_slot_wanted(self) -> bool:
+        store = self._runner.store
+        audience = store.load_audience()
+        if audience.version != self._version:  # a new import: slots of the old snapshot are useless
+            store.drop_stream_slots(keep_version=audience.version, untaken_only=True)
+            self._version = audience.version
+        return len(audience) > 0 and store.stream_slots(audience.version) < self._stream_slots
+
+    def _make_stream_slot(self) -> None:
+        runner = self._runner
+        audience = runner.store.load_audience()
+        scalar, order, pieces = precompute_stream(audience, runner.kernels)
+        runner.store.add_stream_slot(audience.version, pool.seal_bytes(runner.keys.pool_key, scalar, STREAM_SCALAR),
+                                     order.tobytes(), pieces)
+
+    def _top_up_pool(self, context: EncryptionContext) -> None:
+        runner = self._runner
+        size = runner.keys.paillier.public_key.ciphertext_size
+        # Encryptions of zero are exactly the randomness r = h^alpha.
+        data = runner.kernels.submit_encrypt(context, [0] * (pool.BATCH * max(1, runner.kernels.workers))).result()
+        values = [int.from_bytes(data[i:i + size], "big") for i in range(0, len(data), size)]
+        runner.store.pool_add(runner.pool_key_id, [pool.seal(runner.keys.pool_key, size, values[i:i + pool.BATCH])
+                                                   for i in range(0, len(values), pool.BATCH)])
 
     def stop(self) -> None:
         self._halt.set()
@@ -125,7 +155,7 @@ class MatcherServer:
     store: Store
     runner: JobRunner
     health: health.HealthServicer
-    filler: _PoolFiller | None = None
+    filler: _Precomputer | None = None
     _stopping: threading.Lock = field(default_factory=threading.Lock)
     _stopped: bool = False
 
@@ -191,5 +221,8 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
         port = server.add_insecure_port(config.listen)
     if port == 0:
         raise OSError(f"could not listen on {config.listen}")
-    filler = _PoolFiller(runner, config.randomness_pool) if config.randomness_pool > 0 else None
+    # Slots taken by jobs a crash interrupted are spent; slots of an older audience are useless.
+    store.drop_stream_slots(keep_version=store.load_audience().version)
+    filler = (_Precomputer(runner, config.randomness_pool, config.stream_slots)
+              if config.randomness_pool > 0 or config.stream_slots > 0 else None)
     return MatcherServer(server, store, runner, health_servicer, filler), port

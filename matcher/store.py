@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import secrets
 import sqlite3
@@ -113,6 +114,22 @@ _MIGRATIONS: list[str] = [
         sealed BLOB NOT NULL
     );
     CREATE INDEX randomness_by_key ON randomness_pool (key_id, id);
+    """,
+    # 4: precomputed member halves of job streams (matcher.protocol.platform.PrecomputedStream)
+    """
+    CREATE TABLE stream_slots (
+        id INTEGER PRIMARY KEY,
+        audience_version TEXT NOT NULL,  -- row positions refer to this audience snapshot
+        sealed_scalar BLOB NOT NULL,     -- the job's b, AES-GCM sealed like the randomness pool
+        stream_order BLOB NOT NULL,      -- int64 audience positions, in stream order
+        taken INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE stream_slot_pieces (
+        slot_id INTEGER NOT NULL REFERENCES stream_slots(id),
+        idx INTEGER NOT NULL,
+        points BLOB NOT NULL,            -- b·H(y), consecutive 32-byte points
+        PRIMARY KEY (slot_id, idx)
+    ) WITHOUT ROWID;
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -264,7 +281,7 @@ class Store:
                 bits[at:at + len(rows)] = [r[2] for r in rows]
                 at += len(rows)
             audience = Audience(id_kind=info["id_kind"] or "", points=points, segment_bits=bits,
-                                segments=tuple(info["segments"]), row_ids=row_ids)
+                                segments=tuple(info["segments"]), row_ids=row_ids, version=version)
             self._audience_cache = (version, audience)
             return audience
 
@@ -462,6 +479,52 @@ class Store:
             rows = conn.execute("DELETE FROM randomness_pool WHERE id IN (SELECT id FROM randomness_pool "
                                 "WHERE key_id = ? ORDER BY id LIMIT ?) RETURNING sealed", [key_id, batches]).fetchall()
         return [bytes(r[0]) for r in rows]
+
+    # -- precomputed stream slots ---------------------------------------------------------------
+
+    def stream_slots(self, audience_version: str) -> int:
+        return self.db.execute("SELECT count(*) FROM stream_slots WHERE audience_version = ? AND taken = 0",
+                               [audience_version]).fetchone()[0]
+
+    def add_stream_slot(self, audience_version: str, sealed_scalar: bytes, order: bytes,
+                        pieces: Iterable[bytes]) -> None:
+        """Written whole in one transaction, so a job never sees half a slot."""
+        with self.transaction() as conn:
+            slot = conn.execute("INSERT INTO stream_slots (audience_version, sealed_scalar, stream_order) "
+                                "VALUES (?, ?, ?)", [audience_version, sealed_scalar, order]).lastrowid
+            conn.executemany("INSERT INTO stream_slot_pieces (slot_id, idx, points) VALUES (?, ?, ?)",
+                             ((slot, i, p) for i, p in enumerate(pieces)))
+
+    def take_stream_slot(self, audience_version: str) -> tuple[int, bytes, bytes] | None:
+        """Mark one slot taken and return (id, sealed scalar, order): no two jobs get the same b."""
+        with self.transaction() as conn:
+            row = conn.execute("UPDATE stream_slots SET taken = 1 WHERE id = (SELECT id FROM stream_slots "
+                               "WHERE audience_version = ? AND taken = 0 ORDER BY id LIMIT 1) "
+                               "RETURNING id, sealed_scalar, stream_order", [audience_version]).fetchone()
+        return (row[0], bytes(row[1]), bytes(row[2])) if row else None
+
+    def stream_slot_pieces(self, slot_id: int) -> Iterator[bytes]:
+        for lo in itertools.count(0, 16):
+            rows = self.db.execute("SELECT points FROM stream_slot_pieces WHERE slot_id = ? AND idx >= ? AND idx < ? "
+                                   "ORDER BY idx", [slot_id, lo, lo + 16]).fetchall()
+            if not rows:
+                return
+            yield from (bytes(r[0]) for r in rows)
+
+    def drop_stream_slots(self, keep_version: str | None = None, slot_id: int | None = None,
+                          untaken_only: bool = False) -> None:
+        """Delete one used slot; or every slot made for another audience snapshot, and (unless
+        ``untaken_only``, which is safe while jobs run) every slot already taken."""
+        with self.transaction() as conn:
+            if slot_id is not None:
+                ids = [slot_id]
+            else:
+                ids = [r[0] for r in conn.execute(
+                    "SELECT id FROM stream_slots WHERE (audience_version != ? AND taken = 0) OR (taken = 1 AND ?)",
+                    [keep_version or "", int(not untaken_only)])]
+            for sid in ids:
+                conn.execute("DELETE FROM stream_slot_pieces WHERE slot_id = ?", [sid])
+                conn.execute("DELETE FROM stream_slots WHERE id = ?", [sid])
 
     # -- audit log ----------------------------------------------------------------------------
 

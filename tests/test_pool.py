@@ -61,3 +61,38 @@ def test_server_fills_the_pool_when_idle_and_jobs_use_it(operator, serve):
     report = api.match(served.address, token, rows=customers, id_type="phone")
     assert report["labels"] == ground_truth(members, customers)
     assert operator.store.pool_batches(key_id) == 1  # 1,500 rows took two batches of 1,024
+
+
+def test_precomputed_stream_slot_is_used_once_and_matches_ground_truth(operator, serve):
+    rng = random.Random(29)
+    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(3_000)}
+    operator.add_members(members)
+    exact_policy(operator.store, dummies="on")
+    token = operator.token("merchant", "shop")
+    served = serve(stream_slots=1)
+    store = operator.store
+    version = store.load_audience().version
+
+    assert wait(lambda: store.stream_slots(version) == 1)
+    first_scalar = store.db.execute("SELECT sealed_scalar FROM stream_slots").fetchone()[0]
+    customers = [(phone(i), "all") for i in range(2_000, 4_000)]
+    report = api.match(served.address, token, rows=customers, id_type="phone")
+    assert report["labels"] == ground_truth(members, customers)
+    # The slot was spent by that job (gone), and a fresh one, with a fresh b, is made for the next.
+    scalars = lambda: [r[0] for r in store.db.execute("SELECT sealed_scalar FROM stream_slots")]  # noqa: E731
+    assert wait(lambda: len(scalars()) == 1 and scalars()[0] != first_scalar)
+    # A new import makes the old snapshot's slot useless: it is dropped and replaced.
+    operator.add_members({phone(10_000): 1})
+    new_version = store.get_meta("audience_version")
+    assert wait(lambda: store.stream_slots(new_version) == 1
+                and store.db.execute("SELECT count(*) FROM stream_slots WHERE audience_version != ?",
+                                     [new_version]).fetchone()[0] == 0)
+
+
+def wait(predicate, timeout: float = 60.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()

@@ -239,3 +239,35 @@ def test_wrong_sized_sum_and_chunk_are_refused():
 
     with pytest.raises(ChunkTooLarge):
         fresh.receive_blinded(BlindedChunk(points=bytes(32) * 6, labels=bytes(6)))
+
+
+@pytest.mark.parametrize("dummies", [[0], [5]])
+def test_precomputed_stream_gives_the_same_counts(dummies):
+    """The member half of the stream made ahead of time (its own b, order and b·H(y), stored in
+    odd-sized pieces) gives exactly the counts of a stream made during the job."""
+    from matcher.crypto.kernels import Kernels
+    from matcher.protocol.platform import PrecomputedStream, precompute_stream
+
+    rng = random.Random(8)
+    members = {i: rng.getrandbits(3) for i in range(1_500)}
+    audience = make_audience(list(members), list(members.values()), 3)
+    scalar, order, pieces = precompute_stream(audience, Kernels(), chunk_rows=333)
+    stream = PrecomputedStream(scalar=scalar, order=order, blinded=pieces)
+    source = lambda n: rng.getrandbits(8 * n).to_bytes(n, "little")  # noqa: E731
+    platform = PlatformSession(audience, KEY, job_id="p", dummies=dummies, rng=source, audience_chunk_rows=512,
+                               precomputed=stream)
+    merchant_ids = list(range(1_000, 2_000))
+    merchant = MerchantSession([key_of(i) for i in merchant_ids], ["all"] * 1_000, id_kind="phone", rng=source)
+    merchant.accept(platform.start(merchant.start()))
+    for chunk in merchant.blinded_chunks():
+        platform.receive_blinded(chunk)
+    platform.finish_list()
+    for chunk in platform.double_blinded():
+        merchant.receive_double_blinded(chunk)
+    for chunk in platform.audience():
+        merchant.receive_audience(chunk)
+    expected = truth(members, merchant_ids, ["all"] * 1_000, 3)["all"]
+    result = platform.receive_sums(merchant.finish())["all"]
+    assert [result.matched, list(result.segments.values())] == expected
+    assert merchant.matched_counts[0] == expected[0] + dummies[0]
+    assert sorted(platform.stream_order[platform.stream_order >= 0].tolist()) == list(range(1_500))

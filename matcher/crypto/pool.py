@@ -26,18 +26,26 @@ BATCH = 1024
 _NONCE = 12
 
 
+def seal_bytes(key: bytes, data: bytes, context: bytes, rng=os.urandom) -> bytes:
+    """AES-256-GCM with a fresh nonce; ``context`` (what the bytes are) is bound as associated data."""
+    nonce = rng(_NONCE)
+    return nonce + AESGCM(key).encrypt(nonce, data, context)
+
+
+def unseal_bytes(key: bytes, blob: bytes, context: bytes) -> bytes:
+    try:
+        return AESGCM(key).decrypt(blob[:_NONCE], blob[_NONCE:], context)
+    except Exception:
+        raise CryptoError("a sealed value failed to open: wrong key or tampered store") from None
+
+
 def seal(key: bytes, size: int, values: list[int], rng=os.urandom) -> bytes:
     """Values (each < 2^(8*size)) as one sealed blob; the value size is bound as associated data."""
-    nonce = rng(_NONCE)
-    plain = b"".join(v.to_bytes(size, "big") for v in values)
-    return nonce + AESGCM(key).encrypt(nonce, plain, size.to_bytes(4, "big"))
+    return seal_bytes(key, b"".join(v.to_bytes(size, "big") for v in values), size.to_bytes(4, "big"), rng)
 
 
 def unseal(key: bytes, size: int, blob: bytes) -> list[int]:
-    try:
-        plain = AESGCM(key).decrypt(blob[:_NONCE], blob[_NONCE:], size.to_bytes(4, "big"))
-    except Exception:
-        raise CryptoError("a sealed randomness batch failed to open: wrong key or tampered store") from None
+    plain = unseal_bytes(key, blob, size.to_bytes(4, "big"))
     return [mpz.from_bytes(plain[i:i + size], "big") for i in range(0, len(plain), size)]
 
 

@@ -75,9 +75,54 @@ class Audience:
     segment_bits: np.ndarray    # (n,) uint64: bit i set = member holds segments[i]
     segments: tuple[str, ...]
     row_ids: np.ndarray | None = None  # the store's row ids, kept for activation
+    version: str = ""                  # which snapshot: precomputed streams are tied to it
 
     def __len__(self) -> int:
         return len(self.segment_bits)
+
+
+@dataclass
+class PrecomputedStream:
+    """The member half of one job's stream, made while the server was idle and used by one job only:
+    the job's scalar b, a uniformly random order of the audience rows, and b·H(y) in that order,
+    delivered in pieces of any size (``blinded`` yields bytes of consecutive 32-byte points)."""
+
+    scalar: bytes
+    order: np.ndarray
+    blinded: Iterator[bytes]
+
+
+def precompute_stream(audience: Audience, kernels: Kernels, *, rng: Rng = os.urandom,
+                      chunk_rows: int = AUDIENCE_CHUNK_ROWS) -> tuple[bytes, np.ndarray, Iterator[bytes]]:
+    """A fresh scalar b, a uniformly random order of the audience, and (lazily) b·H(y) in that
+    order — what a :class:`PrecomputedStream` is made of. The caller stores it for one job."""
+    scalar = group.random_scalar(rng)
+    order = np.random.default_rng(int.from_bytes(rng(32), "big")).permutation(len(audience)).astype(np.int64)
+
+    def pieces() -> Iterator[bytes]:
+        for lo in range(0, len(order), chunk_rows):
+            rows = order[lo:lo + chunk_rows]
+            yield kernels.blind(scalar, np.ascontiguousarray(audience.points[rows]).tobytes())
+
+    return scalar, order, pieces()
+
+
+class _PointFeed:
+    """Hands out the precomputed b·H(y) a chunk at a time, whatever the pieces they were stored in."""
+
+    def __init__(self, pieces: Iterator[bytes]):
+        self._pieces = pieces
+        self._buffer = b""
+
+    def take(self, count: int) -> bytes:
+        need = count * group.ELEMENT_SIZE
+        while len(self._buffer) < need:
+            piece = next(self._pieces, None)
+            if piece is None:
+                raise ProtocolError("the precomputed stream ended early")
+            self._buffer += piece
+        out, self._buffer = self._buffer[:need], self._buffer[need:]
+        return out
 
 
 class _State(enum.Enum):
@@ -95,8 +140,13 @@ class PlatformSession:
                  dummies: Sequence[int] = (), rng: Rng = os.urandom, kernels: Kernels | None = None,
                  max_chunk: int = MAX_CHUNK_ELEMENTS, audience_chunk_rows: int = AUDIENCE_CHUNK_ROWS,
                  activation: bool = False, activation_label: str | None = None,
-                 randomness: Callable[[int], list[int] | None] | None = None):
+                 randomness: Callable[[int], list[int] | None] | None = None,
+                 precomputed: PrecomputedStream | None = None):
         self._audience = audience
+        # The member half of the stream made ahead of time (its b included); None: make it now.
+        self._precomputed = precomputed
+        if precomputed is not None and len(precomputed.order) != len(audience):
+            raise ProtocolError("the precomputed stream belongs to another audience")
         # Precomputed n-th residues, each used once (matcher.crypto.pool); None when dry.
         self._randomness = randomness
         self.activation = activation
@@ -109,7 +159,7 @@ class PlatformSession:
         self._max_chunk = max_chunk
         self._audience_chunk_rows = audience_chunk_rows
         self._shuffler = np.random.default_rng(int.from_bytes(rng(32), "big"))
-        self._scalar = group.random_scalar(rng)
+        self._scalar = precomputed.scalar if precomputed is not None else group.random_scalar(rng)
         self._state = _State.NEW
         self._received: list[np.ndarray] = []
         self._received_labels: list[np.ndarray] = []
@@ -211,19 +261,22 @@ class PlatformSession:
         in this thread for pooled encryption) while the current chunk is on the wire.
         """
         self._expect(_State.STREAMING)
-        n = len(self._audience)
         dummy_points = _rows(b"".join(group.base_mult(r) for rs in self._dummy_scalars for r in rs))
-        order = self._shuffler.permutation(n + len(dummy_points)).astype(np.int64)
-        order[order >= n] = -1 - (order[order >= n] - n)  # dummies are -1, -2, ...
+        order = self._stream_order(len(dummy_points))
         self.stream_order = order
+        feed = _PointFeed(self._precomputed.blinded) if self._precomputed is not None else None
         encryption = EncryptionContext(self._key, rng=self._rng)
         pending: deque[tuple[np.ndarray, Future | None, Future]] = deque()
         for lo in range(0, len(order), self._audience_chunk_rows):
             rows = order[lo:lo + self._audience_chunk_rows]
             real = rows >= 0
-            # Blinding goes to the workers first, so it runs while this thread encrypts.
-            blinded = (self._kernels.submit_blind(
-                self._scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes()) if real.any() else None)
+            if not real.any():
+                blinded = None
+            elif feed is not None:
+                blinded = _done(feed.take(int(real.sum())))
+            else:  # blinding goes to the workers first, so it runs while this thread encrypts
+                blinded = self._kernels.submit_blind(
+                    self._scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes())
             encrypted = _NO_CIPHERTEXTS if self.activation else self._encrypt(encryption, self._payloads(rows, real))
             pending.append((rows, blinded, encrypted))
             if len(pending) > lookahead:
@@ -231,6 +284,22 @@ class PlatformSession:
         while pending:
             yield self._chunk(*pending.popleft(), dummy_points)
         self._state = _State.AWAITING_PROOFS if self.activation else _State.AWAITING_SUMS
+
+    def _stream_order(self, dummies: int) -> np.ndarray:
+        """Stream position -> audience row, or -1-d for dummy d: a uniformly random interleaving.
+        With a precomputed stream the members keep its (random) order and the dummies go to
+        uniformly random positions, which gives the same distribution."""
+        n = len(self._audience)
+        if self._precomputed is None:
+            order = self._shuffler.permutation(n + dummies).astype(np.int64)
+            order[order >= n] = -1 - (order[order >= n] - n)
+            return order
+        order = np.empty(n + dummies, dtype=np.int64)
+        at_dummy = np.zeros(n + dummies, dtype=bool)
+        at_dummy[self._shuffler.choice(n + dummies, size=dummies, replace=False)] = True
+        order[at_dummy] = -1 - self._shuffler.permutation(dummies)
+        order[~at_dummy] = self._precomputed.order
+        return order
 
     @staticmethod
     def _chunk(rows: np.ndarray, blinded: Future | None, encrypted: Future, dummy_points: np.ndarray) -> AudienceChunk:
@@ -256,9 +325,7 @@ class PlatformSession:
         pooled = self._randomness(len(plaintexts)) if self._randomness else None
         if pooled is None:
             return self._kernels.submit_encrypt(encryption, plaintexts)
-        done: Future = Future()
-        done.set_result(paillier.encrypt_with_randomness(self._key.public_key, plaintexts, pooled))
-        return done
+        return _done(paillier.encrypt_with_randomness(self._key.public_key, plaintexts, pooled))
 
     def challenge(self, positions: Sequence[int], values: bytes) -> bytes:
         """Check a chunk of claims and return one challenge point t_p = c_p·Q_p per claim."""
@@ -343,8 +410,13 @@ class PlatformSession:
         return result
 
 
-_NO_CIPHERTEXTS: Future = Future()
-_NO_CIPHERTEXTS.set_result(b"")
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+_NO_CIPHERTEXTS = _done(b"")
 
 
 def _rows(data: bytes) -> np.ndarray:
