@@ -8,10 +8,10 @@ would lower wall-clock rates; everything runs in one process and one thread.
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 
+from bench.micro import cpu_model
 from matcher.crypto import group
 
 HASH_CHUNK = 65536       # the pool's chunk size: the batch inversion is amortised over it
@@ -26,7 +26,7 @@ def run(seconds: float = 1.0) -> dict:
     scalar = group.random_scalar()
 
     result: dict = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "timer": "process_time",
         "chunk": {"hash_to_curve_batch": HASH_CHUNK, "x25519": BLIND_CHUNK},
         "hash_to_curve_batch_per_s": _rate(lambda: group.hash_to_curve_batch(msgs, dst), HASH_CHUNK, seconds),
@@ -47,17 +47,6 @@ def _rate(work, per_call: int, seconds: float) -> float:
         elapsed = time.process_time() - start
         if elapsed >= seconds:
             return round(done / elapsed, 1)
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(argv: list[str]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,16 @@ def test_private_key() -> PrivateKey:
 
 
 test_private_key.__test__ = False  # a helper, not a test
+
+
+def wait_until(predicate, timeout: float = 60.0) -> bool:
+    """Poll ``predicate`` until it holds (background work: refunds after a hang-up, precomputation)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
 
 
 def phone(i: int) -> str:

@@ -10,7 +10,7 @@ from matcher.errors import AuthenticationError, InputError, NotFound
 from matcher.protocol.messages import MAX_CHUNK_ELEMENTS
 from matcher.v1 import match_pb2, match_pb2_grpc
 from matcher_client import api
-from tests.conftest import phone
+from tests.conftest import phone, wait_until
 from tests.test_e2e import exact_policy
 
 
@@ -191,17 +191,6 @@ def test_unknown_job_is_not_found_in_client_errors(ready):
     assert NotFound.grpc_code == "NOT_FOUND"
 
 
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 @pytest.mark.parametrize("how", ["cancel", "deadline"])
 def test_client_vanishing_mid_stream_fails_the_job_and_refunds(operator, serve, how):
     """A merchant that walks away after the audience started streaming: the job ends failed, its ε
@@ -233,8 +222,8 @@ def test_client_vanishing_mid_stream_fails_the_job_and_refunds(operator, serve, 
         assert ended.value.code() == (grpc.StatusCode.CANCELLED if how == "cancel" else grpc.StatusCode.DEADLINE_EXCEEDED)
         outbox.put(None)
     store = operator.store
-    assert wait_for(lambda: store.db.execute("SELECT state FROM jobs").fetchall() == [("failed",)])
+    assert wait_until(lambda: store.db.execute("SELECT state FROM jobs").fetchall() == [("failed",)])
     assert store.db.execute("SELECT state FROM budget").fetchall() == [("refunded",)]
-    assert wait_for(lambda: any(b'"decision":"failed"' in data for _, data in store.log_entries(0, store.log_size())))
+    assert wait_until(lambda: any(b'"decision":"failed"' in data for _, data in store.log_entries(0, store.log_size())))
     report = api.match(address, token, rows=[(phone(i), None) for i in range(20)], id_type="phone")
     assert report["list_size"] == 20  # and the server still serves

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
@@ -11,7 +10,7 @@ from matcher.crypto import pool
 from matcher.crypto.kernels import EncryptionContext, Kernels
 from matcher.errors import CryptoError
 from matcher_client import api
-from tests.conftest import SEGMENTS, phone, test_private_key
+from tests.conftest import SEGMENTS, phone, test_private_key, wait_until
 from tests.test_e2e import exact_policy, ground_truth
 
 
@@ -52,9 +51,7 @@ def test_server_fills_the_pool_when_idle_and_jobs_use_it(operator, serve):
     token = operator.token("merchant", "shop")
     served = serve(randomness_pool=3 * pool.BATCH)
     key_id = served.server.runner.pool_key_id
-    deadline = time.monotonic() + 60
-    while operator.store.pool_batches(key_id) < 3 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    assert wait_until(lambda: operator.store.pool_batches(key_id) >= 3)
     assert operator.store.pool_batches(key_id) == 3
     served.server.filler.stop()  # hold the pool still while we count what the job takes
     customers = [(phone(i), "all") for i in range(1_000, 2_000)]
@@ -73,26 +70,18 @@ def test_precomputed_stream_slot_is_used_once_and_matches_ground_truth(operator,
     store = operator.store
     version = store.load_audience().version
 
-    assert wait(lambda: store.stream_slots(version) == 1)
+    assert wait_until(lambda: store.stream_slots(version) == 1)
     first_scalar = store.db.execute("SELECT sealed_scalar FROM stream_slots").fetchone()[0]
     customers = [(phone(i), "all") for i in range(2_000, 4_000)]
     report = api.match(served.address, token, rows=customers, id_type="phone")
     assert report["labels"] == ground_truth(members, customers)
     # The slot was spent by that job (gone), and a fresh one, with a fresh b, is made for the next.
     scalars = lambda: [r[0] for r in store.db.execute("SELECT sealed_scalar FROM stream_slots")]  # noqa: E731
-    assert wait(lambda: len(scalars()) == 1 and scalars()[0] != first_scalar)
+    assert wait_until(lambda: len(scalars()) == 1 and scalars()[0] != first_scalar)
     # A new import makes the old snapshot's slot useless: it is dropped and replaced.
     operator.add_members({phone(10_000): 1})
     new_version = store.get_meta("audience_version")
-    assert wait(lambda: store.stream_slots(new_version) == 1
+    assert wait_until(lambda: store.stream_slots(new_version) == 1
                 and store.db.execute("SELECT count(*) FROM stream_slots WHERE audience_version != ?",
                                      [new_version]).fetchone()[0] == 0)
 
-
-def wait(predicate, timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()

@@ -31,6 +31,20 @@ def make_audience(ids: list[int], bits: list[int], n_segments: int) -> Audience:
                     segments=tuple(f"s{j}" for j in range(n_segments)))
 
 
+def share_list(platform: PlatformSession, merchant: MerchantSession, on_audience_chunk=None) -> None:
+    """The exchange both kinds of job share: start, list up, double-blinded list and audience down."""
+    merchant.accept(platform.start(merchant.start()))
+    for chunk in merchant.blinded_chunks():
+        platform.receive_blinded(chunk)
+    platform.finish_list()
+    for chunk in platform.double_blinded():
+        merchant.receive_double_blinded(chunk)
+    for chunk in platform.audience():
+        if on_audience_chunk:
+            on_audience_chunk(chunk)
+        merchant.receive_audience(chunk)
+
+
 def run(audience: Audience, merchant_ids: list[int], labels: list[str], *, dummies=(), rerandomize=True,
         seed=1, kernels=None):
     """One full round through both engines, with a seeded, reproducible randomness source."""
@@ -40,14 +54,7 @@ def run(audience: Audience, merchant_ids: list[int], labels: list[str], *, dummi
                                kernels=kernels)
     merchant = MerchantSession([key_of(i) for i in merchant_ids], labels, id_kind="phone", rng=source,
                                kernels=kernels)
-    merchant.accept(platform.start(merchant.start()))
-    for chunk in merchant.blinded_chunks():
-        platform.receive_blinded(chunk)
-    platform.finish_list()
-    for chunk in platform.double_blinded():
-        merchant.receive_double_blinded(chunk)
-    for chunk in platform.audience():
-        merchant.receive_audience(chunk)
+    share_list(platform, merchant)
     sums = merchant.finish() if rerandomize else None
     return platform, merchant, sums
 
@@ -126,17 +133,10 @@ def test_without_rerandomization_the_platform_recognises_the_sum():
     source = lambda n: rng.getrandbits(8 * n).to_bytes(n, "little")  # noqa: E731
     platform = PlatformSession(audience, KEY, job_id="j", rng=source)
     merchant = MerchantSession([key_of(i) for i in (3, 7)], ["all", "all"], id_kind="phone", rng=source)
-    merchant.accept(platform.start(merchant.start()))
-    for chunk in merchant.blinded_chunks():
-        platform.receive_blinded(chunk)
-    platform.finish_list()
-    for chunk in platform.double_blinded():
-        merchant.receive_double_blinded(chunk)
     streamed = []
-    for chunk in platform.audience():
-        size = KEY.public_key.ciphertext_size
-        streamed += [int.from_bytes(chunk.ciphertexts[i:i + size], "big") for i in range(0, len(chunk.ciphertexts), size)]
-        merchant.receive_audience(chunk)
+    size = KEY.public_key.ciphertext_size
+    share_list(platform, merchant, lambda chunk: streamed.extend(
+        int.from_bytes(chunk.ciphertexts[i:i + size], "big") for i in range(0, len(chunk.ciphertexts), size)))
     plain_product = merchant._sums[0]
     # The platform's test: is the sum the product of the ciphertexts at the rows of members 3 and 7?
     rows = [int(np.nonzero(platform.stream_order == m)[0][0]) for m in (3, 7)]
@@ -155,6 +155,10 @@ def test_forged_sum_that_overflows_is_refused():
         platform.receive_sums(LabelSums((KEY.public_key.to_bytes(forged),)))
 
 
+def _no_ciphertexts(chunk) -> None:
+    assert chunk.ciphertexts == b"", "an activation stream carries no ciphertexts"
+
+
 def run_activation(audience, merchant_ids, labels, *, dummies=(), label=None, tamper=None):
     rng = random.Random(9)
     source = lambda n: rng.getrandbits(8 * n).to_bytes(n, "little")  # noqa: E731
@@ -162,15 +166,7 @@ def run_activation(audience, merchant_ids, labels, *, dummies=(), label=None, ta
                                activation_label=label)
     merchant = MerchantSession([key_of(i) for i in merchant_ids], labels, id_kind="phone", rng=source,
                                activation=True)
-    merchant.accept(platform.start(merchant.start()))
-    for chunk in merchant.blinded_chunks():
-        platform.receive_blinded(chunk)
-    platform.finish_list()
-    for chunk in platform.double_blinded():
-        merchant.receive_double_blinded(chunk)
-    for chunk in platform.audience():
-        assert chunk.ciphertexts == b""
-        merchant.receive_audience(chunk)
+    share_list(platform, merchant, lambda chunk: _no_ciphertexts(chunk))
     for positions, values in merchant.claims(label):
         if tamper:
             positions, values = tamper(positions, values)
@@ -258,14 +254,7 @@ def test_precomputed_stream_gives_the_same_counts(dummies):
                                precomputed=stream)
     merchant_ids = list(range(1_000, 2_000))
     merchant = MerchantSession([key_of(i) for i in merchant_ids], ["all"] * 1_000, id_kind="phone", rng=source)
-    merchant.accept(platform.start(merchant.start()))
-    for chunk in merchant.blinded_chunks():
-        platform.receive_blinded(chunk)
-    platform.finish_list()
-    for chunk in platform.double_blinded():
-        merchant.receive_double_blinded(chunk)
-    for chunk in platform.audience():
-        merchant.receive_audience(chunk)
+    share_list(platform, merchant)
     expected = truth(members, merchant_ids, ["all"] * 1_000, 3)["all"]
     result = platform.receive_sums(merchant.finish())["all"]
     assert [result.matched, list(result.segments.values())] == expected
