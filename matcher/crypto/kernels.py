@@ -1,9 +1,10 @@
-"""Where the batch crypto runs: this process, a pool of local processes, or (later) a cluster.
+"""Where the batch crypto runs: this process, a pool of local processes, or a Dask cluster.
 
 The protocol engines call a :class:`Kernels` object for their hot loops — hashing IDs to the
 group, X25519 blinding and the platform's Paillier encryption — so the same engine code runs
-single-threaded in tests and on every core in production. The kernels are pure functions of their arguments, which is what makes them
-safe to farm out: no key, scalar or ID leaves the machine's own processes.
+single-threaded in tests and on every core in production. The kernels are pure functions of
+their arguments, which is what makes them safe to farm out; the arguments include scalars and
+the Paillier key, so they go only to the operator's own processes (or its own Dask cluster).
 """
 
 from __future__ import annotations
