@@ -141,7 +141,8 @@ class JobRunner:
         job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression, slot)
         try:
             dummies = [policy_mod.dummy_count(pol, self.noise) for _ in start.labels] if pol.dummies else []
-            randomness = pool.PooledRandomness(self.store, self.pool_key_id, self.keys.pool_key)
+            randomness = pool.PooledRandomness(self.store, self.pool_key_id, self.keys.pool_key,
+                                               self.keys.paillier.public_key.ciphertext_size)
             job.session = PlatformSession(audience, self.keys.paillier, job_id=job_id, dummies=dummies,
                                           rng=self.rng, kernels=self.kernels, activation=activation is not None,
                                           activation_label=activation.label if activation else None,

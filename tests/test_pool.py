@@ -28,29 +28,19 @@ def test_seal_round_trip_and_tamper():
 
 
 def test_encryption_with_pooled_randomness_decrypts(operator):
-    """Batches are handed out once; a dry pool says so; the kernels (here and on a process pool)
-    encrypt with them to ciphertexts that decrypt to the plaintexts."""
-    from matcher.crypto.kernels import PoolKernels
-
     key = test_private_key()
     size = key.public_key.ciphertext_size
-    batches = []
-    for _ in range(3):
-        data = Kernels().submit_encrypt(EncryptionContext(key), [0] * pool.BATCH).result()
-        batches.append(pool.seal(operator.keys.pool_key, size,
-                                 [int.from_bytes(data[i:i + size], "big") for i in range(0, len(data), size)]))
-    operator.store.pool_add("k", batches)
-    drawn = pool.PooledRandomness(operator.store, "k", operator.keys.pool_key)
-    first = drawn.take(pool.BATCH + 10)                  # two whole batches
-    assert len(first.blobs) == 2 and operator.store.pool_batches("k") == 1
-    plaintexts = list(range(pool.BATCH + 10))
-    local = Kernels().submit_encrypt_pooled(key.public_key, first, plaintexts).result()
-    with PoolKernels(workers=2) as workers:
-        spread = workers.submit_encrypt_pooled(key.public_key, first, plaintexts).result()
-    assert local == spread  # same randomness, same ciphertexts, wherever they are computed
-    assert [key.decrypt(int.from_bytes(local[i:i + size], "big")) for i in range(0, len(local), size)] == plaintexts
-    assert drawn.take(2 * pool.BATCH) is None and drawn.dry   # one batch left: not enough, dry
-    assert operator.store.pool_batches("k") == 0              # and what was taken is never handed out again
+    data = Kernels().submit_encrypt(EncryptionContext(key), [0] * 50).result()
+    randomness = [int.from_bytes(data[i:i + size], "big") for i in range(0, len(data), size)]
+    operator.store.pool_add("k", [pool.seal(operator.keys.pool_key, size, randomness)])
+    drawn = pool.PooledRandomness(operator.store, "k", operator.keys.pool_key, size)
+    assert drawn.take(60) is None and drawn.dry          # not enough: dry, the job encrypts online
+    assert operator.store.pool_batches("k") == 0          # and what was taken is never handed out again
+    from matcher.crypto.paillier import encrypt_with_randomness
+
+    plaintexts = list(range(50))
+    data = encrypt_with_randomness(key.public_key, plaintexts, randomness)
+    assert [key.decrypt(int.from_bytes(data[i:i + size], "big")) for i in range(0, len(data), size)] == plaintexts
 
 
 def test_server_fills_the_pool_when_idle_and_jobs_use_it(operator, serve):

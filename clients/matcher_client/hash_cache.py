@@ -123,9 +123,6 @@ class CachingKernels(Kernels):
     def submit_blind(self, scalar: bytes, points: bytes):
         return self._inner.submit_blind(scalar, points)
 
-    def submit_encrypt_pooled(self, public_key, batches, plaintexts):
-        return self._inner.submit_encrypt_pooled(public_key, batches, plaintexts)
-
     def close(self) -> None:
         self.flush()
         self._inner.close()

@@ -17,8 +17,8 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from matcher.crypto import group, pool
-from matcher.crypto.paillier import PlatformEncryptor, PrivateKey, PublicKey, encrypt_with_randomness
+from matcher.crypto import group
+from matcher.crypto.paillier import PlatformEncryptor, PrivateKey
 
 # Below this many elements a piece is not worth a trip to another process.
 _MIN_PIECE = 2_048
@@ -61,22 +61,6 @@ def _encrypt_in_worker(key_bytes: bytes, nonce: bytes, plaintexts: Sequence[int]
     return _serialize(encryptor, plaintexts)
 
 
-_public_keys: dict[bytes, PublicKey] = {}
-
-
-def _encrypt_pooled(n_bytes: bytes, batches: pool.SealedBatches, plaintexts: Sequence[int]) -> bytes:
-    """Encryption with precomputed randomness (one product a row), where the batches are opened."""
-    public = _public_keys.get(n_bytes)
-    if public is None:
-        public = _public_keys[n_bytes] = PublicKey.from_n_bytes(n_bytes)
-    randomness = pool.open_batches(batches, public.ciphertext_size, len(plaintexts))
-    return encrypt_with_randomness(public, plaintexts, randomness)
-
-
-def _encrypt_pooled_piece(n_bytes: bytes, piece: tuple[pool.SealedBatches, Sequence[int]]) -> bytes:
-    return _encrypt_pooled(n_bytes, *piece)
-
-
 def _done(value) -> Future:
     future: Future = Future()
     future.set_result(value)
@@ -104,11 +88,6 @@ class Kernels:
     def submit_blind(self, scalar: bytes, points: bytes) -> Future:
         """:meth:`blind` as a future, so the caller can overlap it with its own work."""
         return _done(group.blind(scalar, points))
-
-    def submit_encrypt_pooled(self, public_key: PublicKey, batches: pool.SealedBatches,
-                              plaintexts: Sequence[int]) -> Future:
-        """Encryptions with the pool's precomputed randomness, serialized, as a future of bytes."""
-        return _done(_encrypt_pooled(public_key.n_bytes(), batches, plaintexts))
 
     def hash_to_curve(self, msgs: Sequence[bytes], dst: bytes) -> bytes:
         return group.hash_to_curve_batch(msgs, dst)
@@ -161,15 +140,6 @@ class _SplittingKernels(Kernels):
     def submit_encrypt(self, context: EncryptionContext, plaintexts: Sequence[int]):
         pieces = [list(plaintexts[a:b]) for a, b in self._pieces(len(plaintexts), minimum=256)]
         return self._submit_joined(_encrypt_in_worker, pieces, context.key.to_bytes(), context.nonce)
-
-    def submit_encrypt_pooled(self, public_key: PublicKey, batches: pool.SealedBatches, plaintexts: Sequence[int]):
-        # Pieces of whole batches, so each worker opens only the batches its rows use.
-        per_piece = max(1, -(-len(batches.blobs) // self.workers))
-        n_bytes = public_key.n_bytes()
-        return self._submit_joined(_encrypt_pooled_piece, [
-            (pool.SealedBatches(batches.key, batches.blobs[i:i + per_piece]),
-             list(plaintexts[i * pool.BATCH:(i + per_piece) * pool.BATCH]))
-            for i in range(0, len(batches.blobs), per_piece) if i * pool.BATCH < len(plaintexts)], n_bytes)
 
     def submit_blind(self, scalar: bytes, points: bytes):
         size = group.ELEMENT_SIZE

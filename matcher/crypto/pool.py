@@ -16,7 +16,6 @@ job only multiplies. Rules that keep that sound:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gmpy2 import mpz
@@ -50,44 +49,32 @@ def unseal(key: bytes, size: int, blob: bytes) -> list[int]:
     return [mpz.from_bytes(plain[i:i + size], "big") for i in range(0, len(plain), size)]
 
 
-@dataclass(frozen=True)
-class SealedBatches:
-    """Whole sealed batches (BATCH values each) for one chunk, opened where the chunk is encrypted."""
-
-    key: bytes
-    blobs: list[bytes]
-
-
 class PooledRandomness:
-    """One job's draw from the store's pool: ``take(n)`` gives whole sealed batches holding at least
-    n values, or None once the pool is dry. Batches are handed out once; values a chunk does not
-    need are dropped, never put back."""
+    """One job's draw from the store's pool: ``take(n)`` gives n unused values or None when dry.
+    Values left over when the job ends are dropped, never put back."""
 
-    def __init__(self, store, key_id: str, pool_key: bytes):
+    def __init__(self, store, key_id: str, pool_key: bytes, size: int):
         self._store = store
         self._key_id = key_id
         self._pool_key = pool_key
+        self._size = size
+        self._buffer: list[int] = []
+        self.used = 0
         self.dry = False
 
-    def take(self, count: int) -> SealedBatches | None:
+    def take(self, count: int) -> list[int] | None:
         if self.dry:
             return None
-        wanted = -(-count // BATCH)
-        blobs = self._store.pool_take(self._key_id, wanted)
-        if len(blobs) < wanted:
+        if len(self._buffer) < count:
+            wanted = -(-(count - len(self._buffer)) // BATCH)
+            for blob in self._store.pool_take(self._key_id, wanted):
+                self._buffer.extend(unseal(self._pool_key, self._size, blob))
+        if len(self._buffer) < count:
             self.dry = True
             return None
-        return SealedBatches(self._pool_key, blobs)
-
-
-def open_batches(batches: SealedBatches, size: int, count: int) -> list[int]:
-    """The first ``count`` values of the batches."""
-    values: list[int] = []
-    for blob in batches.blobs:
-        values.extend(unseal(batches.key, size, blob))
-        if len(values) >= count:
-            return values[:count]
-    raise CryptoError(f"sealed batches hold {len(values)} values, {count} are needed")
+        values, self._buffer = self._buffer[:count], self._buffer[count:]
+        self.used += count
+        return values
 
 
 def key_id(public_key) -> str:

@@ -48,7 +48,6 @@ import numpy as np
 
 from matcher.crypto import group, paillier
 from matcher.crypto.kernels import EncryptionContext, Kernels
-from matcher.crypto.pool import SealedBatches
 from matcher.errors import CryptoError, InputError, InvalidCiphertext, ProtocolError
 from matcher.protocol._points import PointIndex, as_point_array
 from matcher.protocol.messages import (
@@ -141,7 +140,7 @@ class PlatformSession:
                  dummies: Sequence[int] = (), rng: Rng = os.urandom, kernels: Kernels | None = None,
                  max_chunk: int = MAX_CHUNK_ELEMENTS, audience_chunk_rows: int = AUDIENCE_CHUNK_ROWS,
                  activation: bool = False, activation_label: str | None = None,
-                 randomness: Callable[[int], "SealedBatches | None"] | None = None,
+                 randomness: Callable[[int], list[int] | None] | None = None,
                  precomputed: PrecomputedStream | None = None):
         self._audience = audience
         # The member half of the stream made ahead of time (its b included); None: make it now.
@@ -322,11 +321,11 @@ class PlatformSession:
         return plaintexts
 
     def _encrypt(self, encryption: EncryptionContext, plaintexts: list[int]) -> Future:
-        """With the precomputed pool when it has enough (opened on the workers), else online."""
+        """From the precomputed pool when it has enough, else online on the kernels."""
         pooled = self._randomness(len(plaintexts)) if self._randomness else None
         if pooled is None:
             return self._kernels.submit_encrypt(encryption, plaintexts)
-        return self._kernels.submit_encrypt_pooled(self._key.public_key, pooled, plaintexts)
+        return _done(paillier.encrypt_with_randomness(self._key.public_key, plaintexts, pooled))
 
     def challenge(self, positions: Sequence[int], values: bytes) -> bytes:
         """Check a chunk of claims and return one challenge point t_p = c_p·Q_p per claim."""
