@@ -51,6 +51,24 @@ def match_key(normalized: str) -> str:
     return hashlib.sha256(normalized.encode()).hexdigest()
 
 
+def exact_policy(store, **extra):
+    """Noise off and no threshold, so released values must equal the ground truth exactly."""
+    settings = {"noise": "none", "k": "0", "min_list_size": "10", "dummies": "off", **extra}
+    for key, value in settings.items():
+        store.set_policy(key, value)
+
+
+def ground_truth(members: dict[str, int], merchant: list[tuple[str, str]], segments=SEGMENTS) -> dict:
+    truth: dict[str, dict] = {}
+    for number, label in merchant:
+        cell = truth.setdefault(label, {"matched": 0, "segments": {s: 0 for s in segments}})
+        if number in members:
+            cell["matched"] += 1
+            for i, name in enumerate(segments):
+                cell["segments"][name] += (members[number] >> i) & 1
+    return truth
+
+
 @dataclass
 class Operator:
     db: Path
@@ -69,6 +87,14 @@ class Operator:
 
     def token(self, role: str, name: str) -> str:
         return self.store.add_principal(role, name)[1]
+
+    def seed(self, count: int, rng: random.Random, **policy) -> tuple[dict[str, int], str]:
+        """``count`` members with random segments, the exact policy (plus overrides), one merchant:
+        the members (ground truth) and that merchant's token."""
+        members = {phone(i): rng.getrandbits(len(self.segments)) for i in range(count)}
+        self.add_members(members)
+        exact_policy(self.store, **policy)
+        return members, self.token("merchant", "shop")
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from matcher.errors import InputError, MatcherError
 from matcher.protocol.merchant import MerchantSession
 from matcher_client import api
 from tests.conftest import SEGMENTS, phone
-from tests.test_e2e import exact_policy
 from tests.test_attacks import FakeClock
 
 WHERE = "member & paid_with_platform & !favourited_mini_program"
@@ -26,11 +25,7 @@ def wanted(bits: int) -> bool:
 
 @pytest.fixture
 def world(operator):
-    rng = random.Random(42)
-    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(600)}
-    operator.add_members(members)
-    exact_policy(operator.store, k="5", dummies="on")
-    token = operator.token("merchant", "shop")
+    members, token = operator.seed(600, random.Random(42), k="5", dummies="on")
     customers = [(phone(i), "north" if i % 3 else "south") for i in range(300, 900)]
     return operator, members, token, customers
 

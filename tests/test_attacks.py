@@ -14,9 +14,8 @@ from matcher.errors import LimitExceeded, MatcherError
 from matcher.policy import OpenDPNoise, Policy, dummy_count, split_epsilon
 from matcher.store import Store
 from matcher_client import api
-from tests.conftest import phone
+from tests.conftest import exact_policy, phone
 from tests.test_protocol import make_audience, run
-from tests.test_e2e import exact_policy
 
 
 class CountingKernels(Kernels):

@@ -20,8 +20,7 @@ from matcher.policy import Policy
 from matcher_client import api
 from matcher_client.audit import AuditState, GrpcLogSource, prove, verify
 from matcher_client.audit_cli import main as audit_main
-from tests.conftest import SEGMENTS, phone
-from tests.test_e2e import exact_policy
+from tests.conftest import SEGMENTS, exact_policy, phone
 
 ORIGIN = "matcher.test"
 

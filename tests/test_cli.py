@@ -28,8 +28,7 @@ from matcher import keys as keys_mod
 from matcher.cli import main
 from matcher.store import Store
 from matcher_client import api
-from tests.conftest import phone
-from tests.test_e2e import exact_policy
+from tests.conftest import exact_policy, phone
 
 BIN = Path(sys.executable).parent
 

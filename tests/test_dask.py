@@ -11,8 +11,7 @@ distributed = pytest.importorskip("distributed")
 from matcher.crypto import group  # noqa: E402
 from matcher.crypto.kernels import DaskKernels, EncryptionContext, Kernels, PoolKernels  # noqa: E402
 from matcher_client import api  # noqa: E402
-from tests.conftest import SEGMENTS, phone, test_private_key  # noqa: E402
-from tests.test_e2e import exact_policy, ground_truth  # noqa: E402
+from tests.conftest import ground_truth, phone, test_private_key  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +39,8 @@ def test_kernels_identical_to_local_pool(cluster):
 
 
 def test_job_on_the_cluster_equals_ground_truth(operator, serve, cluster):
-    rng = random.Random(17)
-    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(5_000)}
-    operator.add_members(members)
-    exact_policy(operator.store)
-    token = operator.token("merchant", "shop")
+    members, token = operator.seed(5_000, random.Random(17))
+    rng = random.Random(18)
     customers = [(phone(i), rng.choice("xy")) for i in range(2_500, 7_500)]
     report = api.match(serve(kernels=DaskKernels(cluster)).address, token, rows=customers, id_type="phone")
     assert report["labels"] == ground_truth(members, customers)

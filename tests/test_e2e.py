@@ -8,7 +8,7 @@ import random
 import pytest
 
 from matcher_client import api
-from tests.conftest import SEGMENTS, phone
+from tests.conftest import SEGMENTS, exact_policy, ground_truth, phone
 
 MESSY = [
     lambda n: n,                                                      # +8613800000001
@@ -19,31 +19,10 @@ MESSY = [
 ]
 
 
-def exact_policy(store, **extra):
-    """Noise off and no threshold, so released values must equal the ground truth exactly."""
-    settings = {"noise": "none", "k": "0", "min_list_size": "10", "dummies": "off", **extra}
-    for key, value in settings.items():
-        store.set_policy(key, value)
-
-
-def ground_truth(members: dict[str, int], merchant: list[tuple[str, str]], segments=SEGMENTS) -> dict:
-    truth: dict[str, dict] = {}
-    for number, label in merchant:
-        cell = truth.setdefault(label, {"matched": 0, "segments": {s: 0 for s in segments}})
-        if number in members:
-            cell["matched"] += 1
-            for i, name in enumerate(segments):
-                cell["segments"][name] += (members[number] >> i) & 1
-    return truth
-
-
 @pytest.mark.parametrize("dummies", ["off", "on"])
 def test_report_equals_ground_truth_with_labels_and_messy_rows(operator, serve, tmp_path, dummies):
-    rng = random.Random(7)
-    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(400)}
-    operator.add_members(members)
-    exact_policy(operator.store, dummies=dummies)
-    token = operator.token("merchant", "shop")
+    members, token = operator.seed(400, random.Random(7), dummies=dummies)
+    rng = random.Random(8)
     # 150 customers on the platform, 90 not; two stores; each written in a random messy format.
     customers = [(phone(i), rng.choice(["north", "south"])) for i in range(250, 400)]
     customers += [(phone(10_000 + i), rng.choice(["north", "south"])) for i in range(90)]
@@ -66,11 +45,7 @@ def test_report_equals_ground_truth_with_labels_and_messy_rows(operator, serve, 
 
 
 def test_without_label_column_the_one_label_is_all(operator, serve):
-    rng = random.Random(3)
-    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(60)}
-    operator.add_members(members)
-    exact_policy(operator.store)
-    token = operator.token("merchant", "shop")
+    members, token = operator.seed(60, random.Random(3))
     rows = [(phone(i), None) for i in range(30, 90)]
     report = api.match(serve().address, token, rows=rows, id_type="phone")
     assert list(report["labels"]) == ["all"]
@@ -124,11 +99,8 @@ def test_server_restart_keeps_audience_merchants_and_keys(operator, serve):
 
 def test_process_pool_gives_the_same_counts(operator, serve):
     """The server's crypto on a process pool (as `matcher serve` runs it) against the same ground truth."""
-    rng = random.Random(11)
-    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(6_000)}
-    operator.add_members(members)
-    exact_policy(operator.store)
-    token = operator.token("merchant", "shop")
+    members, token = operator.seed(6_000, random.Random(11))
+    rng = random.Random(12)
     customers = [(phone(i), rng.choice("ab")) for i in range(3_000, 9_000)]
     report = api.match(serve(parallel=True).address, token, rows=customers, id_type="phone")
     assert report["labels"] == ground_truth(members, customers)

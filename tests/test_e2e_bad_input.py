@@ -10,8 +10,7 @@ from matcher.errors import AuthenticationError, InputError, NotFound
 from matcher.protocol.messages import MAX_CHUNK_ELEMENTS
 from matcher.v1 import match_pb2, match_pb2_grpc
 from matcher_client import api
-from tests.conftest import phone, wait_until
-from tests.test_e2e import exact_policy
+from tests.conftest import exact_policy, phone, wait_until
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from matcher.crypto import pool
 from matcher.crypto.kernels import EncryptionContext, Kernels
 from matcher.errors import CryptoError
 from matcher_client import api
-from tests.conftest import SEGMENTS, phone, test_private_key, wait_until
-from tests.test_e2e import exact_policy, ground_truth
+from tests.conftest import ground_truth, phone, test_private_key, wait_until
 
 
 def test_seal_round_trip_and_tamper():
@@ -44,11 +43,7 @@ def test_encryption_with_pooled_randomness_decrypts(operator):
 
 
 def test_server_fills_the_pool_when_idle_and_jobs_use_it(operator, serve):
-    rng = random.Random(23)
-    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(1_500)}
-    operator.add_members(members)
-    exact_policy(operator.store)
-    token = operator.token("merchant", "shop")
+    members, token = operator.seed(1_500, random.Random(23))
     served = serve(randomness_pool=3 * pool.BATCH)
     key_id = served.server.runner.pool_key_id
     assert wait_until(lambda: operator.store.pool_batches(key_id) >= 3)
@@ -61,11 +56,7 @@ def test_server_fills_the_pool_when_idle_and_jobs_use_it(operator, serve):
 
 
 def test_precomputed_stream_slot_is_used_once_and_matches_ground_truth(operator, serve):
-    rng = random.Random(29)
-    members = {phone(i): rng.getrandbits(len(SEGMENTS)) for i in range(3_000)}
-    operator.add_members(members)
-    exact_policy(operator.store, dummies="on")
-    token = operator.token("merchant", "shop")
+    members, token = operator.seed(3_000, random.Random(29), dummies="on")
     served = serve(stream_slots=1)
     store = operator.store
     version = store.load_audience().version
