@@ -55,6 +55,13 @@ def init(db: Path, origin: str | None, paillier_bits: int) -> None:
     click.echo(f"verifier key: {keys.signer.verifier_key}")
 
 
+@main.command()
+@db_option
+def status(db: Path) -> None:
+    """Audience, merchants, jobs by state, audit log, precomputation and activations, as JSON."""
+    click.echo(json.dumps(Store(db).status(), indent=2, sort_keys=True))
+
+
 @main.group()
 def audience() -> None:
     """The platform's member audience."""

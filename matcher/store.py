@@ -413,6 +413,25 @@ class Store:
             conn.execute("UPDATE budget SET state = 'refunded' WHERE state = 'reserved'")
         return len(ids)
 
+    # -- status -------------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """What an operator checks first: audience, principals, jobs, log, precomputation, activations."""
+        q = lambda sql, *args: self.db.execute(sql, args).fetchall()  # noqa: E731
+        audience = self.audience_info()
+        version = self.get_meta("audience_version", "")
+        merchants = dict(q("SELECT disabled, count(*) FROM principals WHERE role = 'merchant' GROUP BY disabled"))
+        return {
+            "audience": audience,
+            "merchants": {"active": merchants.get(0, 0), "disabled": merchants.get(1, 0)},
+            "auditors": q("SELECT count(*) FROM principals WHERE role = 'auditor'")[0][0],
+            "jobs": dict(q("SELECT state, count(*) FROM jobs GROUP BY state")),
+            "audit_log_entries": self.log_size(),
+            "randomness_pool_batches": q("SELECT count(*) FROM randomness_pool")[0][0],
+            "stream_slots_ready": self.stream_slots(version),
+            "activations": dict(q("SELECT state, count(*) FROM activations GROUP BY state")),
+        }
+
     # -- activations --------------------------------------------------------------------------
 
     def create_activation(self, handle: str, merchant: Principal, *, job_id: str, name: str, where: str,

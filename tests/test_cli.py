@@ -227,3 +227,15 @@ def test_sigterm_during_a_job_fails_it_cleanly_and_refunds(operator, tmp_path):
     assert server.returncode == 0, output
     assert operator.store.db.execute("SELECT state FROM jobs").fetchall() == [("failed",)]
     assert operator.store.db.execute("SELECT state FROM budget").fetchall() == [("refunded",)]
+
+
+def test_status_reports_what_the_operator_has(operator):
+    operator.add_members({phone(i): 1 for i in range(12)})
+    operator.token("merchant", "shop")
+    operator.token("merchant", "gone")
+    operator.store.set_disabled("merchant", "gone", True)
+    operator.token("auditor", "a")
+    shown = json.loads(invoke("status", "--db", str(operator.db)).output)
+    assert shown["audience"]["members"] == 12 and shown["audience"]["id_kind"] == "phone"
+    assert shown["merchants"] == {"active": 1, "disabled": 1} and shown["auditors"] == 1
+    assert shown["jobs"] == {} and shown["randomness_pool_batches"] == 0 and shown["stream_slots_ready"] == 0
