@@ -187,7 +187,9 @@ def test_membership_differencing_on_the_intersection_size(dummies):
         eps = split.dummies
         bound = (math.exp(eps) - 1) / (math.exp(eps) + 1) + split.dummy_delta
         standard_error = math.sqrt(0.5 / runs)
-        assert advantage <= bound + 3 * standard_error, (advantage, bound)
+        # This fixed test's true advantage is exactly the bound (P(DLap = 0) = tanh(ε/2)), so allow
+        # 4 standard errors (a 3e-5 false alarm); dummies with half the noise give 0.46, six above.
+        assert advantage <= bound + 4 * standard_error, (advantage, bound)
         assert advantage < 0.5  # far from the certainty the adversary has without dummies
 
 
