@@ -116,9 +116,7 @@ def _audit(store: Store, entry: dict) -> None:
     """Operator actions are logged like job decisions: auditors see every policy and principal change."""
     from matcher.log.auditlog import AuditLog
 
-    keys = keys_mod.load(keys_mod.key_path_for(store.path))
-    AuditLog(store, keys.signer, store.get_meta("origin") or keys.signer.name).append(
-        [{**entry, "time": round(store.now(), 3)}])
+    AuditLog.for_store(store, keys_mod.load(keys_mod.key_path_for(store.path)).signer).record(entry)
 
 
 def _add_principal(role: str, db: Path, name: str, as_json: bool) -> None:

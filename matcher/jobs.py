@@ -104,9 +104,6 @@ class JobRunner:
         with self._active_lock:
             self._active -= 1
 
-    def audit_event(self, entry: dict) -> None:
-        self.audit_log.append([{**entry, "time": round(self.store.now(), 3)}])
-
     def begin(self, merchant: Principal, start: JobStart, activation: ActivationRequest | None = None) -> "MatchJob":
         slot = _Slot(self)
         try:
@@ -123,7 +120,7 @@ class JobRunner:
         sizes = dict(zip(start.labels, start.label_sizes))
         expression = None
         if activation is not None:
-            activations.expire(self.store, self.audit_event)
+            activations.expire(self.store, self.audit_log.record)
             if not activation.name or len(activation.name) > 200:
                 raise InputError("an activation needs a --name of 1-200 characters")
             expression = where.parse(activation.where, audience.segments)

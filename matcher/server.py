@@ -138,9 +138,9 @@ class _Precomputer(threading.Thread):
         size = runner.keys.paillier.public_key.ciphertext_size
         # Encryptions of zero are exactly the randomness r = h^alpha.
         data = runner.kernels.submit_encrypt(context, [0] * (pool.BATCH * max(1, runner.kernels.workers))).result()
-        values = [int.from_bytes(data[i:i + size], "big") for i in range(0, len(data), size)]
-        runner.store.pool_add(runner.pool_key_id, [pool.seal(runner.keys.pool_key, size, values[i:i + pool.BATCH])
-                                                   for i in range(0, len(values), pool.BATCH)])
+        batch = pool.BATCH * size
+        runner.store.pool_add(runner.pool_key_id, [pool.seal_serialized(runner.keys.pool_key, size, data[i:i + batch])
+                                                   for i in range(0, len(data), batch)])
 
     def stop(self) -> None:
         self._halt.set()
@@ -191,9 +191,9 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
         log.warning("marked %d interrupted jobs failed; their budget was refunded", recovered)
     # Read the audience into memory now, not during the first merchant's job.
     log.info("audience loaded: %d members", len(store.load_audience()))
-    origin = store.get_meta("origin") or keys.signer.name
+    audit_log = AuditLog.for_store(store, keys.signer)
     kernels = config.kernels or local_kernels(config.parallel)
-    runner = JobRunner(store, keys, AuditLog(store, keys.signer, origin), kernels=kernels, noise=config.noise,
+    runner = JobRunner(store, keys, audit_log, kernels=kernels, noise=config.noise,
                        max_concurrent_jobs=config.max_concurrent_jobs,
                        rng=config.rng)
     auth = Authenticator(store)
@@ -205,7 +205,7 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
                          maximum_concurrent_rpcs=config.max_workers)
     match_pb2_grpc.add_MatchServiceServicer_to_server(MatchServicer(runner, auth), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(store, keys.signer.verifier_key, origin, auth), server)
+        AuditServicer(store, keys.signer.verifier_key, audit_log.origin, auth), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (_MATCH_SERVICE, _AUDIT_SERVICE, ""):

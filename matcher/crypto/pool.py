@@ -41,7 +41,12 @@ def unseal_bytes(key: bytes, blob: bytes, context: bytes) -> bytes:
 
 def seal(key: bytes, size: int, values: list[int], rng=os.urandom) -> bytes:
     """Values (each < 2^(8*size)) as one sealed blob; the value size is bound as associated data."""
-    return seal_bytes(key, b"".join(v.to_bytes(size, "big") for v in values), size.to_bytes(4, "big"), rng)
+    return seal_serialized(key, size, b"".join(v.to_bytes(size, "big") for v in values), rng)
+
+
+def seal_serialized(key: bytes, size: int, data: bytes, rng=os.urandom) -> bytes:
+    """:func:`seal` for values already serialized as consecutive ``size``-byte big-endian numbers."""
+    return seal_bytes(key, data, size.to_bytes(4, "big"), rng)
 
 
 def unseal(key: bytes, size: int, blob: bytes) -> list[int]:

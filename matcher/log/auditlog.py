@@ -39,6 +39,15 @@ class AuditLog:
         self._signer = signer
         self.origin = origin
 
+    @classmethod
+    def for_store(cls, store, signer: Signer) -> "AuditLog":
+        """The log of this store, under the origin ``matcher init`` recorded (else the key's name)."""
+        return cls(store, signer, store.get_meta("origin") or signer.name)
+
+    def record(self, entry: Mapping[str, Any]) -> tuple[int, str]:
+        """Append one operator event, stamped with the store's clock."""
+        return self.append([{**entry, "time": round(self._store.now(), 3)}])
+
     def append(self, entries: Sequence[Mapping[str, Any]]) -> tuple[int, str]:
         """Log entries; returns the index of the first and the signed checkpoint that covers them."""
         data = [canonical_json(e) for e in entries]
@@ -50,6 +59,3 @@ class AuditLog:
             note = self._signer.sign(Checkpoint(self.origin, size, tree.root(size)).body())
             self._store.append_log(data, pending.written, first, (size, note))
         return first, note
-
-    def tree(self) -> MerkleTree:
-        return MerkleTree(self._store, self._store.log_size())
