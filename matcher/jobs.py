@@ -18,6 +18,7 @@ a point or a ciphertext: only sizes, the policy in force, ε and the released ce
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -30,7 +31,7 @@ import numpy as np
 from matcher import activations
 from matcher import policy as policy_mod
 from matcher import where
-from matcher.crypto import pool
+from matcher.crypto import paillier, pool
 from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError, LimitExceeded, MatcherError, PolicyRefused, ProtocolError
 from matcher.keys import OperatorKeys
@@ -233,10 +234,11 @@ class MatchJob:
         taken = store.take_stream_slot(audience.version)
         if taken is None:
             return None
-        self._stream_slot, sealed, order = taken
+        self._stream_slot, sealed, order, layout_json = taken
         scalar = pool.unseal_bytes(self._runner.keys.pool_key, sealed, STREAM_SCALAR)
-        return PrecomputedStream(scalar=scalar, order=np.frombuffer(order, np.int64),
-                                 blinded=store.stream_slot_pieces(self._stream_slot))
+        layout = paillier.PackingLayout.from_dict(json.loads(layout_json)) if layout_json else None
+        return PrecomputedStream(scalar=scalar, order=np.frombuffer(order, np.int64), layout=layout,
+                                 pieces=store.stream_slot_pieces(self._stream_slot))
 
     def _claim_end(self) -> None:
         if not self._end():
@@ -251,7 +253,7 @@ class MatchJob:
         if self._slot:
             self._slot.release()
         if self._stream_slot is not None:
-            self._runner.store.drop_stream_slots(slot_id=self._stream_slot)
+            self._runner.store.spend_stream_slot(self._stream_slot)
         return True
 
     def challenge(self, positions, values: bytes) -> bytes:

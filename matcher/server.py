@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -9,7 +10,7 @@ import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -84,6 +85,10 @@ def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
 
 
+class _Stopping(Exception):
+    """The server stops while a slot is being made: the half-made slot is dropped."""
+
+
 class _Precomputer(threading.Thread):
     """While no job runs: keeps ``stream_slots`` precomputed stream halves for the current audience
     (matcher.protocol.platform.PrecomputedStream) and the randomness pool topped up
@@ -94,7 +99,6 @@ class _Precomputer(threading.Thread):
         self._runner = runner
         self._target_batches = -(-pool_values // pool.BATCH)
         self._stream_slots = stream_slots
-        self._version: str | None = None
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -113,7 +117,7 @@ class _Precomputer(threading.Thread):
                     self._top_up_pool(context)
                 else:
                     self._halt.wait(1.0)
-            except Exception:  # kernels or store closed under us: stopping
+            except Exception:  # kernels or store closed under us, or _Stopping: stopping
                 if not self._halt.is_set():
                     log.exception("precomputation failed")
                 return
@@ -121,17 +125,28 @@ class _Precomputer(threading.Thread):
     def _stream_slot_wanted(self) -> bool:
         store = self._runner.store
         audience = store.load_audience()
-        if audience.version != self._version:  # a new import: slots of the old snapshot are useless
-            store.drop_stream_slots(keep_version=audience.version, untaken_only=True)
-            self._version = audience.version
+        # Spent slots, and those of an older snapshot (a new import), are useless.
+        store.drop_stream_slots(keep_version=audience.version)
         return len(audience) > 0 and store.stream_slots(audience.version) < self._stream_slots
 
     def _make_stream_slot(self) -> None:
         runner = self._runner
         audience = runner.store.load_audience()
-        scalar, order, pieces = precompute_stream(audience, runner.kernels)
-        runner.store.add_stream_slot(audience.version, pool.seal_bytes(runner.keys.pool_key, scalar, STREAM_SCALAR),
-                                     order.tobytes(), pieces)
+        stream = precompute_stream(audience, runner.kernels, key=runner.keys.paillier)
+        runner.store.add_stream_slot(audience.version,
+                                     pool.seal_bytes(runner.keys.pool_key, stream.scalar, STREAM_SCALAR),
+                                     stream.order.tobytes(), self._yielding(stream.pieces),
+                                     layout_json=json.dumps(stream.layout.to_dict(), sort_keys=True))
+
+    def _yielding(self, pieces: Iterator) -> Iterator:
+        """``pieces``, paused while a job runs: a slot of a big audience takes minutes to make
+        (mostly its Paillier encryptions), and a job that arrives meanwhile gets the cores."""
+        for piece in pieces:
+            while self._runner.active_jobs and not self._halt.is_set():
+                self._halt.wait(0.5)
+            if self._halt.is_set():
+                raise _Stopping()
+            yield piece
 
     def _top_up_pool(self, context: EncryptionContext) -> None:
         runner = self._runner
@@ -222,7 +237,7 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     if port == 0:
         raise OSError(f"could not listen on {config.listen}")
     # Slots taken by jobs a crash interrupted are spent; slots of an older audience are useless.
-    store.drop_stream_slots(keep_version=store.load_audience().version)
+    store.drop_stream_slots(keep_version=store.load_audience().version, at_startup=True)
     filler = (_Precomputer(runner, config.randomness_pool, config.stream_slots)
               if config.randomness_pool > 0 or config.stream_slots > 0 else None)
     return MatcherServer(server, store, runner, health_servicer, filler), port

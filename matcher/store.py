@@ -131,6 +131,12 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (slot_id, idx)
     ) WITHOUT ROWID;
     """,
+    # 5: precomputed streams carry their members' ciphertexts, and are written in many transactions
+    """
+    ALTER TABLE stream_slots ADD COLUMN layout_json TEXT;       -- packing of the ciphertexts (NULL: none stored)
+    ALTER TABLE stream_slots ADD COLUMN ready INTEGER NOT NULL DEFAULT 1;  -- 0 while still being written
+    ALTER TABLE stream_slot_pieces ADD COLUMN ciphertexts BLOB; -- Enc(payload(y)), same rows as points
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Segment bits live in one signed 64-bit SQLite integer.
@@ -502,48 +508,78 @@ class Store:
     # -- precomputed stream slots ---------------------------------------------------------------
 
     def stream_slots(self, audience_version: str) -> int:
-        return self.db.execute("SELECT count(*) FROM stream_slots WHERE audience_version = ? AND taken = 0",
-                               [audience_version]).fetchone()[0]
+        """How many whole, untaken slots are ready for this audience snapshot."""
+        return self.db.execute("SELECT count(*) FROM stream_slots WHERE audience_version = ? AND taken = 0 "
+                               "AND ready = 1", [audience_version]).fetchone()[0]
 
     def add_stream_slot(self, audience_version: str, sealed_scalar: bytes, order: bytes,
-                        pieces: Iterable[bytes]) -> None:
-        """Written whole in one transaction, so a job never sees half a slot."""
+                        pieces: Iterable[tuple[bytes, bytes | None]], layout_json: str | None = None) -> None:
+        """Write a slot piece by piece, a few pieces per transaction (a slot with ciphertexts is
+        ~0.5 GB per million members: one transaction would hold the write lock for its whole making),
+        and mark it ready at the end, so a job never sees half a slot. If ``pieces`` fails or is
+        interrupted, what was written is deleted."""
         with self.transaction() as conn:
-            slot = conn.execute("INSERT INTO stream_slots (audience_version, sealed_scalar, stream_order) "
-                                "VALUES (?, ?, ?)", [audience_version, sealed_scalar, order]).lastrowid
-            conn.executemany("INSERT INTO stream_slot_pieces (slot_id, idx, points) VALUES (?, ?, ?)",
-                             ((slot, i, p) for i, p in enumerate(pieces)))
+            slot = conn.execute("INSERT INTO stream_slots (audience_version, sealed_scalar, stream_order, layout_json, "
+                                "ready) VALUES (?, ?, ?, ?, 0)",
+                                [audience_version, sealed_scalar, order, layout_json]).lastrowid
+        try:
+            numbered = enumerate(pieces)
+            while batch := list(itertools.islice(numbered, 8)):
+                with self.transaction() as conn:
+                    conn.executemany("INSERT INTO stream_slot_pieces (slot_id, idx, points, ciphertexts) "
+                                     "VALUES (?, ?, ?, ?)", ((slot, i, p, c) for i, (p, c) in batch))
+            with self.transaction() as conn:
+                conn.execute("UPDATE stream_slots SET ready = 1 WHERE id = ?", [slot])
+        except BaseException:
+            self._delete_stream_slot(slot)
+            raise
 
-    def take_stream_slot(self, audience_version: str) -> tuple[int, bytes, bytes] | None:
-        """Mark one slot taken and return (id, sealed scalar, order): no two jobs get the same b."""
+    def take_stream_slot(self, audience_version: str) -> tuple[int, bytes, bytes, str | None] | None:
+        """Mark one ready slot taken and return (id, sealed scalar, order, layout json): no two jobs
+        get the same b."""
         with self.transaction() as conn:
             row = conn.execute("UPDATE stream_slots SET taken = 1 WHERE id = (SELECT id FROM stream_slots "
-                               "WHERE audience_version = ? AND taken = 0 ORDER BY id LIMIT 1) "
-                               "RETURNING id, sealed_scalar, stream_order", [audience_version]).fetchone()
-        return (row[0], bytes(row[1]), bytes(row[2])) if row else None
+                               "WHERE audience_version = ? AND taken = 0 AND ready = 1 ORDER BY id LIMIT 1) "
+                               "RETURNING id, sealed_scalar, stream_order, layout_json", [audience_version]).fetchone()
+        return (row[0], bytes(row[1]), bytes(row[2]), row[3]) if row else None
 
-    def stream_slot_pieces(self, slot_id: int) -> Iterator[bytes]:
+    def stream_slot_pieces(self, slot_id: int) -> Iterator[tuple[bytes, bytes | None]]:
+        """(points, ciphertexts or None) of each piece, in order."""
         for lo in itertools.count(0, 16):
-            rows = self.db.execute("SELECT points FROM stream_slot_pieces WHERE slot_id = ? AND idx >= ? AND idx < ? "
-                                   "ORDER BY idx", [slot_id, lo, lo + 16]).fetchall()
+            rows = self.db.execute("SELECT points, ciphertexts FROM stream_slot_pieces WHERE slot_id = ? AND idx >= ? "
+                                   "AND idx < ? ORDER BY idx", [slot_id, lo, lo + 16]).fetchall()
             if not rows:
                 return
-            yield from (bytes(r[0]) for r in rows)
+            yield from ((bytes(r[0]), bytes(r[1]) if r[1] is not None else None) for r in rows)
 
-    def drop_stream_slots(self, keep_version: str | None = None, slot_id: int | None = None,
-                          untaken_only: bool = False) -> None:
-        """Delete one used slot; or every slot made for another audience snapshot, and (unless
-        ``untaken_only``, which is safe while jobs run) every slot already taken."""
+    def spend_stream_slot(self, slot_id: int) -> None:
+        """A job that took the slot has ended: its pieces go at the next idle cleanup, not now (deleting
+        half a gigabyte would hold up the job's release)."""
         with self.transaction() as conn:
-            if slot_id is not None:
-                ids = [slot_id]
-            else:
-                ids = [r[0] for r in conn.execute(
-                    "SELECT id FROM stream_slots WHERE (audience_version != ? AND taken = 0) OR (taken = 1 AND ?)",
-                    [keep_version or "", int(not untaken_only)])]
-            for sid in ids:
-                conn.execute("DELETE FROM stream_slot_pieces WHERE slot_id = ?", [sid])
-                conn.execute("DELETE FROM stream_slots WHERE id = ?", [sid])
+            conn.execute("UPDATE stream_slots SET taken = 2 WHERE id = ?", [slot_id])
+
+    def drop_stream_slots(self, keep_version: str, *, at_startup: bool = False) -> None:
+        """Delete spent slots and untaken ones made for another audience snapshot; ``at_startup`` (no
+        job runs, no slot is being written) also slots taken by jobs a crash interrupted, and
+        half-written ones."""
+        with self.transaction() as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM stream_slots WHERE taken = 2 OR (audience_version != ? AND taken = 0 AND ready = 1) "
+                "OR (? AND (taken = 1 OR ready = 0))", [keep_version, int(at_startup)])]
+        for slot_id in ids:
+            self._delete_stream_slot(slot_id)
+
+    def _delete_stream_slot(self, slot_id: int) -> None:
+        # A few pieces per transaction: jobs' writes (releases, the audit log) get the lock in between.
+        while True:
+            with self.transaction() as conn:
+                deleted = conn.execute("DELETE FROM stream_slot_pieces WHERE slot_id = ? AND idx IN (SELECT idx FROM "
+                                       "stream_slot_pieces WHERE slot_id = ? ORDER BY idx LIMIT 8)",
+                                       [slot_id, slot_id]).rowcount
+            if not deleted:
+                break
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM stream_slots WHERE id = ?", [slot_id])
 
     # -- audit log ----------------------------------------------------------------------------
 

@@ -63,6 +63,9 @@ def test_precomputed_stream_slot_is_used_once_and_matches_ground_truth(operator,
 
     assert wait_until(lambda: store.stream_slots(version) == 1)
     first_scalar = store.db.execute("SELECT sealed_scalar FROM stream_slots").fetchone()[0]
+    # The slot carries every member's ciphertext, so the job encrypts only its dummies.
+    stored = store.db.execute("SELECT count(*), sum(length(ciphertexts)) FROM stream_slot_pieces").fetchone()
+    assert stored[1] == 3_000 * operator.keys.paillier.public_key.ciphertext_size
     customers = [(phone(i), "all") for i in range(2_000, 4_000)]
     report = api.match(served.address, token, rows=customers, id_type="phone")
     assert report["labels"] == ground_truth(members, customers)
@@ -76,3 +79,28 @@ def test_precomputed_stream_slot_is_used_once_and_matches_ground_truth(operator,
                 and store.db.execute("SELECT count(*) FROM stream_slots WHERE audience_version != ?",
                                      [new_version]).fetchone()[0] == 0)
 
+
+
+def test_a_half_written_slot_is_never_taken_and_is_cleaned_up(operator):
+    store = operator.store
+
+    def failing_pieces():
+        yield bytes(32), None
+        raise RuntimeError("the server stopped")
+
+    with pytest.raises(RuntimeError):
+        store.add_stream_slot("v1", b"sealed", bytes(8), failing_pieces())
+    assert store.db.execute("SELECT count(*) FROM stream_slots").fetchone()[0] == 0
+    assert store.db.execute("SELECT count(*) FROM stream_slot_pieces").fetchone()[0] == 0
+
+    # A crash mid-write leaves a slot that is not ready: no job takes it, and a restart drops it.
+    with store.transaction() as conn:
+        conn.execute("INSERT INTO stream_slots (audience_version, sealed_scalar, stream_order, ready) "
+                     "VALUES ('v1', x'00', x'00', 0)")
+    assert store.stream_slots("v1") == 0 and store.take_stream_slot("v1") is None
+    store.add_stream_slot("v1", b"sealed", bytes(8), iter([(bytes(32), None)]))
+    assert store.stream_slots("v1") == 1
+    store.drop_stream_slots(keep_version="v1", at_startup=True)  # what the server does when it starts
+    assert [r[0] for r in store.db.execute("SELECT ready FROM stream_slots")] == [1]
+    slot_id, _, _, layout_json = store.take_stream_slot("v1")
+    assert layout_json is None and list(store.stream_slot_pieces(slot_id)) == [(bytes(32), None)]

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from matcher.crypto import group
+from matcher.crypto import group, paillier
+from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError, InvalidCiphertext, ProtocolError
 from matcher.protocol.merchant import MerchantSession
 from matcher.protocol.messages import LabelSums
@@ -137,6 +138,7 @@ def test_without_rerandomization_the_platform_recognises_the_sum():
     size = KEY.public_key.ciphertext_size
     share_list(platform, merchant, lambda chunk: streamed.extend(
         int.from_bytes(chunk.ciphertexts[i:i + size], "big") for i in range(0, len(chunk.ciphertexts), size)))
+    merchant._match_pending()
     plain_product = merchant._sums[0]
     # The platform's test: is the sum the product of the ciphertexts at the rows of members 3 and 7?
     rows = [int(np.nonzero(platform.stream_order == m)[0][0]) for m in (3, 7)]
@@ -237,21 +239,32 @@ def test_wrong_sized_sum_and_chunk_are_refused():
         fresh.receive_blinded(BlindedChunk(points=bytes(32) * 6, labels=bytes(6)))
 
 
+class _OnlyZerosOnline(Kernels):
+    """Refuses to encrypt any payload online: with stored member ciphertexts only dummies' Enc(0) is left."""
+
+    def submit_encrypt(self, context, plaintexts):
+        assert not any(plaintexts), "a member's payload was encrypted during the job"
+        return super().submit_encrypt(context, plaintexts)
+
+
 @pytest.mark.parametrize("dummies", [[0], [5]])
-def test_precomputed_stream_gives_the_same_counts(dummies):
-    """The member half of the stream made ahead of time (its own b, order and b·H(y), stored in
-    odd-sized pieces) gives exactly the counts of a stream made during the job."""
-    from matcher.crypto.kernels import Kernels
+@pytest.mark.parametrize("with_ciphertexts", [False, True])
+def test_precomputed_stream_gives_the_same_counts(dummies, with_ciphertexts):
+    """The member half of the stream made ahead of time (its own b, order and b·H(y), and with the key
+    every member's ciphertext, stored in odd-sized pieces) gives exactly the counts of a stream made
+    during the job."""
     from matcher.protocol.platform import PrecomputedStream, precompute_stream
 
     rng = random.Random(8)
     members = {i: rng.getrandbits(3) for i in range(1_500)}
     audience = make_audience(list(members), list(members.values()), 3)
-    scalar, order, pieces = precompute_stream(audience, Kernels(), chunk_rows=333)
-    stream = PrecomputedStream(scalar=scalar, order=order, blinded=pieces)
+    made = precompute_stream(audience, Kernels(), key=KEY if with_ciphertexts else None, chunk_rows=333)
+    stored = list(made.pieces)  # as the store hands them back: a fresh iterator over the same pieces
+    assert all((c is not None) == with_ciphertexts for _, c in stored)
+    stream = PrecomputedStream(scalar=made.scalar, order=made.order, pieces=iter(stored), layout=made.layout)
     source = lambda n: rng.getrandbits(8 * n).to_bytes(n, "little")  # noqa: E731
     platform = PlatformSession(audience, KEY, job_id="p", dummies=dummies, rng=source, audience_chunk_rows=512,
-                               precomputed=stream)
+                               precomputed=stream, kernels=_OnlyZerosOnline() if with_ciphertexts else Kernels())
     merchant_ids = list(range(1_000, 2_000))
     merchant = MerchantSession([key_of(i) for i in merchant_ids], ["all"] * 1_000, id_kind="phone", rng=source)
     share_list(platform, merchant)
@@ -260,3 +273,19 @@ def test_precomputed_stream_gives_the_same_counts(dummies):
     assert [result.matched, list(result.segments.values())] == expected
     assert merchant.matched_counts[0] == expected[0] + dummies[0]
     assert sorted(platform.stream_order[platform.stream_order >= 0].tolist()) == list(range(1_500))
+
+
+def test_stored_ciphertexts_of_another_layout_are_not_used():
+    """A stream made for 2 segments cannot serve an audience of 3: the job encrypts its members itself."""
+    from matcher.protocol.platform import PrecomputedStream
+
+    members = {i: i % 8 for i in range(200)}
+    audience = make_audience(list(members), list(members.values()), 3)
+    other = paillier.PackingLayout.widest(n_segments=2)
+    pieces = iter([(bytes(32) * 200, bytes(KEY.public_key.ciphertext_size) * 200)])
+    platform = PlatformSession(audience, KEY, job_id="p", kernels=_OnlyZerosOnline(),
+                               precomputed=PrecomputedStream(scalar=group.random_scalar(), order=np.arange(200),
+                                                             pieces=pieces, layout=other))
+    merchant = MerchantSession([key_of(i) for i in range(50)], ["all"] * 50, id_kind="phone")
+    with pytest.raises(AssertionError, match="encrypted during the job"):
+        share_list(platform, merchant)

@@ -520,6 +520,16 @@ class PackingLayout:
         return cls(max_rows=max_rows, n_segments=n_segments, metric_max=tuple(metric_max),
                    key_bits=key_bits)
 
+    @classmethod
+    def widest(cls, *, n_segments: int, key_bits: int = MIN_KEY_BITS) -> PackingLayout:
+        """The layout with the widest slots ``key_bits`` holds for ``n_segments`` (no metrics).
+
+        It depends on nothing but the audience's segment count and the key, so ciphertexts can be
+        made before the job whose list size they must fit (precomputed streams): at 60 segments and
+        2048 bits each slot is 32 bits wide, room for lists of up to 2^32 - 1 rows."""
+        slot_bits = min(64, (key_bits - _HEADROOM_BITS) // (n_segments + 1))
+        return cls.create(max_rows=(1 << slot_bits) - 1, n_segments=n_segments, key_bits=key_bits)
+
     @staticmethod
     def _build_spread_tables(n_segments: int, slot_bits: int) -> tuple[tuple[int, ...], ...]:
         """Table k maps byte k of a segment mask to its 8 bits spread one per slot."""

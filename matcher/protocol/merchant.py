@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import enum
 import os
+from collections import deque
+from concurrent.futures import Future
 from typing import Callable, Iterator, Sequence
 
 import gmpy2
@@ -44,6 +46,8 @@ from matcher.protocol.messages import (
 )
 
 Rng = Callable[[int], bytes]
+# Stream chunks in flight on the kernels while earlier ones are matched and summed.
+_LOOKAHEAD = 2
 
 
 class _State(enum.Enum):
@@ -85,11 +89,19 @@ class MerchantSession:
         self._double_blinded: list[np.ndarray] = []
         self._double_blinded_labels: list[np.ndarray] = []
         self._index: PointIndex | None = None
+        # Stream chunks received but not matched yet: (first position, size, ciphertexts, a·s future).
+        self._pending: deque[tuple[int, int, bytes, Future]] = deque()
         self._public_key: paillier.PublicKey | None = None
         self._sums: list[int] = []
-        self.matched_counts = np.zeros(len(self.label_names), dtype=np.int64)
+        self._matched_counts = np.zeros(len(self.label_names), dtype=np.int64)
         self.stream_elements = 0
         self.blinded_elements = 0
+
+    @property
+    def matched_counts(self) -> np.ndarray:
+        """Per label, the stream elements that met the list so far (every chunk received is counted)."""
+        self._match_pending()
+        return self._matched_counts
 
     def _expect(self, *states: _State) -> None:
         if self._state not in states:
@@ -134,6 +146,8 @@ class MerchantSession:
         self.blinded_elements += len(labels)
 
     def receive_audience(self, chunk: AudienceChunk) -> None:
+        """Take one chunk of the stream. Its a·(b·H(y)) goes to the kernels at once and the chunk is
+        matched a few chunks later, so the workers blind while this thread reads and sums."""
         self._expect(_State.SENT, _State.AUDIENCE)
         key = self._public_key
         assert key is not None
@@ -144,27 +158,35 @@ class MerchantSession:
         n = len(chunk.points) // group.ELEMENT_SIZE
         if len(chunk.ciphertexts) != (0 if self.activation else n * key.ciphertext_size):
             raise InputError(f"audience chunk carries {len(chunk.ciphertexts)} ciphertext bytes for {n} points")
-        ours = as_point_array(self._kernels.blind(self._scalar, chunk.points), n, None)
+        self._pending.append((self.stream_elements, n, chunk.ciphertexts,
+                              self._kernels.submit_blind(self._scalar, chunk.points)))
+        self.stream_elements += n
+        if len(self._pending) > _LOOKAHEAD:
+            self._match(*self._pending.popleft())
+
+    def _match(self, offset: int, n: int, ciphertexts: bytes, blinded) -> None:
+        ours = as_point_array(blinded.result(), n, None)
         positions, labels = self._index.lookup(ours)
+        np.add.at(self._matched_counts, labels, 1)
         if self.activation:
-            self._matches.append((positions + self.stream_elements, ours[positions], labels))
-            np.add.at(self.matched_counts, labels, 1)
-            self.stream_elements += n
+            self._matches.append((positions + offset, ours[positions], labels))
             return
-        size = key.ciphertext_size
-        sums, n2, data = self._sums, key.n_squared, chunk.ciphertexts
+        sums, n2, size = self._sums, self._public_key.n_squared, self._public_key.ciphertext_size
         # Rows are multiplied unchecked (a gcd per row was 8% of the client's time); the sums are
         # validated in finish(), and a bad row can only spoil the sum the platform itself decrypts.
         for pos, label in zip(positions.tolist(), labels.tolist()):
-            sums[label] = sums[label] * gmpy2.mpz.from_bytes(data[pos * size:(pos + 1) * size], "big") % n2
-        np.add.at(self.matched_counts, labels, 1)
-        self.stream_elements += n
+            sums[label] = sums[label] * gmpy2.mpz.from_bytes(ciphertexts[pos * size:(pos + 1) * size], "big") % n2
+
+    def _match_pending(self) -> None:
+        while self._pending:
+            self._match(*self._pending.popleft())
 
     def claims(self, label: str | None = None) -> Iterator[tuple[np.ndarray, bytes]]:
         """Chunks of (stream positions, a·s_p values) of the matches, optionally of one label only."""
         self._expect(_State.AUDIENCE, _State.SENT)
         if not self.activation:
             raise ProtocolError("claims belong to an activation job")
+        self._match_pending()
         if label is not None and label not in self.label_names:
             raise InputError(f"label '{label}' is not in this list (labels: {', '.join(self.label_names)})")
         self._state = _State.DONE
@@ -187,6 +209,7 @@ class MerchantSession:
         self._expect(_State.AUDIENCE, _State.SENT)
         key = self._public_key
         assert key is not None
+        self._match_pending()
         self._state = _State.DONE
         for label, total in zip(self.label_names, self._sums):
             try:

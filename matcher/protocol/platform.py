@@ -81,48 +81,81 @@ class Audience:
         return len(self.segment_bits)
 
 
+def packing_layout(audience: Audience, public_key: paillier.PublicKey) -> paillier.PackingLayout:
+    """Every job on ``audience`` packs its payloads this way: the widest slots the key holds, so the
+    layout never depends on the list and ciphertexts can be made before the job."""
+    return paillier.PackingLayout.widest(n_segments=len(audience.segments), key_bits=public_key.bits)
+
+
 @dataclass
 class PrecomputedStream:
     """The member half of one job's stream, made while the server was idle and used by one job only:
-    the job's scalar b, a uniformly random order of the audience rows, and b·H(y) in that order,
-    delivered in pieces of any size (``blinded`` yields bytes of consecutive 32-byte points)."""
+    the job's scalar b, a uniformly random order of the audience rows, and in that order b·H(y) and
+    (when ``layout`` is set) Enc(payload(y)) packed with it. ``pieces`` yields (points, ciphertexts
+    or None) for consecutive rows, in pieces of any size."""
 
     scalar: bytes
     order: np.ndarray
-    blinded: Iterator[bytes]
+    pieces: Iterator[tuple[bytes, bytes | None]]
+    layout: paillier.PackingLayout | None = None
 
 
-def precompute_stream(audience: Audience, kernels: Kernels, *, rng: Rng = os.urandom,
-                      chunk_rows: int = AUDIENCE_CHUNK_ROWS) -> tuple[bytes, np.ndarray, Iterator[bytes]]:
-    """A fresh scalar b, a uniformly random order of the audience, and (lazily) b·H(y) in that
-    order — what a :class:`PrecomputedStream` is made of. The caller stores it for one job."""
+def precompute_stream(audience: Audience, kernels: Kernels, *, key: paillier.PrivateKey | None = None,
+                      rng: Rng = os.urandom, chunk_rows: int = AUDIENCE_CHUNK_ROWS,
+                      lookahead: int = 2) -> PrecomputedStream:
+    """A fresh scalar b, a uniformly random order of the audience, and (lazily, ``lookahead`` pieces
+    ahead on the kernels) b·H(y) in that order — with ``key``, also every member's ciphertext, so the
+    job that takes the stream does no Paillier work for its members. The caller stores it for one job."""
     scalar = group.random_scalar(rng)
     order = np.random.default_rng(int.from_bytes(rng(32), "big")).permutation(len(audience)).astype(np.int64)
+    layout = packing_layout(audience, key.public_key) if key is not None else None
+    encryption = EncryptionContext(key, rng=rng) if key is not None else None
 
-    def pieces() -> Iterator[bytes]:
+    def submit(rows: np.ndarray) -> tuple[Future, Future | None]:
+        blinded = kernels.submit_blind(scalar, np.ascontiguousarray(audience.points[rows]).tobytes())
+        if layout is None:
+            return blinded, None
+        return blinded, kernels.submit_encrypt(encryption, layout.pack_many(audience.segment_bits[rows].tolist()))
+
+    def pieces() -> Iterator[tuple[bytes, bytes | None]]:
+        pending: deque[tuple[Future, Future | None]] = deque()
         for lo in range(0, len(order), chunk_rows):
-            rows = order[lo:lo + chunk_rows]
-            yield kernels.blind(scalar, np.ascontiguousarray(audience.points[rows]).tobytes())
+            pending.append(submit(order[lo:lo + chunk_rows]))
+            if len(pending) > lookahead:
+                points, ciphertexts = pending.popleft()
+                yield points.result(), ciphertexts.result() if ciphertexts else None
+        for points, ciphertexts in pending:
+            yield points.result(), ciphertexts.result() if ciphertexts else None
 
-    return scalar, order, pieces()
+    return PrecomputedStream(scalar=scalar, order=order, pieces=pieces(), layout=layout)
 
 
-class _PointFeed:
-    """Hands out the precomputed b·H(y) a chunk at a time, whatever the pieces they were stored in."""
+class _StreamFeed:
+    """Hands out a precomputed stream's points and ciphertexts a chunk at a time, whatever the
+    pieces they were stored in."""
 
-    def __init__(self, pieces: Iterator[bytes]):
+    def __init__(self, pieces: Iterator[tuple[bytes, bytes | None]], ciphertext_size: int):
         self._pieces = pieces
-        self._buffer = b""
+        self._sizes = (group.ELEMENT_SIZE, ciphertext_size)
+        self._buffers = [b"", b""]
+        self._rows = 0  # rows buffered
+        self._has_ciphertexts = True
 
-    def take(self, count: int) -> bytes:
-        need = count * group.ELEMENT_SIZE
-        while len(self._buffer) < need:
+    def take(self, count: int) -> tuple[bytes, bytes | None]:
+        while self._rows < count:
             piece = next(self._pieces, None)
             if piece is None:
                 raise ProtocolError("the precomputed stream ended early")
-            self._buffer += piece
-        out, self._buffer = self._buffer[:need], self._buffer[need:]
-        return out
+            points, ciphertexts = piece
+            self._has_ciphertexts &= ciphertexts is not None
+            self._buffers = [self._buffers[0] + points, self._buffers[1] + (ciphertexts or b"")]
+            self._rows += len(points) // group.ELEMENT_SIZE
+        out = []
+        for i, size in enumerate(self._sizes):
+            out.append(self._buffers[i][:count * size])
+            self._buffers[i] = self._buffers[i][count * size:]
+        self._rows -= count
+        return out[0], out[1] if self._has_ciphertexts else None
 
 
 class _State(enum.Enum):
@@ -198,9 +231,11 @@ class PlatformSession:
         self._merchant_base = start.merchant_base
         group.blind(self._scalar, start.merchant_base)
         self._received_per_label = np.zeros(len(start.labels), dtype=np.int64)
-        self.layout = paillier.PackingLayout.create(max_rows=max(1, start.list_size),
-                                                    n_segments=len(self._audience.segments),
-                                                    key_bits=self._key.public_key.bits)
+        self.layout = packing_layout(self._audience, self._key.public_key)
+        if start.list_size > self.layout.max_rows:
+            raise InputError(f"a list of {start.list_size} IDs is longer than the {self.layout.max_rows} a sum can count")
+        # Members' ciphertexts made with the precomputed stream serve if they were packed the same way.
+        self._stored_ciphertexts = self._precomputed is not None and self._precomputed.layout == self.layout
         self._state = _State.RECEIVING
         return JobAccepted(job_id=self._job_id, paillier_n=self._key.public_key.n_bytes(),
                            segments=self._audience.segments,
@@ -264,20 +299,28 @@ class PlatformSession:
         dummy_points = _rows(b"".join(group.base_mult(r) for rs in self._dummy_scalars for r in rs))
         order = self._stream_order(len(dummy_points))
         self.stream_order = order
-        feed = _PointFeed(self._precomputed.blinded) if self._precomputed is not None else None
+        size = self._key.public_key.ciphertext_size
+        feed = _StreamFeed(self._precomputed.pieces, size) if self._precomputed is not None else None
         encryption = EncryptionContext(self._key, rng=self._rng)
         pending: deque[tuple[np.ndarray, Future | None, Future]] = deque()
         for lo in range(0, len(order), self._audience_chunk_rows):
             rows = order[lo:lo + self._audience_chunk_rows]
             real = rows >= 0
+            stored = None
             if not real.any():
                 blinded = None
             elif feed is not None:
-                blinded = _done(feed.take(int(real.sum())))
+                points, stored = feed.take(int(real.sum()))
+                blinded = _done(points)
             else:  # blinding goes to the workers first, so it runs while this thread encrypts
                 blinded = self._kernels.submit_blind(
                     self._scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes())
-            encrypted = _NO_CIPHERTEXTS if self.activation else self._encrypt(encryption, self._payloads(rows, real))
+            if self.activation:
+                encrypted = _NO_CIPHERTEXTS
+            elif stored is not None and self._stored_ciphertexts:
+                encrypted = self._with_dummies(encryption, stored, real)
+            else:
+                encrypted = self._encrypt(encryption, self._payloads(rows, real))
             pending.append((rows, blinded, encrypted))
             if len(pending) > lookahead:
                 yield self._chunk(*pending.popleft(), dummy_points)
@@ -319,6 +362,17 @@ class PlatformSession:
         for at, value in zip(np.nonzero(real)[0].tolist(), packed):
             plaintexts[at] = value
         return plaintexts
+
+    def _with_dummies(self, encryption: EncryptionContext, members: bytes, real: np.ndarray) -> Future:
+        """The chunk's stored member ciphertexts with a fresh Enc(0) at each dummy's position."""
+        if real.all():
+            return _done(members)
+        size = self._key.public_key.ciphertext_size
+        out = np.empty((len(real), size), dtype=np.uint8)
+        out[real] = np.frombuffer(members, np.uint8).reshape(-1, size)
+        zeros = self._encrypt(encryption, [0] * int((~real).sum())).result()
+        out[~real] = np.frombuffer(zeros, np.uint8).reshape(-1, size)
+        return _done(out.tobytes())
 
     def _encrypt(self, encryption: EncryptionContext, plaintexts: list[int]) -> Future:
         """From the precomputed pool when it has enough, else online on the kernels."""
