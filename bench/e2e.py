@@ -1,7 +1,7 @@
 """End-to-end benchmark: one full match job over real gRPC on localhost, JSON out.
 
     python -m bench.e2e --platform 100000 --merchant 100000 --overlap 0.5 --segments 60 \
-        [--peer openmined] [--out FILE.json] [--workdir DIR] [--pyspy PREFIX] [--cprofile FILE]
+        [--peer openmined] [--peer secretflow] [--out FILE.json] [--workdir DIR] [--pyspy PREFIX] [--cprofile FILE]
 
 What it does, in order (each step timed separately):
 
@@ -21,7 +21,10 @@ What it does, in order (each step timed separately):
 6. with ``--peer openmined``, runs OpenMined PSI cardinality (GCS, fpr 1e-9) on the very same two
    sets, in a subprocess of the interpreter given by ``--peer-python`` (default
    ``/tmp/benchvenv/bin/python`` when it exists: ``openmined-psi`` pins an older protobuf than
-   matcher's generated code needs, so it lives in its own venv), and prints the ratio.
+   matcher's generated code needs, so it lives in its own venv), and prints the ratio; with
+   ``--peer secretflow`` (repeatable beside openmined), SecretFlow's ECDH-PSI (curve25519) and RR22
+   the same way (``bench/peer_secretflow.py``, interpreter ``--secretflow-python``, default
+   ``/tmp/sfvenv/bin/python`` with ``spu==0.9.5``).
 
 Memory: the server's peak RSS is the kernel's high-water mark (``VmHWM``) of the server process
 and of each of its pool workers, read from /proc just before the server is stopped; the sum of
@@ -268,19 +271,19 @@ class WireLog:
 
 
 def _counting_grpc_module(real_module, wire: WireLog):
-    """A stand-in for ``match_pb2_grpc`` whose stub counts every message of ``Match``."""
+    """A stand-in for ``match_pb2_grpc`` whose stub counts every message of ``Match`` and ``Count``."""
 
     class CountingStub:
         def __init__(self, channel):
             self._stub = real_module.MatchServiceStub(channel)
 
-        def Match(self, request_iterator, **kwargs):
+        def _counted_call(self, method, request_iterator, **kwargs):
             def requests():
                 for request in request_iterator:
                     wire.count(request, "sent")
                     yield request
 
-            responses = self._stub.Match(requests(), **kwargs)
+            responses = method(requests(), **kwargs)
 
             def counted():
                 for response in responses:
@@ -288,6 +291,12 @@ def _counting_grpc_module(real_module, wire: WireLog):
                     yield response
 
             return counted()
+
+        def Match(self, request_iterator, **kwargs):
+            return self._counted_call(self._stub.Match, request_iterator, **kwargs)
+
+        def Count(self, request_iterator, **kwargs):
+            return self._counted_call(self._stub.Count, request_iterator, **kwargs)
 
         def __getattr__(self, name):
             return getattr(self._stub, name)
@@ -373,7 +382,8 @@ def build_operator_db(workdir: Path, platform_ids: list[str], masks: np.ndarray,
 
 
 def run_job(address: str, token: str, merchant_ids: list[str], cprofile: str | None, pyspy: str | None,
-            pyspy_prefix: str | None, rate: int, server_pid: int, cache: str | None = None) -> dict:
+            pyspy_prefix: str | None, rate: int, server_pid: int, cache: str | None = None,
+            count_only: bool = False) -> dict:
     """The client's job; ``cache`` is a warm merchant hash cache (the repeat-customer scenario)."""
     import matcher_client.api as api
     from matcher.v1 import match_pb2_grpc
@@ -411,7 +421,7 @@ def run_job(address: str, token: str, merchant_ids: list[str], cprofile: str | N
         with sampler:
             if profiler:
                 profiler.enable()
-            report = api.run_job(address, token, merchant_list, progress=progress, cache=cache)
+            report = api.run_job(address, token, merchant_list, progress=progress, cache=cache, count_only=count_only)
             if profiler:
                 profiler.disable()
     finally:
@@ -462,6 +472,8 @@ def _phases(job: dict) -> dict:
         "last_audience": last.get("received:audience"),
         "audience_end": first.get("received:audience_end"),
         "sums_sent": first.get("sent:sums"),
+        "first_returned": first.get("sent:returned"),
+        "returned_end": first.get("sent:returned_end"),
         "report": first.get("received:report"),
         "done": t_end,
     }
@@ -475,9 +487,13 @@ def _phases(job: dict) -> dict:
         # Server finishes b·a·H(x), shuffles, streams them back.
         "double_blinded_s": span("list_sent", "last_double_blinded"),
         # Server blinds + encrypts its audience and streams it; the client blinds, matches, sums.
-        "matching_s": span("last_double_blinded", "audience_end"),
-        # Client re-randomizes the sums; server decrypts, applies the policy, appends to the audit log.
-        "finish_s": span("audience_end", "report"),
+        # (Count only: nothing comes back between the list and the audience.)
+        "matching_s": span("last_double_blinded", "audience_end") or span("list_sent", "audience_end"),
+        # Count only: the client sends a·b·H(y) for the whole stream back, shuffled; the server counts.
+        "returning_s": span("audience_end", "returned_end"),
+        # Client re-randomizes the sums (or the server counts); server decrypts, applies the policy,
+        # appends to the audit log.
+        "finish_s": span("returned_end", "report") if points["returned_end"] is not None else span("audience_end", "report"),
         "total_s": round(t_end, 3),
     }
     return {"phases": phases, "timeline_s": {k: (round(v, 3) if v is not None else None) for k, v in points.items()},
@@ -493,18 +509,26 @@ def check(report: dict, truth: dict, n_segments: int) -> dict:
             "segments_wrong": wrong[:10], "segments_checked": n_segments}
 
 
-# -- OpenMined peer ---------------------------------------------------------------------------------
+# -- peers (each in its own interpreter: they pin their own protobuf, jax, numpy) ---------------------
 
-def run_openmined(python: str, workdir: Path, platform_ids: list[str], merchant_ids: list[str],
-                  timeout: float) -> dict:
+_PEERS = {
+    # name: (script, default interpreter, what to set up)
+    "openmined": ("peer_openmined.py", _DEFAULT_PEER_PYTHON, "/tmp/benchvenv with openmined-psi"),
+    "secretflow": ("peer_secretflow.py", "/tmp/sfvenv/bin/python", "/tmp/sfvenv with spu==0.9.5"),
+}
+
+
+def run_peer(name: str, python: str, workdir: Path, platform_ids: list[str], merchant_ids: list[str],
+             timeout: float) -> dict:
+    """Run one peer on the very same sets (the platform's as its server, the merchant's as its client)."""
     server_file, client_file = workdir / "peer_server.txt", workdir / "peer_client.txt"
     server_file.write_text("\n".join(platform_ids))
     client_file.write_text("\n".join(merchant_ids))
-    command = [python, str(_HERE / "peer_openmined.py"), str(server_file), str(client_file)]
+    command = [python, str(_HERE / _PEERS[name][0]), str(server_file), str(client_file)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as err:
-        return {"available": False, "reason": f"no interpreter {python}: {err}"}
+        return {"available": False, "reason": f"no interpreter {python} ({_PEERS[name][2]}): {err}"}
     except subprocess.TimeoutExpired:
         return {"available": True, "finished": False, "reason": f"timed out after {timeout} s"}
     finally:
@@ -513,6 +537,14 @@ def run_openmined(python: str, workdir: Path, platform_ids: list[str], merchant_
     if done.returncode != 0:
         return {"available": False, "reason": (done.stderr or done.stdout).strip()[-800:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _peer_times(name: str, peer: dict) -> dict[str, tuple[float, int]]:
+    """(seconds, intersection size) per protocol a peer ran."""
+    if name == "openmined":
+        return {"openmined_psi_ca": (peer["total_s"], peer["intersection_size"])}
+    return {f"secretflow_{protocol}": (run["total_s"], run["intersection_size"])
+            for protocol, run in peer.get("protocols", {}).items() if run.get("finished", True) and "total_s" in run}
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -555,9 +587,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--merchant", type=int, required=True, help="merchant list size")
     parser.add_argument("--overlap", type=float, default=0.5, help="fraction of the merchant list on the platform")
     parser.add_argument("--segments", type=int, default=60, help="boolean segments per platform member (0..64)")
-    parser.add_argument("--peer", choices=["none", "openmined"], default="none")
+    parser.add_argument("--count-only", action="store_true",
+                        help="cardinality only (matcher-client match --count-only): no segments, no ciphertexts")
+    parser.add_argument("--peer", choices=["none", *_PEERS], action="append", default=[],
+                        help="run a peer on the same sets in the same run (repeat for several)")
     parser.add_argument("--peer-python", default=None,
                         help=f"interpreter with openmined-psi (default {_DEFAULT_PEER_PYTHON} if present)")
+    parser.add_argument("--secretflow-python", default=None,
+                        help=f"interpreter with spu (default {_PEERS['secretflow'][1]})")
     parser.add_argument("--peer-timeout", type=float, default=1800)
     parser.add_argument("--out", default=None, help="write the JSON result here")
     parser.add_argument("--workdir", default=None, help="where the operator DB goes (default: a temp dir, removed)")
@@ -579,7 +616,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--overlap must be in 0..1")
 
     result: dict = {"benchmark": "e2e", "params": {k: v for k, v in vars(args).items()
-                                                   if k in ("platform", "merchant", "overlap", "segments", "peer", "seed")},
+                                                   if k in ("platform", "merchant", "overlap", "segments", "count_only", "peer", "seed")},
                     "machine": machine_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     temp = None
     if args.workdir:
@@ -631,7 +668,7 @@ def main(argv: list[str] | None = None) -> dict:
                 server_root = kids[0] if kids else server.pid
             with TreeSampler(server_root) as server_sampler:
                 job = run_job(address, token, merchant_ids, args.cprofile, pyspy, args.pyspy, args.pyspy_rate,
-                              server.pid, cache=cache)
+                              server.pid, cache=cache, count_only=args.count_only)
             server_cpu = {pid: server_sampler.cpu[pid] - server_sampler.cpu_start.get(pid, 0.0)
                           for pid in server_sampler.cpu}
         finally:
@@ -654,9 +691,12 @@ def main(argv: list[str] | None = None) -> dict:
         estimate = {
             "client_to_server": 32 * list_size + n_cipher,
             "server_to_client": 32 * list_size + args.platform * (32 + n_cipher),
+        } if not args.count_only else {
+            "client_to_server": 32 * list_size + 32 * args.platform,
+            "server_to_client": 32 * args.platform,
         }
         result.update({
-            "correct": check(job["report"], truth, args.segments),
+            "correct": check(job["report"], truth, 0 if args.count_only else args.segments),
             "prepare_s": round(job["prepare_s"], 3),
             **phases,
             "rates": {
@@ -679,18 +719,20 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"matcher job: {phases['phases']['total_s']} s (+ prepare {result['prepare_s']} s), "
               f"correct={result['correct']['ok']}", file=sys.stderr)
 
-        if args.peer == "openmined":
-            python = args.peer_python or (_DEFAULT_PEER_PYTHON if os.path.exists(_DEFAULT_PEER_PYTHON) else sys.executable)
-            peer = run_openmined(python, workdir, platform_ids, merchant_ids, args.peer_timeout)
-            if peer.get("finished", True) and peer.get("available"):
-                peer["correct"] = abs(peer["intersection_size"] - truth["matched"]) <= max(2, truth["matched"] * 1e-6)
-                peer["ratio_openmined_over_matcher"] = round(peer["total_s"] / phases["phases"]["total_s"], 2)
-                print(f"openmined PSI-CA: {peer['total_s']} s; ratio openmined/matcher = "
-                      f"{peer['ratio_openmined_over_matcher']}x", file=sys.stderr)
-                print(f"ratio {peer['ratio_openmined_over_matcher']}")
-            else:
-                print(f"openmined peer unavailable: {peer.get('reason')}", file=sys.stderr)
-            result["peer_openmined"] = peer
+        for name in dict.fromkeys(p for p in args.peer if p != "none"):
+            python = {"openmined": args.peer_python, "secretflow": args.secretflow_python}[name] or _PEERS[name][1]
+            peer = run_peer(name, python, workdir, platform_ids, merchant_ids, args.peer_timeout)
+            result[f"peer_{name}"] = peer
+            if not (peer.get("available") and peer.get("finished", True)):
+                print(f"{name} peer unavailable: {peer.get('reason')}", file=sys.stderr)
+                continue
+            for protocol, (seconds, size) in _peer_times(name, peer).items():
+                ratio = round(seconds / phases["phases"]["total_s"], 2)
+                correct = abs(size - truth["matched"]) <= max(2, truth["matched"] * 1e-6)
+                peer.setdefault("ratios_over_matcher", {})[protocol] = ratio
+                peer.setdefault("correct", {})[protocol] = correct
+                print(f"{protocol}: {seconds} s (intersection {size}, correct={correct}); "
+                      f"ratio {protocol}/matcher = {ratio}x", file=sys.stderr)
     finally:
         if temp:
             temp.cleanup()

@@ -105,16 +105,19 @@ class JobRunner:
         with self._active_lock:
             self._active -= 1
 
-    def begin(self, merchant: Principal, start: JobStart, activation: ActivationRequest | None = None) -> "MatchJob":
+    def begin(self, merchant: Principal, start: JobStart, activation: ActivationRequest | None = None, *,
+              count_only: bool = False) -> "MatchJob":
+        """Admit a job (policy and budget before any crypto). ``count_only``: per-label overlap
+        counts only, no segments (matcher.protocol.platform explains the flow)."""
         slot = _Slot(self)
         try:
-            return self._begin(merchant, start, activation, slot)
+            return self._begin(merchant, start, activation, slot, count_only)
         except BaseException:
             slot.release()  # idempotent: a job that already ended released it itself
             raise
 
     def _begin(self, merchant: Principal, start: JobStart, activation: ActivationRequest | None,
-               slot: "_Slot") -> "MatchJob":
+               slot: "_Slot", count_only: bool) -> "MatchJob":
         job_id = uuid.UUID(bytes=self.rng(16), version=4).hex
         pol = self.store.effective_policy(merchant.name)
         audience = self.store.load_audience()
@@ -127,7 +130,7 @@ class JobRunner:
             expression = where.parse(activation.where, audience.segments)
         try:
             policy_mod.check_request(pol, list_size=start.list_size, label_sizes=sizes,
-                                     n_segments=len(audience.segments))
+                                     n_segments=0 if count_only else len(audience.segments))
             epsilon = policy_mod.job_epsilon(pol)
             self.store.open_job(job_id, merchant, pol=pol, epsilon=epsilon, list_size=start.list_size,
                                 labels=len(start.labels))
@@ -138,13 +141,15 @@ class JobRunner:
             raise
         job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression, slot)
         try:
-            dummies = [policy_mod.dummy_count(pol, self.noise) for _ in start.labels] if pol.dummies else []
+            # Dummies hide the overlap from the merchant's own count; a count-only merchant counts nothing.
+            dummies = [policy_mod.dummy_count(pol, self.noise) for _ in start.labels] if pol.dummies and not count_only else []
             randomness = pool.PooledRandomness(self.store, self.pool_key_id, self.keys.pool_key,
                                                self.keys.paillier.public_key.ciphertext_size)
             job.session = PlatformSession(audience, self.keys.paillier, job_id=job_id, dummies=dummies,
                                           rng=self.rng, kernels=self.kernels, activation=activation is not None,
                                           activation_label=activation.label if activation else None,
-                                          randomness=randomness.take, precomputed=job.take_stream_slot(audience))
+                                          randomness=randomness.take, precomputed=job.take_stream_slot(audience),
+                                          count_only=count_only)
             job.accepted = job.session.start(start)
         except MatcherError as err:
             job.abort(str(err))
@@ -196,17 +201,27 @@ class MatchJob:
         self.session.finish_list()
 
     def double_blinded(self) -> Iterator[BlindedChunk]:
-        return self.session.double_blinded()
+        return iter(()) if self.session.count_only else self.session.double_blinded()
 
     def audience(self) -> Iterator[AudienceChunk]:
         return self.session.audience()
 
+    def receive_returned(self, points: bytes) -> None:
+        self.session.receive_returned(points)
+
     def finish(self, sums: LabelSums) -> Report:
+        """Decrypt the merchant's sums, release them under the policy, log the release."""
+        return self._release(self.session.receive_sums(sums), n_segments=len(self.accepted.segments))
+
+    def finish_count(self) -> Report:
+        """Count only: release the per-label counts of the stream that came back."""
+        return self._release(self.session.count(), n_segments=0)
+
+    def _release(self, aggregates: dict, n_segments: int) -> Report:
         runner = self._runner
-        aggregates = self.session.receive_sums(sums)
         released = policy_mod.release(
             self.policy, {label: {"matched": a.matched, "segments": a.segments} for label, a in aggregates.items()},
-            n_segments=len(self.accepted.segments), noise=runner.noise)
+            n_segments=n_segments, noise=runner.noise)
         spent = runner.store.budget_spent(self.merchant.id, self.policy.budget_period_seconds)
         report = {
             "job_id": self.job_id,

@@ -9,7 +9,7 @@ from typing import Iterator
 import grpc
 
 from matcher.errors import AuthenticationError, MatcherError, ProtocolError
-from matcher.jobs import ActivationRequest, JobRunner, MatchJob
+from matcher.jobs import ActivationRequest, JobRunner, MatchJob, Report
 from matcher.log.merkle import MerkleTree
 from matcher.protocol.messages import BlindedChunk, JobStart, LabelSums
 from matcher.store import Principal, Store
@@ -64,7 +64,11 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
     def Activate(self, request_iterator, context) -> Iterator[match_pb2.MatchResponse]:
         return self._job(request_iterator, context, "activation", self._finish_activation)
 
-    def _job(self, request_iterator, context, first: str, finish) -> Iterator[match_pb2.MatchResponse]:
+    def Count(self, request_iterator, context) -> Iterator[match_pb2.MatchResponse]:
+        return self._job(request_iterator, context, "start", self._finish_count, count_only=True)
+
+    def _job(self, request_iterator, context, first: str, finish,
+             count_only: bool = False) -> Iterator[match_pb2.MatchResponse]:
         """One job stream: authenticate, begin (policy before crypto), the shared exchange, then
         the job's own ending; any matcher error aborts the job (refund, audit) and ends the call."""
         job: MatchJob | None = None
@@ -76,7 +80,7 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
                 job = self._runner.begin(merchant, _job_start(opening.job), ActivationRequest(
                     name=opening.name, where=opening.where, label=opening.label or None))
             else:
-                job = self._runner.begin(merchant, _job_start(opening))
+                job = self._runner.begin(merchant, _job_start(opening), count_only=count_only)
             yield from self._exchange(job, requests, context)
             yield from finish(job, requests)
         except MatcherError as err:
@@ -87,10 +91,13 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
     @staticmethod
     def _finish_match(job: MatchJob, requests) -> Iterator[match_pb2.MatchResponse]:
         sums = _next(requests, "sums").sums
-        report = job.finish(LabelSums(sums=tuple(sums.sums)))
-        yield match_pb2.MatchResponse(report=match_pb2.Report(
-            job_id=report.job_id, report_json=report.report_json, checkpoint=report.checkpoint,
-            leaf_index=report.leaf_index, log_entry=report.log_entry))
+        yield _report(job.finish(LabelSums(sums=tuple(sums.sums))))
+
+    @staticmethod
+    def _finish_count(job: MatchJob, requests) -> Iterator[match_pb2.MatchResponse]:
+        while (request := _next(requests, "returned", "returned_end")).HasField("returned"):
+            job.receive_returned(request.returned.points)
+        yield _report(job.finish_count())
 
     @staticmethod
     def _finish_activation(job: MatchJob, requests) -> Iterator[match_pb2.MatchResponse]:
@@ -115,7 +122,7 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
         while (request := _next(requests, "blinded", "list_end")).HasField("blinded"):
             job.receive_blinded(BlindedChunk(points=request.blinded.points, labels=request.blinded.labels))
         job.finish_list()
-        for chunk in job.double_blinded():
+        for chunk in job.double_blinded():  # none in a count-only job: the server keeps them
             yield match_pb2.MatchResponse(double_blinded=match_pb2.BlindedChunk(points=chunk.points, labels=chunk.labels))
         sent = 0
         for chunk in job.audience():
@@ -151,6 +158,12 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
                                     epsilon_left=max(0.0, pol.epsilon_budget - spent), period=pol.budget_period,
                                     epsilon_per_job=pol.epsilon_per_job,
                                     policy_json=json.dumps(pol.to_dict(), sort_keys=True))
+
+
+def _report(report: Report) -> match_pb2.MatchResponse:
+    return match_pb2.MatchResponse(report=match_pb2.Report(
+        job_id=report.job_id, report_json=report.report_json, checkpoint=report.checkpoint,
+        leaf_index=report.leaf_index, log_entry=report.log_entry))
 
 
 def _job_start(start: match_pb2.JobStart) -> JobStart:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from matcher.crypto import group, paillier
 from matcher.crypto.kernels import Kernels
-from matcher.errors import InputError, InvalidCiphertext, ProtocolError
+from matcher.errors import InputError, InvalidCiphertext, MatcherError, ProtocolError
 from matcher.protocol.merchant import MerchantSession
 from matcher.protocol.messages import LabelSums
 from matcher.protocol.platform import Audience, PlatformSession
@@ -289,3 +289,83 @@ def test_stored_ciphertexts_of_another_layout_are_not_used():
     merchant = MerchantSession([key_of(i) for i in range(50)], ["all"] * 50, id_kind="phone")
     with pytest.raises(AssertionError, match="encrypted during the job"):
         share_list(platform, merchant)
+
+
+def run_count_only(audience: Audience, merchant_ids: list[int], labels: list[str], *, seed=1, tamper=None,
+                   chunk_size=65_536):
+    rng = random.Random(seed)
+    source = lambda n: rng.getrandbits(8 * n).to_bytes(n, "little")  # noqa: E731
+    platform = PlatformSession(audience, KEY, job_id="c", rng=source, audience_chunk_rows=512, count_only=True)
+    merchant = MerchantSession([key_of(i) for i in merchant_ids], labels, id_kind="phone", rng=source,
+                               count_only=True, chunk_size=chunk_size)
+    merchant.accept(platform.start(merchant.start()))
+    for chunk in merchant.blinded_chunks():
+        platform.receive_blinded(chunk)
+    platform.finish_list()
+    streamed = []
+    for chunk in platform.audience():
+        assert chunk.ciphertexts == b""
+        streamed.append(chunk.points)
+        merchant.receive_audience(chunk)
+    returned = list(merchant.returned_chunks())
+    for points in (tamper(returned) if tamper else returned):
+        platform.receive_returned(points)
+    return platform.count(), merchant, b"".join(streamed), b"".join(returned)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_count_only_counts_equal_ground_truth(data):
+    size = data.draw(st.integers(0, 3000), label="audience")
+    rng = random.Random(data.draw(st.integers(0, 2**32)))
+    members = {i: 0 for i in rng.sample(range(10_000), size)}
+    merchant_ids = rng.sample(range(10_000), data.draw(st.integers(1, 400), label="list"))
+    labels = [f"L{rng.randrange(data.draw(st.integers(1, 8), label='labels'))}" for _ in merchant_ids]
+    audience = make_audience(list(members), [0] * size, 2)
+    counts, merchant, _, _ = run_count_only(audience, merchant_ids, labels, chunk_size=97)
+    expected = truth(members, merchant_ids, labels, 0)
+    assert {label: a.matched for label, a in counts.items()} == {label: c[0] for label, c in expected.items()}
+    assert all(not a.segments for a in counts.values())
+    assert merchant.matched_counts.sum() == 0  # the merchant counts nothing itself
+
+
+def test_count_only_sends_the_stream_back_in_an_order_of_the_merchants():
+    """Returned in stream order, the values would tell the platform which members matched."""
+    audience = make_audience(list(range(600)), [0] * 600, 0)
+    _, merchant, streamed, returned = run_count_only(audience, list(range(300, 900)), ["all"] * 600)
+    in_stream_order = group.blind(merchant._scalar, streamed)
+    as_values = lambda data: [data[i:i + 32] for i in range(0, len(data), 32)]  # noqa: E731
+    assert sorted(as_values(returned)) == sorted(as_values(in_stream_order))  # every element, once
+    assert as_values(returned) != as_values(in_stream_order)                    # in another order
+
+
+@pytest.mark.parametrize("tamper, error", [
+    (lambda chunks: chunks + [chunks[0][:32]], "came back twice|more values"),
+    (lambda chunks: [c[:-32] for c in chunks], "came back"),
+    (lambda chunks: [chunks[0][:40]] + chunks[1:], "expected"),
+])
+def test_count_only_refuses_a_tampered_return(tamper, error):
+    audience = make_audience(list(range(200)), [0] * 200, 1)
+    with pytest.raises(MatcherError, match=error):
+        run_count_only(audience, list(range(100, 300)), ["all"] * 200, tamper=tamper)
+
+
+def test_count_only_refuses_a_duplicated_match():
+    """A match sent twice (to inflate the count) is refused, not counted twice."""
+    audience = make_audience(list(range(50)), [0] * 50, 1)
+    merchant_ids = list(range(40, 60))
+
+    def duplicate_a_match(chunks):
+        data = b"".join(chunks)
+        values = [data[i:i + 32] for i in range(0, len(data), 32)]
+        return [b"".join(values[:-1] + values[:1])]  # drop the last, repeat the first: same length
+
+    # Whether the first value is a match or not, the total still fits; only a repeated match is refused.
+    for seed in range(1, 30):
+        try:
+            counts, *_ = run_count_only(audience, merchant_ids, ["all"] * 20, seed=seed, tamper=duplicate_a_match)
+        except InputError as err:
+            assert "twice" in str(err)
+            return
+        assert counts["all"].matched <= 10
+    raise AssertionError("no seed put a match first")

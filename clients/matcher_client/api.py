@@ -77,8 +77,10 @@ def match(server: str, token: str, file: str | None = None, *, id_column: str | 
           label_column: str | None = None, rows: Iterable[tuple[str, str | None]] | None = None,
           region: str = "CN", hashed_kind: str = "phone", tls_ca: str | None = None,
           progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
-          rng: Callable[[int], bytes] = os.urandom, cache: str | None = None) -> dict:
-    """Run a match job on ``file`` (or on in-memory ``rows`` of (id, label)) and return the report dict."""
+          rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False) -> dict:
+    """Run a match job on ``file`` (or on in-memory ``rows`` of (id, label)) and return the report dict.
+    ``count_only``: per-label overlap counts without segments, faster (no ciphertexts), and the
+    platform's counts are all you learn."""
     if (file is None) == (rows is None):
         raise ValueError("give exactly one of file= or rows=")
     if file is not None:
@@ -89,7 +91,7 @@ def match(server: str, token: str, file: str | None = None, *, id_column: str | 
     else:
         merchant_list = prepare_rows(rows, id_type=id_type, region=region, hashed_kind=hashed_kind)
     return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
-                   timeout=timeout, rng=rng, cache=cache)
+                   timeout=timeout, rng=rng, cache=cache, count_only=count_only)
 
 
 @contextlib.contextmanager
@@ -114,12 +116,12 @@ def _kernels(kernels: Kernels | None, list_size: int, cache: str | None) -> Iter
 
 def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str | None = None,
             progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
-            rng: Callable[[int], bytes] = os.urandom, cache: str | None = None) -> dict:
+            rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False) -> dict:
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
     with _kernels(kernels, len(prepared.keys), cache) as kernels:
         session = MerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
-                                  kernels=kernels)
+                                  kernels=kernels, count_only=count_only)
         with rpc_errors(), channel(server, tls_ca) as chan:
             stub = match_pb2_grpc.MatchServiceStub(chan)
             report = _exchange(stub, token, session, len(prepared.keys), notify, timeout)
@@ -135,7 +137,7 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
         "epsilon_left": released["epsilon_left"],
         "checkpoint": report.checkpoint,
         "leaf_index": report.leaf_index,
-        "segments": list(session.segments),
+        "segments": [] if count_only else list(session.segments),
         "policy_digest": released.get("policy_digest"),
         # What `matcher-audit prove` needs to show this report is in the log.
         "report_json": report.report_json,
@@ -205,11 +207,16 @@ def _start_message(session: MerchantSession) -> match_pb2.JobStart:
 
 def _exchange(stub, token: str, session: MerchantSession, list_size: int, notify: Progress,
               timeout: float | None) -> match_pb2.Report:
-    talk = _Conversation(stub.Match, token, timeout)
+    talk = _Conversation(stub.Count if session.count_only else stub.Match, token, timeout)
     try:
         talk.send(start=_start_message(session))
         _share_list(talk, session, list_size, notify)
-        talk.send(sums=match_pb2.LabelSums(sums=session.finish().sums))
+        if session.count_only:
+            for points in session.returned_chunks():
+                talk.send(returned=match_pb2.StreamValues(points=points))
+            talk.send(returned_end=match_pb2.ListEnd())
+        else:
+            talk.send(sums=match_pb2.LabelSums(sums=session.finish().sums))
         report = talk.expect("report")
         notify("done", 1, 1)
         return report

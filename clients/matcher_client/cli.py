@@ -66,14 +66,16 @@ def main() -> None:
 
 @main.command()
 @list_job_options
+@click.option("--count-only", is_flag=True,
+              help="Only how many of your IDs are members (per label): no segments, about twice as fast.")
 def match(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
           json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None, timeout: float | None,
-          cache: str | None, quiet: bool) -> None:
+          cache: str | None, quiet: bool, count_only: bool) -> None:
     """Match the IDs in FILE (CSV with a header, Parquet, or - for stdin) and print the report."""
     merchant_list = _read(file, id_column, id_type, label_column, region, hashed_kind, quiet)
     with _progress(quiet) as notify:
         report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout,
-                             cache=cache)
+                             cache=cache, count_only=count_only)
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     table = report_table(report)

@@ -10,6 +10,10 @@ Calls, in order::
     session.receive_audience(chunk) ...           # <- b·H(y), Enc(payload(y))
     sums = session.finish()                       # -> LabelSums, each re-randomized
 
+Count only (``count_only=True``): no double-blinded list comes back and the stream has no
+ciphertexts; the merchant blinds every stream element and sends the values back in an order of its
+own (``returned_chunks()``), and the platform counts. The merchant learns only the released report.
+
 Activation (``activation=True``): the platform streams points without ciphertexts; instead of
 sums the merchant sends ``claims()`` — the stream positions of its matches and their values — and
 answers each chunk of challenges with ``prove()`` (see matcher.protocol.platform for why that
@@ -62,7 +66,7 @@ class _State(enum.Enum):
 class MerchantSession:
     def __init__(self, keys: Sequence[str], labels: Sequence[str], *, id_kind: str,
                  rng: Rng = os.urandom, kernels: Kernels | None = None,
-                 chunk_size: int = MAX_CHUNK_ELEMENTS, activation: bool = False):
+                 chunk_size: int = MAX_CHUNK_ELEMENTS, activation: bool = False, count_only: bool = False):
         if not keys:
             raise InputError("the merchant list is empty", hint="check the id column and the invalid-row counts")
         if len(keys) != len(labels):
@@ -75,7 +79,11 @@ class MerchantSession:
                              hint="merge small labels or run one job per group")
         index_of = {name: i for i, name in enumerate(self.label_names)}
         self._id_kind = id_kind
+        if activation and count_only:
+            raise InputError("an activation is not a count-only job")
         self.activation = activation
+        self.count_only = count_only
+        self._stream_values: list[np.ndarray] = []  # count only: a·(b·H(y)) for the stream so far
         self._matches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (positions, values, labels)
         self._rng = rng
         self._kernels = kernels or Kernels()
@@ -137,6 +145,8 @@ class MerchantSession:
 
     def receive_double_blinded(self, chunk: BlindedChunk) -> None:
         self._expect(_State.SENT)
+        if self.count_only:
+            raise ProtocolError("a count-only job gets no double-blinded list")
         points = as_point_array(chunk.points, len(chunk.labels), self._chunk_size)
         labels = np.frombuffer(chunk.labels, dtype=np.uint8)
         if labels.size and int(labels.max()) >= len(self.label_names):
@@ -151,12 +161,12 @@ class MerchantSession:
         self._expect(_State.SENT, _State.AUDIENCE)
         key = self._public_key
         assert key is not None
-        if self._index is None:
+        if self._index is None and not self.count_only:
             self._index = PointIndex(self._double_blinded, self._double_blinded_labels)
             self._double_blinded = self._double_blinded_labels = []
-            self._state = _State.AUDIENCE
+        self._state = _State.AUDIENCE
         n = len(chunk.points) // group.ELEMENT_SIZE
-        if len(chunk.ciphertexts) != (0 if self.activation else n * key.ciphertext_size):
+        if len(chunk.ciphertexts) != (0 if self.activation or self.count_only else n * key.ciphertext_size):
             raise InputError(f"audience chunk carries {len(chunk.ciphertexts)} ciphertext bytes for {n} points")
         self._pending.append((self.stream_elements, n, chunk.ciphertexts,
                               self._kernels.submit_blind(self._scalar, chunk.points)))
@@ -166,6 +176,9 @@ class MerchantSession:
 
     def _match(self, offset: int, n: int, ciphertexts: bytes, blinded) -> None:
         ours = as_point_array(blinded.result(), n, None)
+        if self.count_only:
+            self._stream_values.append(ours)
+            return
         positions, labels = self._index.lookup(ours)
         np.add.at(self._matched_counts, labels, 1)
         if self.activation:
@@ -180,6 +193,21 @@ class MerchantSession:
     def _match_pending(self) -> None:
         while self._pending:
             self._match(*self._pending.popleft())
+
+    def returned_chunks(self) -> Iterator[bytes]:
+        """Count only: a·(b·H(y)) for the whole stream, in a random order of ours, a chunk at a time.
+        The order must span the whole stream: returned per chunk, the platform would learn which
+        chunk of its stream (a few thousand members) held each match."""
+        self._expect(_State.AUDIENCE, _State.SENT)
+        if not self.count_only:
+            raise ProtocolError("only a count-only job sends the stream back")
+        self._match_pending()
+        self._state = _State.DONE
+        values = np.concatenate(self._stream_values) if self._stream_values else np.empty((0, group.ELEMENT_SIZE), np.uint8)
+        self._stream_values = []
+        values = values[np.random.default_rng(int.from_bytes(self._rng(32), "big")).permutation(len(values))]
+        for lo in range(0, len(values), self._chunk_size):
+            yield values[lo:lo + self._chunk_size].tobytes()
 
     def claims(self, label: str | None = None) -> Iterator[tuple[np.ndarray, bytes]]:
         """Chunks of (stream positions, a·s_p values) of the matches, optionally of one label only."""
@@ -207,6 +235,8 @@ class MerchantSession:
     def finish(self) -> LabelSums:
         """Per-label sums, each re-randomized so the platform cannot recognise which rows were summed."""
         self._expect(_State.AUDIENCE, _State.SENT)
+        if self.count_only:
+            raise ProtocolError("a count-only job sends the stream back, not sums")
         key = self._public_key
         assert key is not None
         self._match_pending()

@@ -17,6 +17,17 @@ the merchant sees differentially private — if (and only if) the merchant sent 
 Per job, everything is fresh: the scalar b, the dummy scalars, the Paillier randomness, and the
 order of both returned streams, so nothing links one job's positions or points to another's.
 
+Count only (``count_only=True``) is cardinality without ciphertexts, and the other way round: the
+platform keeps b·a·H(x) instead of returning it, streams b·H(y) with no dummies, and the merchant
+sends back a·(b·H(y)) for the whole stream in an order of its own; the platform counts the values
+that meet its b·a·H(x), per label, and releases those counts under the policy. The merchant learns
+only the released counts (no matched_counts), the platform only the per-label counts::
+
+    session.receive_blinded(chunk) ...; session.finish_list()
+    for chunk in session.audience(): ...          # b·H(y) only
+    session.receive_returned(points) ...          # a·b·H(y), in the merchant's order
+    aggregates = session.count()
+
 Activation (``activation=True``) runs the same exchange without ciphertexts, then lets the
 merchant claim its matches so the platform learns which of its rows they are::
 
@@ -164,6 +175,7 @@ class _State(enum.Enum):
     LIST_DONE = "list received"
     STREAMING = "streaming audience"
     AWAITING_SUMS = "awaiting sums"
+    AWAITING_RETURN = "awaiting the stream back"
     AWAITING_PROOFS = "awaiting proofs"
     DONE = "done"
 
@@ -172,7 +184,7 @@ class PlatformSession:
     def __init__(self, audience: Audience, key: paillier.PrivateKey, *, job_id: str,
                  dummies: Sequence[int] = (), rng: Rng = os.urandom, kernels: Kernels | None = None,
                  max_chunk: int = MAX_CHUNK_ELEMENTS, audience_chunk_rows: int = AUDIENCE_CHUNK_ROWS,
-                 activation: bool = False, activation_label: str | None = None,
+                 activation: bool = False, activation_label: str | None = None, count_only: bool = False,
                  randomness: Callable[[int], list[int] | None] | None = None,
                  precomputed: PrecomputedStream | None = None):
         self._audience = audience
@@ -182,7 +194,10 @@ class PlatformSession:
             raise ProtocolError("the precomputed stream belongs to another audience")
         # Precomputed n-th residues, each used once (matcher.crypto.pool); None when dry.
         self._randomness = randomness
+        if count_only and (activation or dummies):
+            raise ProtocolError("a count-only job has no activation and no dummies")
         self.activation = activation
+        self.count_only = count_only
         self._activation_label = activation_label
         self._key = key
         self._job_id = job_id
@@ -198,6 +213,8 @@ class PlatformSession:
         self._received_labels: list[np.ndarray] = []
         self._unblinded: list[np.ndarray] = []
         self.stream_order: np.ndarray | None = None  # stream position -> audience row (or -1 for a dummy)
+        self._count_index: PointIndex | None = None  # count only: b·a·H(x), once the stream comes back
+        self._values_back = 0
 
     def _expect(self, *states: _State) -> None:
         if self._state not in states:
@@ -269,6 +286,8 @@ class PlatformSession:
     def double_blinded(self) -> Iterator[BlindedChunk]:
         """b·a·H(x) for the merchant's list plus r·(a·G) per dummy, shuffled together."""
         self._expect(_State.LIST_DONE)
+        if self.count_only:
+            raise ProtocolError("a count-only job keeps the double-blinded list")
         dummy_points = [group.blind(r, self._merchant_base) for rs in self._dummy_scalars for r in rs]
         dummy_labels = [label for label, rs in enumerate(self._dummy_scalars) for _ in rs]
         points = np.concatenate(self._received + [_rows(b"".join(dummy_points))])
@@ -295,7 +314,7 @@ class PlatformSession:
         Blinding and encryption of the next ``lookahead`` chunks run (on the kernels' workers, or
         in this thread for pooled encryption) while the current chunk is on the wire.
         """
-        self._expect(_State.STREAMING)
+        self._expect(_State.LIST_DONE if self.count_only else _State.STREAMING)
         dummy_points = _rows(b"".join(group.base_mult(r) for rs in self._dummy_scalars for r in rs))
         order = self._stream_order(len(dummy_points))
         self.stream_order = order
@@ -315,7 +334,7 @@ class PlatformSession:
             else:  # blinding goes to the workers first, so it runs while this thread encrypts
                 blinded = self._kernels.submit_blind(
                     self._scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes())
-            if self.activation:
+            if self.activation or self.count_only:
                 encrypted = _NO_CIPHERTEXTS
             elif stored is not None and self._stored_ciphertexts:
                 encrypted = self._with_dummies(encryption, stored, real)
@@ -326,7 +345,8 @@ class PlatformSession:
                 yield self._chunk(*pending.popleft(), dummy_points)
         while pending:
             yield self._chunk(*pending.popleft(), dummy_points)
-        self._state = _State.AWAITING_PROOFS if self.activation else _State.AWAITING_SUMS
+        self._state = (_State.AWAITING_PROOFS if self.activation else
+                       _State.AWAITING_RETURN if self.count_only else _State.AWAITING_SUMS)
 
     def _stream_order(self, dummies: int) -> np.ndarray:
         """Stream position -> audience row, or -1-d for dummy d: a uniformly random interleaving.
@@ -441,6 +461,34 @@ class PlatformSession:
             raise ProtocolError("the last claims were never proven")
         self._state = _State.DONE
         return np.array(sorted(self._verified_rows), dtype=np.int64)
+
+    def receive_returned(self, points: bytes) -> None:
+        """Count only: a chunk of the merchant's a·(b·H(y)), counted against b·a·H(x) as it arrives."""
+        self._expect(_State.AWAITING_RETURN)
+        if self._count_index is None:
+            self._count_index = PointIndex(self._received, self._received_labels)
+            self._received = self._received_labels = []
+            self._counted = np.zeros(len(self._count_index), dtype=bool)
+            self._counts = np.zeros(len(self._start.labels), dtype=np.int64)
+        values = as_point_array(points, len(points) // group.ELEMENT_SIZE, self._max_chunk)
+        self._values_back += len(values)
+        if self._values_back > len(self.stream_order):
+            raise InputError(f"more values came back than the {len(self.stream_order)} the stream had")
+        _, elements, labels = self._count_index.lookup_ids(values)
+        if self._counted[elements].any() or len(np.unique(elements)) != len(elements):
+            raise InputError("a value came back twice: each stream element counts once")
+        self._counted[elements] = True
+        np.add.at(self._counts, labels, 1)
+
+    def count(self) -> dict[str, LabelAggregate]:
+        """Count only: the true per-label overlap, for the release policy, once the whole stream is back."""
+        self._expect(_State.AWAITING_RETURN)
+        if self._count_index is None:  # nothing came back (an empty stream, or a truncated return)
+            self.receive_returned(b"")
+        if self._values_back != len(self.stream_order):
+            raise ProtocolError(f"{self._values_back} of the {len(self.stream_order)} stream values came back")
+        self._state = _State.DONE
+        return {label: LabelAggregate(matched=int(c)) for label, c in zip(self._start.labels, self._counts)}
 
     def receive_sums(self, sums: LabelSums) -> dict[str, LabelAggregate]:
         """Decrypt each label's sum; refuse sums that could not come from an honest run."""

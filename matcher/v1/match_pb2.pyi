@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MatchRequest(_message.Message):
-    __slots__ = ("start", "blinded", "list_end", "sums", "activation", "claims", "proofs", "claims_end")
+    __slots__ = ("start", "blinded", "list_end", "sums", "activation", "claims", "proofs", "claims_end", "returned", "returned_end")
     START_FIELD_NUMBER: _ClassVar[int]
     BLINDED_FIELD_NUMBER: _ClassVar[int]
     LIST_END_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,8 @@ class MatchRequest(_message.Message):
     CLAIMS_FIELD_NUMBER: _ClassVar[int]
     PROOFS_FIELD_NUMBER: _ClassVar[int]
     CLAIMS_END_FIELD_NUMBER: _ClassVar[int]
+    RETURNED_FIELD_NUMBER: _ClassVar[int]
+    RETURNED_END_FIELD_NUMBER: _ClassVar[int]
     start: JobStart
     blinded: BlindedChunk
     list_end: ListEnd
@@ -24,7 +26,9 @@ class MatchRequest(_message.Message):
     claims: Claims
     proofs: Proofs
     claims_end: ClaimsEnd
-    def __init__(self, start: _Optional[_Union[JobStart, _Mapping]] = ..., blinded: _Optional[_Union[BlindedChunk, _Mapping]] = ..., list_end: _Optional[_Union[ListEnd, _Mapping]] = ..., sums: _Optional[_Union[LabelSums, _Mapping]] = ..., activation: _Optional[_Union[ActivationStart, _Mapping]] = ..., claims: _Optional[_Union[Claims, _Mapping]] = ..., proofs: _Optional[_Union[Proofs, _Mapping]] = ..., claims_end: _Optional[_Union[ClaimsEnd, _Mapping]] = ...) -> None: ...
+    returned: StreamValues
+    returned_end: ListEnd
+    def __init__(self, start: _Optional[_Union[JobStart, _Mapping]] = ..., blinded: _Optional[_Union[BlindedChunk, _Mapping]] = ..., list_end: _Optional[_Union[ListEnd, _Mapping]] = ..., sums: _Optional[_Union[LabelSums, _Mapping]] = ..., activation: _Optional[_Union[ActivationStart, _Mapping]] = ..., claims: _Optional[_Union[Claims, _Mapping]] = ..., proofs: _Optional[_Union[Proofs, _Mapping]] = ..., claims_end: _Optional[_Union[ClaimsEnd, _Mapping]] = ..., returned: _Optional[_Union[StreamValues, _Mapping]] = ..., returned_end: _Optional[_Union[ListEnd, _Mapping]] = ...) -> None: ...
 
 class MatchResponse(_message.Message):
     __slots__ = ("accepted", "double_blinded", "audience", "audience_end", "report", "challenges", "activation_result")
@@ -79,6 +83,12 @@ class Proofs(_message.Message):
 class ClaimsEnd(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class StreamValues(_message.Message):
+    __slots__ = ("points",)
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    points: bytes
+    def __init__(self, points: _Optional[bytes] = ...) -> None: ...
 
 class ActivationResult(_message.Message):
     __slots__ = ("handle", "noisy_size", "expires_at", "checkpoint", "leaf_index")

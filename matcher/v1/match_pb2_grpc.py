@@ -55,6 +55,11 @@ class MatchServiceStub:
                 request_serializer=matcher_dot_v1_dot_match__pb2.MatchRequest.SerializeToString,
                 response_deserializer=matcher_dot_v1_dot_match__pb2.MatchResponse.FromString,
                 _registered_method=True)
+        self.Count = channel.stream_stream(
+                '/matcher.v1.MatchService/Count',
+                request_serializer=matcher_dot_v1_dot_match__pb2.MatchRequest.SerializeToString,
+                response_deserializer=matcher_dot_v1_dot_match__pb2.MatchResponse.FromString,
+                _registered_method=True)
         self.ListActivations = channel.unary_unary(
                 '/matcher.v1.MatchService/ListActivations',
                 request_serializer=matcher_dot_v1_dot_match__pb2.ListActivationsRequest.SerializeToString,
@@ -101,6 +106,16 @@ class MatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Count(self, request_iterator, context):
+        """Cardinality only: per-label overlap counts, no segments, no ciphertexts. After ListEnd the server
+        keeps b·a·H(x) and streams AudienceChunks of b·H(y) (no ciphertexts, no dummies); the merchant
+        sends a·b·H(y) for the whole stream back as StreamValues in an order of its own, then
+        `returned_end`; the server counts, releases under the policy and answers with the Report.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListActivations(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -130,6 +145,11 @@ def add_MatchServiceServicer_to_server(servicer, server):
             ),
             'Activate': grpc.stream_stream_rpc_method_handler(
                     servicer.Activate,
+                    request_deserializer=matcher_dot_v1_dot_match__pb2.MatchRequest.FromString,
+                    response_serializer=matcher_dot_v1_dot_match__pb2.MatchResponse.SerializeToString,
+            ),
+            'Count': grpc.stream_stream_rpc_method_handler(
+                    servicer.Count,
                     request_deserializer=matcher_dot_v1_dot_match__pb2.MatchRequest.FromString,
                     response_serializer=matcher_dot_v1_dot_match__pb2.MatchResponse.SerializeToString,
             ),
@@ -212,6 +232,33 @@ class MatchService:
             request_iterator,
             target,
             '/matcher.v1.MatchService/Activate',
+            matcher_dot_v1_dot_match__pb2.MatchRequest.SerializeToString,
+            matcher_dot_v1_dot_match__pb2.MatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Count(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/matcher.v1.MatchService/Count',
             matcher_dot_v1_dot_match__pb2.MatchRequest.SerializeToString,
             matcher_dot_v1_dot_match__pb2.MatchResponse.FromString,
             options,
