@@ -1,11 +1,12 @@
 """Peak memory of server and client when the platform audience is large (issue 7: 5M rows ≤ 1 GB).
 
-    python -m bench.memory --platform 5000000 --merchant 100000 [--out FILE.json]
+    python -m bench.memory --platform 5000000 --merchant 100000 [--job activation|count] [--out FILE.json]
 
 Memory, not speed, is the question here, so the audience points are random curve coordinates
 rather than real hashes (import in seconds instead of minutes; blinding does not care), and the
-job is an activation, which streams every audience row exactly like a match but without the
-Paillier ciphertexts, whose encryption would take minutes online. Per-row memory of a match is the
+job is an activation (or with ``--job count`` a count-only match), which streams every audience row
+exactly like a match but without the Paillier ciphertexts, whose encryption would take minutes
+online. The server runs without precomputation (no pool, no stream slots), so the job is alone. Per-row memory of a match is the
 same arrays plus at most a few chunks of ciphertexts in flight. Peak RSS is the kernel's
 high-water mark (VmHWM) of the server process and of each pool worker, and ru_maxrss of the
 client process, read after the job.
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--platform", type=int, default=5_000_000)
     parser.add_argument("--merchant", type=int, default=100_000)
+    parser.add_argument("--job", choices=["activation", "count"], default="activation")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -93,13 +95,16 @@ def main(argv: list[str] | None = None) -> dict:
         db, token, import_s = build(Path(tmp), args.platform)
         address = f"127.0.0.1:{_free_port()}"
         server = subprocess.Popen([_matcher_executable(), "serve", "--db", str(db), "--listen", address,
-                                   "--randomness-pool", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                   "--randomness-pool", "0", "--stream-slots", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
             _wait_serving(address, server)
             rows = [(f"+86139{i:08d}", None) for i in range(args.merchant)]
             merchant_list = api.prepare_rows(rows, id_type="phone")
             started = time.perf_counter()
-            result = api.activate(address, token, merchant_list, name="memory", where="member")
+            if args.job == "count":
+                result = api.run_job(address, token, merchant_list, count_only=True)
+            else:
+                result = api.activate(address, token, merchant_list, name="memory", where="member")
             job_s = time.perf_counter() - started
             server_mib = _vm_hwm_mib(server.pid)
             workers = {pid: _vm_hwm_mib(pid) for pid in _children(server.pid)}
@@ -108,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
             server.wait(timeout=60)
     report = {
         "benchmark": "memory", "platform_rows": args.platform, "merchant_rows": args.merchant,
-        "import_s": round(import_s, 1), "job_s": round(job_s, 1), "activation_noisy_size": result["noisy_size"],
+        "import_s": round(import_s, 1), "job_s": round(job_s, 1), "job": args.job,
+        "result": result.get("noisy_size", result.get("labels")),
         "peak_rss_mib": {"server_main": server_mib, "server_workers": workers,
                          "client_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
     }

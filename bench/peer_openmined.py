@@ -14,21 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 
-
-def _peak_rss_mib() -> float | None:
-    # VmHWM, not ru_maxrss: after fork+exec ru_maxrss can report the parent's size.
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+from peer_common import peak_rss_mib
 
 
 def main(argv: list[str]) -> None:
@@ -88,7 +77,7 @@ def main(argv: list[str]) -> None:
         "wire_bytes": {"server_setup": len(setup_bytes), "client_request": len(request_bytes),
                        "server_response": len(response_bytes),
                        "total": len(setup_bytes) + len(request_bytes) + len(response_bytes)},
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "threads_note": "single process; OpenMined PSI runs its crypto on one thread",
         "pid": os.getpid(),
     }))

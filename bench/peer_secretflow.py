@@ -46,21 +46,11 @@ import sys
 import tempfile
 import time
 
+from peer_common import peak_rss_mib
+
 PROTOCOLS = ("ecdh", "rr22")
 SERVER_RANK, CLIENT_RANK = 0, 1
 RECEIVER_RANK = CLIENT_RANK
-
-
-def _peak_rss_mib() -> float | None:
-    # VmHWM, not ru_maxrss: after fork+exec ru_maxrss can report the parent's size.
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _free_ports(n: int) -> list[int]:
@@ -148,7 +138,7 @@ def _party(spec: dict) -> dict:
         "original_count": int(report.original_count),
         "intersection_count": int(report.intersection_count),
         "wire": wire,
-        "peak_rss_mib": _peak_rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
         "cpu_s": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 3),
     }
 

@@ -1,4 +1,5 @@
-"""`make demo`: a synthetic platform and merchant, a real server, one match job, the report.
+"""`make demo`: a synthetic platform and merchant, a real server, a match job and its report, a
+count-only job, an activation, and the auditor's verification.
 
 Everything goes through the installed command lines, exactly as an operator and a merchant would
 type them; the numbers are synthetic but the formats are the messy ones merchants really have.
@@ -110,6 +111,8 @@ def main() -> None:
         run("matcher-client", "match", "--server", address, "--token", token, str(merchant),
             "--id-column", "phone", "--id-type", "phone", "--label-column", "store", "--json", str(OUT / "report.json"))
         match_seconds = time.monotonic() - match_started
+        run("matcher-client", "match", "--server", address, "--token", token, str(merchant),
+            "--id-column", "phone", "--id-type", "phone", "--label-column", "store", "--count-only", "--quiet")
         handle = run("matcher-client", "activate", "--server", address, "--token", token, str(merchant),
                      "--id-column", "phone", "--id-type", "phone", "--label-column", "store", "--label", "online",
                      "--where", "member & paid_with_platform & !favourited_mini_program", "--name", "spring-coupon",

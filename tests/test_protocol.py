@@ -369,3 +369,21 @@ def test_count_only_refuses_a_duplicated_match():
             return
         assert counts["all"].matched <= 10
     raise AssertionError("no seed put a match first")
+
+
+def test_count_only_merchant_refuses_a_stream_other_than_announced():
+    from matcher.protocol.messages import AudienceChunk
+
+    audience = make_audience(list(range(20)), [0] * 20, 1)
+    for extra, error in ((1, "longer than"), (-1, "ended after")):
+        platform = PlatformSession(audience, KEY, job_id="c", count_only=True)
+        merchant = MerchantSession([key_of(i) for i in range(10)], ["all"] * 10, id_kind="phone", count_only=True)
+        merchant.accept(platform.start(merchant.start()))
+        for chunk in merchant.blinded_chunks():
+            platform.receive_blinded(chunk)
+        platform.finish_list()
+        points = b"".join(chunk.points for chunk in platform.audience())
+        points = points + points[:32] if extra > 0 else points[:-32]
+        merchant.receive_audience(AudienceChunk(points=points, ciphertexts=b""))
+        with pytest.raises(ProtocolError, match=error):
+            list(merchant.returned_chunks())

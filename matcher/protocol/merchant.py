@@ -83,7 +83,9 @@ class MerchantSession:
             raise InputError("an activation is not a count-only job")
         self.activation = activation
         self.count_only = count_only
-        self._stream_values: list[np.ndarray] = []  # count only: a·(b·H(y)) for the stream so far
+        # Count only: a·(b·H(y)) for the whole stream, filled as chunks are matched (one buffer, shuffled
+        # in place at the end: 32 bytes a platform member is the only memory that grows with its audience).
+        self._stream_values = np.empty((0, group.ELEMENT_SIZE), np.uint8)
         self._matches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (positions, values, labels)
         self._rng = rng
         self._kernels = kernels or Kernels()
@@ -130,6 +132,8 @@ class MerchantSession:
         self.segments = accepted.segments
         self._chunk_size = min(self._chunk_size, accepted.max_chunk_elements)
         self._sums = [gmpy2.mpz(1)] * len(self.label_names)  # 1 is the empty product
+        if self.count_only:
+            self._stream_values = np.empty((accepted.stream_elements, group.ELEMENT_SIZE), np.uint8)
         self._state = _State.ACCEPTED
 
     def blinded_chunks(self) -> Iterator[BlindedChunk]:
@@ -177,7 +181,9 @@ class MerchantSession:
     def _match(self, offset: int, n: int, ciphertexts: bytes, blinded) -> None:
         ours = as_point_array(blinded.result(), n, None)
         if self.count_only:
-            self._stream_values.append(ours)
+            if offset + n > len(self._stream_values):
+                raise ProtocolError(f"the stream is longer than the {len(self._stream_values)} elements announced")
+            self._stream_values[offset:offset + n] = ours
             return
         positions, labels = self._index.lookup(ours)
         np.add.at(self._matched_counts, labels, 1)
@@ -203,9 +209,11 @@ class MerchantSession:
             raise ProtocolError("only a count-only job sends the stream back")
         self._match_pending()
         self._state = _State.DONE
-        values = np.concatenate(self._stream_values) if self._stream_values else np.empty((0, group.ELEMENT_SIZE), np.uint8)
-        self._stream_values = []
-        values = values[np.random.default_rng(int.from_bytes(self._rng(32), "big")).permutation(len(values))]
+        if self.stream_elements != len(self._stream_values):
+            raise ProtocolError(f"the stream ended after {self.stream_elements} of the {len(self._stream_values)} "
+                                "elements announced")
+        values, self._stream_values = self._stream_values, np.empty((0, group.ELEMENT_SIZE), np.uint8)
+        np.random.default_rng(int.from_bytes(self._rng(32), "big")).shuffle(values)
         for lo in range(0, len(values), self._chunk_size):
             yield values[lo:lo + self._chunk_size].tobytes()
 
