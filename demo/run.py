@@ -86,6 +86,20 @@ def wait_healthy(address: str, timeout: float = 60) -> None:
             time.sleep(0.2)
 
 
+def wait_precomputed(db: str, timeout: float = 120) -> None:
+    """What an operator would check before opening to merchants: the idle precomputation (a job
+    stream with every member's ciphertext) is ready, so the first job takes the fast path."""
+    print("\nwaiting for the server's idle precomputation (matcher status: stream_slots_ready) ...", flush=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = subprocess.run([str(BIN / "matcher"), "status", "--db", db], check=True, text=True,
+                                capture_output=True).stdout
+        if json.loads(status).get("stream_slots_ready", 0) >= 1:
+            return
+        time.sleep(1.0)
+    print("not ready yet; the job will do that work itself", flush=True)
+
+
 def main() -> None:
     started = time.monotonic()
     shutil.rmtree(OUT, ignore_errors=True)
@@ -107,6 +121,7 @@ def main() -> None:
     server = subprocess.Popen([str(BIN / "matcher"), "serve", "--db", db, "--listen", address])
     try:
         wait_healthy(address)
+        wait_precomputed(db)
         match_started = time.monotonic()
         run("matcher-client", "match", "--server", address, "--token", token, str(merchant),
             "--id-column", "phone", "--id-type", "phone", "--label-column", "store", "--json", str(OUT / "report.json"))
