@@ -562,12 +562,17 @@ class Store:
         """Delete spent slots and untaken ones made for another audience snapshot; ``at_startup`` (no
         job runs, no slot is being written) also slots taken by jobs a crash interrupted, and
         half-written ones."""
-        with self.transaction() as conn:
-            ids = [r[0] for r in conn.execute(
-                "SELECT id FROM stream_slots WHERE taken = 2 OR (audience_version != ? AND taken = 0 AND ready = 1) "
-                "OR (? AND (taken = 1 OR ready = 0))", [keep_version, int(at_startup)])]
+        # A plain read first (no write lock: the idle loop asks often), then each slot is claimed as
+        # spent unless a job took it in between (a job that loaded the old snapshot just before an import).
+        ids = [r[0] for r in self.db.execute(
+            "SELECT id FROM stream_slots WHERE taken = 2 OR (audience_version != ? AND taken = 0 AND ready = 1) "
+            "OR (? AND (taken = 1 OR ready = 0))", [keep_version, int(at_startup)])]
         for slot_id in ids:
-            self._delete_stream_slot(slot_id)
+            with self.transaction() as conn:
+                claimed = conn.execute("UPDATE stream_slots SET taken = 2 WHERE id = ? AND (taken != 1 OR ?)",
+                                       [slot_id, int(at_startup)]).rowcount
+            if claimed:
+                self._delete_stream_slot(slot_id)
 
     def _delete_stream_slot(self, slot_id: int) -> None:
         # A few pieces per transaction: jobs' writes (releases, the audit log) get the lock in between.

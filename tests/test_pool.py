@@ -104,3 +104,16 @@ def test_a_half_written_slot_is_never_taken_and_is_cleaned_up(operator):
     assert [r[0] for r in store.db.execute("SELECT ready FROM stream_slots")] == [1]
     slot_id, _, _, layout_json = store.take_stream_slot("v1")
     assert layout_json is None and list(store.stream_slot_pieces(slot_id)) == [(bytes(32), None)]
+
+
+def test_a_slot_a_job_holds_survives_the_idle_cleanup_even_after_an_import(operator):
+    store = operator.store
+    store.add_stream_slot("old", b"sealed", bytes(8), iter([(bytes(32), None)]))
+    slot_id, *_ = store.take_stream_slot("old")          # a job that loaded the old snapshot
+    store.add_stream_slot("old", b"sealed", bytes(8), iter([(bytes(32), None)]))
+    store.drop_stream_slots(keep_version="new")           # the idle loop, after an import
+    assert [r[0] for r in store.db.execute("SELECT id FROM stream_slots")] == [slot_id]
+    assert list(store.stream_slot_pieces(slot_id)) == [(bytes(32), None)]
+    store.spend_stream_slot(slot_id)                      # the job ended
+    store.drop_stream_slots(keep_version="new")
+    assert store.db.execute("SELECT count(*) FROM stream_slot_pieces").fetchone()[0] == 0
