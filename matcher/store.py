@@ -435,6 +435,10 @@ class Store:
             "audit_log_entries": self.log_size(),
             "randomness_pool_batches": q("SELECT count(*) FROM randomness_pool")[0][0],
             "stream_slots_ready": self.stream_slots(version),
+            # Being written while the server is idle (minutes for a large audience: its ciphertexts).
+            "stream_slot_rows_in_progress": q(
+                "SELECT coalesce(sum(length(p.points)), 0) / 32 FROM stream_slots s "
+                "JOIN stream_slot_pieces p ON p.slot_id = s.id WHERE s.ready = 0")[0][0],
             "activations": dict(q("SELECT state, count(*) FROM activations GROUP BY state")),
         }
 

@@ -11,7 +11,7 @@ distributed = pytest.importorskip("distributed")
 from matcher.crypto import group  # noqa: E402
 from matcher.crypto.kernels import DaskKernels, EncryptionContext, Kernels, PoolKernels  # noqa: E402
 from matcher_client import api  # noqa: E402
-from tests.conftest import ground_truth, phone, test_private_key  # noqa: E402
+from tests.conftest import ground_truth, phone, test_private_key, wait_until  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +44,16 @@ def test_job_on_the_cluster_equals_ground_truth(operator, serve, cluster):
     customers = [(phone(i), rng.choice("xy")) for i in range(2_500, 7_500)]
     report = api.match(serve(kernels=DaskKernels(cluster)).address, token, rows=customers, id_type="phone")
     assert report["labels"] == ground_truth(members, customers)
+
+
+def test_precomputed_stream_and_count_only_on_the_cluster(operator, serve, cluster):
+    """The idle precomputation (b·H(y) and every member's ciphertext) runs on the cluster too."""
+    members, token = operator.seed(3_000, random.Random(19))
+    served = serve(kernels=DaskKernels(cluster), stream_slots=1)
+    version = operator.store.load_audience().version
+    assert wait_until(lambda: operator.store.stream_slots(version) == 1)
+    customers = [(phone(i), "all") for i in range(1_500, 4_500)]
+    report = api.match(served.address, token, rows=customers, id_type="phone")
+    assert report["labels"] == ground_truth(members, customers)
+    counted = api.match(served.address, token, rows=customers, id_type="phone", count_only=True)
+    assert counted["labels"] == {"all": {"matched": 1_500, "segments": {}}}

@@ -88,8 +88,19 @@ def test_a_half_written_slot_is_never_taken_and_is_cleaned_up(operator):
         yield bytes(32), None
         raise RuntimeError("the server stopped")
 
+    def pieces_seen_by_status():
+        for i in range(9):
+            if i == 8:  # the first 8 pieces are written (one transaction), the slot is not ready
+                assert store.status()["stream_slot_rows_in_progress"] == 16
+                assert store.stream_slots("v1") == 0
+            yield bytes(64), None
+        raise RuntimeError("the server stopped")
+
     with pytest.raises(RuntimeError):
         store.add_stream_slot("v1", b"sealed", bytes(8), failing_pieces())
+    with pytest.raises(RuntimeError):
+        store.add_stream_slot("v1", b"sealed", bytes(8), pieces_seen_by_status())
+    assert store.status()["stream_slot_rows_in_progress"] == 0
     assert store.db.execute("SELECT count(*) FROM stream_slots").fetchone()[0] == 0
     assert store.db.execute("SELECT count(*) FROM stream_slot_pieces").fetchone()[0] == 0
 
