@@ -560,7 +560,7 @@ def _wait_pool(db: Path, values: int, timeout: float = 3600) -> float:
     while time.perf_counter() - started < timeout:
         with contextlib.closing(sqlite3.connect(str(db), timeout=30)) as conn:
             if (conn.execute("SELECT count(*) FROM randomness_pool").fetchone()[0] >= wanted
-                    and conn.execute("SELECT count(*) FROM stream_slots WHERE taken = 0").fetchone()[0] >= 1):
+                    and conn.execute("SELECT count(*) FROM stream_slots WHERE taken = 0 AND ready = 1").fetchone()[0] >= 1):
                 return time.perf_counter() - started
         time.sleep(0.5)
     raise TimeoutError("the randomness pool did not fill")

@@ -387,3 +387,14 @@ def test_count_only_merchant_refuses_a_stream_other_than_announced():
         merchant.receive_audience(AudienceChunk(points=points, ciphertexts=b""))
         with pytest.raises(ProtocolError, match=error):
             list(merchant.returned_chunks())
+
+
+def test_count_only_merchant_refuses_an_absurd_announced_stream():
+    from dataclasses import replace
+
+    audience = make_audience(list(range(5)), [0] * 5, 1)
+    platform = PlatformSession(audience, KEY, job_id="c", count_only=True)
+    merchant = MerchantSession([key_of(i) for i in range(3)], ["all"] * 3, id_kind="phone", count_only=True)
+    accepted = platform.start(merchant.start())
+    with pytest.raises(ProtocolError, match="does not fit"):
+        merchant.accept(replace(accepted, stream_elements=2 ** 42))

@@ -133,7 +133,11 @@ class MerchantSession:
         self._chunk_size = min(self._chunk_size, accepted.max_chunk_elements)
         self._sums = [gmpy2.mpz(1)] * len(self.label_names)  # 1 is the empty product
         if self.count_only:
-            self._stream_values = np.empty((accepted.stream_elements, group.ELEMENT_SIZE), np.uint8)
+            try:
+                self._stream_values = np.zeros((accepted.stream_elements, group.ELEMENT_SIZE), np.uint8)
+            except MemoryError:
+                raise ProtocolError(f"the server announced a stream of {accepted.stream_elements} elements; "
+                                    f"holding 32 bytes for each does not fit in this machine's memory") from None
         self._state = _State.ACCEPTED
 
     def blinded_chunks(self) -> Iterator[BlindedChunk]:
