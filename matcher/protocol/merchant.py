@@ -144,11 +144,16 @@ class MerchantSession:
         """a·H(x) for the whole list, one chunk at a time (hashing is done lazily, per chunk)."""
         self._expect(_State.ACCEPTED)
         dst = group.dst_for(self._id_kind)
+        pending: deque[tuple[Future, bytes]] = deque()  # blinding on the kernels while the next chunk hashes
         for lo in range(0, len(self._keys), self._chunk_size):
             hi = min(lo + self._chunk_size, len(self._keys))
             hashed = self._kernels.hash_to_curve([k.encode() for k in self._keys[lo:hi]], dst)
-            yield BlindedChunk(points=self._kernels.blind(self._scalar, hashed),
-                               labels=self._label_idx[lo:hi].tobytes())
+            pending.append((self._kernels.submit_blind(self._scalar, hashed), self._label_idx[lo:hi].tobytes()))
+            if len(pending) > 1:
+                blinded, labels = pending.popleft()
+                yield BlindedChunk(points=blinded.result(), labels=labels)
+        for blinded, labels in pending:
+            yield BlindedChunk(points=blinded.result(), labels=labels)
         self._state = _State.SENT
 
     def receive_double_blinded(self, chunk: BlindedChunk) -> None:

@@ -210,6 +210,7 @@ class PlatformSession:
         self._scalar = precomputed.scalar if precomputed is not None else group.random_scalar(rng)
         self._state = _State.NEW
         self._received: list[np.ndarray] = []
+        self._blinding: deque[Future] = deque()
         self._received_labels: list[np.ndarray] = []
         self._unblinded: list[np.ndarray] = []
         self.stream_order: np.ndarray | None = None  # stream position -> audience row (or -1 for a dummy)
@@ -270,17 +271,21 @@ class PlatformSession:
         self._received_per_label += counts
         if (self._received_per_label > np.array(self._start.label_sizes)).any():
             raise InputError("the list is longer than the sizes declared at the start of the job")
-        self._received.append(np.frombuffer(self._kernels.blind(self._scalar, points.tobytes()), np.uint8)
-                              .reshape(-1, group.ELEMENT_SIZE))
+        # b·a·H(x) runs on the kernels while the next chunk comes in; finish_list waits for the rest.
+        self._blinding.append(self._kernels.submit_blind(self._scalar, points.tobytes()))
         self._received_labels.append(labels)
         if self.activation:
             self._unblinded.append(points.copy())
+        while len(self._blinding) > 2:
+            self._received.append(_rows(self._blinding.popleft().result()))
 
     def finish_list(self) -> None:
         self._expect(_State.RECEIVING)
         if list(self._received_per_label) != list(self._start.label_sizes):
             raise ProtocolError(f"the list ended after {int(self._received_per_label.sum())} of "
                                 f"{self._start.list_size} declared elements")
+        while self._blinding:
+            self._received.append(_rows(self._blinding.popleft().result()))
         self._state = _State.LIST_DONE
 
     def double_blinded(self) -> Iterator[BlindedChunk]:
