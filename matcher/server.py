@@ -89,6 +89,17 @@ class _Stopping(Exception):
     """The server stops while a slot is being made: the half-made slot is dropped."""
 
 
+def _paced(pieces: Iterator, busy: Callable[[], bool], halt: threading.Event) -> Iterator:
+    """``pieces``, paused while ``busy()`` (a job runs): a slot of a big audience takes minutes to
+    make (mostly its Paillier encryptions), and a job that arrives meanwhile gets the cores."""
+    for piece in pieces:
+        while busy() and not halt.is_set():
+            halt.wait(0.5)
+        if halt.is_set():
+            raise _Stopping()
+        yield piece
+
+
 class _Precomputer(threading.Thread):
     """While no job runs: keeps ``stream_slots`` precomputed stream halves for the current audience
     (matcher.protocol.platform.PrecomputedStream) and the randomness pool topped up
@@ -135,18 +146,9 @@ class _Precomputer(threading.Thread):
         stream = precompute_stream(audience, runner.kernels, key=runner.keys.paillier)
         runner.store.add_stream_slot(audience.version,
                                      pool.seal_bytes(runner.keys.pool_key, stream.scalar, STREAM_SCALAR),
-                                     stream.order.tobytes(), self._yielding(stream.pieces),
+                                     stream.order.tobytes(),
+                                     _paced(stream.pieces, lambda: runner.active_jobs > 0, self._halt),
                                      layout_json=json.dumps(stream.layout.to_dict(), sort_keys=True))
-
-    def _yielding(self, pieces: Iterator) -> Iterator:
-        """``pieces``, paused while a job runs: a slot of a big audience takes minutes to make
-        (mostly its Paillier encryptions), and a job that arrives meanwhile gets the cores."""
-        for piece in pieces:
-            while self._runner.active_jobs and not self._halt.is_set():
-                self._halt.wait(0.5)
-            if self._halt.is_set():
-                raise _Stopping()
-            yield piece
 
     def _top_up_pool(self, context: EncryptionContext) -> None:
         runner = self._runner

@@ -128,3 +128,24 @@ def test_a_slot_a_job_holds_survives_the_idle_cleanup_even_after_an_import(opera
     store.spend_stream_slot(slot_id)                      # the job ended
     store.drop_stream_slots(keep_version="new")
     assert store.db.execute("SELECT count(*) FROM stream_slot_pieces").fetchone()[0] == 0
+
+
+def test_slot_making_pauses_while_a_job_runs_and_stops_with_the_server():
+    import threading
+
+    from matcher.server import _paced, _Stopping
+
+    jobs, halt = [1], threading.Event()
+    pieces = _paced(iter(["p1", "p2"]), lambda: jobs[0] > 0, halt)
+    got: list[str] = []
+    taker = threading.Thread(target=lambda: got.append(next(pieces)))
+    taker.start()
+    taker.join(0.5)
+    assert taker.is_alive() and got == []          # a job runs: the next piece waits
+    jobs[0] = 0
+    taker.join(5)
+    assert got == ["p1"]                            # the job ended: the slot goes on
+    jobs[0] = 1
+    halt.set()                                      # the server stops meanwhile
+    with pytest.raises(_Stopping):
+        next(pieces)
