@@ -518,22 +518,29 @@ _PEERS = {
 }
 
 
-def run_peer(name: str, python: str, workdir: Path, platform_ids: list[str], merchant_ids: list[str],
-             timeout: float) -> dict:
-    """Run one peer on the very same sets (the platform's as its server, the merchant's as its client)."""
+@contextlib.contextmanager
+def peer_inputs(workdir: Path, platform_ids: list[str], merchant_ids: list[str]):
+    """The two sets as files of one ID per line (server: the platform's, client: the merchant's),
+    written once for every peer of the run and removed after."""
     server_file, client_file = workdir / "peer_server.txt", workdir / "peer_client.txt"
     server_file.write_text("\n".join(platform_ids))
     client_file.write_text("\n".join(merchant_ids))
-    command = [python, str(_HERE / _PEERS[name][0]), str(server_file), str(client_file)]
+    try:
+        yield server_file, client_file
+    finally:
+        server_file.unlink(missing_ok=True)
+        client_file.unlink(missing_ok=True)
+
+
+def run_peer(name: str, python: str, inputs: tuple[Path, Path], timeout: float) -> dict:
+    """Run one peer on the very same sets."""
+    command = [python, str(_HERE / _PEERS[name][0]), *map(str, inputs)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as err:
         return {"available": False, "reason": f"no interpreter {python} ({_PEERS[name][2]}): {err}"}
     except subprocess.TimeoutExpired:
         return {"available": True, "finished": False, "reason": f"timed out after {timeout} s"}
-    finally:
-        server_file.unlink(missing_ok=True)
-        client_file.unlink(missing_ok=True)
     if done.returncode != 0:
         return {"available": False, "reason": (done.stderr or done.stdout).strip()[-800:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -719,20 +726,22 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"matcher job: {phases['phases']['total_s']} s (+ prepare {result['prepare_s']} s), "
               f"correct={result['correct']['ok']}", file=sys.stderr)
 
-        for name in dict.fromkeys(p for p in args.peer if p != "none"):
-            python = {"openmined": args.peer_python, "secretflow": args.secretflow_python}[name] or _PEERS[name][1]
-            peer = run_peer(name, python, workdir, platform_ids, merchant_ids, args.peer_timeout)
-            result[f"peer_{name}"] = peer
-            if not (peer.get("available") and peer.get("finished", True)):
-                print(f"{name} peer unavailable: {peer.get('reason')}", file=sys.stderr)
-                continue
-            for protocol, (seconds, size) in _peer_times(name, peer).items():
-                ratio = round(seconds / phases["phases"]["total_s"], 2)
-                correct = abs(size - truth["matched"]) <= max(2, truth["matched"] * 1e-6)
-                peer.setdefault("ratios_over_matcher", {})[protocol] = ratio
-                peer.setdefault("correct", {})[protocol] = correct
-                print(f"{protocol}: {seconds} s (intersection {size}, correct={correct}); "
-                      f"ratio {protocol}/matcher = {ratio}x", file=sys.stderr)
+        peers = list(dict.fromkeys(p for p in args.peer if p != "none"))
+        with peer_inputs(workdir, platform_ids, merchant_ids) if peers else contextlib.nullcontext() as inputs:
+            for name in peers:
+                python = {"openmined": args.peer_python, "secretflow": args.secretflow_python}[name] or _PEERS[name][1]
+                peer = run_peer(name, python, inputs, args.peer_timeout)
+                result[f"peer_{name}"] = peer
+                if not (peer.get("available") and peer.get("finished", True)):
+                    print(f"{name} peer unavailable: {peer.get('reason')}", file=sys.stderr)
+                    continue
+                for protocol, (seconds, size) in _peer_times(name, peer).items():
+                    ratio = round(seconds / phases["phases"]["total_s"], 2)
+                    correct = abs(size - truth["matched"]) <= max(2, truth["matched"] * 1e-6)
+                    peer.setdefault("ratios_over_matcher", {})[protocol] = ratio
+                    peer.setdefault("correct", {})[protocol] = correct
+                    print(f"{protocol}: {seconds} s (intersection {size}, correct={correct}); "
+                          f"ratio {protocol}/matcher = {ratio}x", file=sys.stderr)
     finally:
         if temp:
             temp.cleanup()

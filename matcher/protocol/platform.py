@@ -470,11 +470,7 @@ class PlatformSession:
     def receive_returned(self, points: bytes) -> None:
         """Count only: a chunk of the merchant's a·(b·H(y)), counted against b·a·H(x) as it arrives."""
         self._expect(_State.AWAITING_RETURN)
-        if self._count_index is None:
-            self._count_index = PointIndex(self._received, self._received_labels)
-            self._received = self._received_labels = []
-            self._counted = np.zeros(len(self._count_index), dtype=bool)
-            self._counts = np.zeros(len(self._start.labels), dtype=np.int64)
+        self._start_counting()
         values = as_point_array(points, len(points) // group.ELEMENT_SIZE, self._max_chunk)
         self._values_back += len(values)
         if self._values_back > len(self.stream_order):
@@ -485,11 +481,18 @@ class PlatformSession:
         self._counted[elements] = True
         np.add.at(self._counts, labels, 1)
 
+    def _start_counting(self) -> None:
+        """Index b·a·H(x) for counting, once (the list itself is no longer needed after that)."""
+        if self._count_index is None:
+            self._count_index = PointIndex(self._received, self._received_labels)
+            self._received = self._received_labels = []
+            self._counted = np.zeros(len(self._count_index), dtype=bool)
+            self._counts = np.zeros(len(self._start.labels), dtype=np.int64)
+
     def count(self) -> dict[str, LabelAggregate]:
         """Count only: the true per-label overlap, for the release policy, once the whole stream is back."""
         self._expect(_State.AWAITING_RETURN)
-        if self._count_index is None:  # nothing came back (an empty stream, or a truncated return)
-            self.receive_returned(b"")
+        self._start_counting()  # also when nothing came back (an empty stream, or a truncated return)
         if self._values_back != len(self.stream_order):
             raise ProtocolError(f"{self._values_back} of the {len(self.stream_order)} stream values came back")
         self._state = _State.DONE
