@@ -453,3 +453,19 @@ def test_micro_benchmark_runs_and_reports_every_rate():
     ):
         assert report[name] > 0
     assert report["key_bits"] == 2048 and report["segments"] == 60
+
+
+@pytest.mark.parametrize("n_segments", [0, 1, 60, 63])
+def test_widest_layout_fills_the_key_and_any_list_fits(n_segments):
+    layout = PackingLayout.widest(n_segments=n_segments)
+    capacity = 2048 - 64                                  # key bits minus the headroom
+    width = min(64, capacity // (n_segments + 1))
+    assert layout.slot_bits == width and layout.max_rows == 2 ** width - 1
+    assert layout.total_bits == width * (n_segments + 1) <= capacity
+    with pytest.raises(InputError):                       # one bit wider would not fit the key
+        PackingLayout.create(max_rows=2 ** (width + 1) - 1, n_segments=n_segments) if width < 64 else \
+            PackingLayout.create(max_rows=2 ** 2000, n_segments=n_segments)
+    # A full sum of max_rows rows with every segment set unpacks exactly.
+    full = layout.pack((1 << n_segments) - 1) * layout.max_rows
+    assert layout.unpack(full).count == layout.max_rows
+    assert layout.unpack(full).segments == [layout.max_rows] * n_segments
