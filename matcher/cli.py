@@ -158,6 +158,17 @@ def merchant_disable(db: Path, name: str) -> None:
     console.print(f"merchant '{name}' disabled")
 
 
+@merchant.command("enable")
+@db_option
+@click.argument("name")
+def merchant_enable(db: Path, name: str) -> None:
+    """Restore merchant NAME's token (after `merchant disable`, or a suspension for a protocol deviation)."""
+    store = Store(db)
+    store.set_disabled("merchant", name, False)
+    _audit(store, {"type": "merchant_enabled", "name": name})
+    console.print(f"merchant '{name}' enabled")
+
+
 @main.group()
 def auditor() -> None:
     """Auditors allowed to read the audit log."""
@@ -301,7 +312,7 @@ def audit_key(db: Path) -> None:
                    "ciphertext of every member: about 550 bytes a member on disk), each used by one job; "
                    "0 computes them during the job.")
 @click.option("--grace", default=10.0, show_default=True, type=click.FloatRange(0, 600),
-              help="Seconds running jobs get to finish after SIGTERM before they are failed (and refunded).")
+              help="Seconds running jobs get to finish after SIGTERM before they are failed (an accepted job stays charged).")
 def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, workers: int, executor: str,
           randomness_pool: str, stream_slots: int, grace: float) -> None:
     """Serve MatchService and AuditService until SIGTERM or Ctrl-C, then shut down gracefully."""

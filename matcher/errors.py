@@ -10,6 +10,7 @@ import grpc) and carries a hint the user can act on::
     │   ├── InvalidCiphertext      INVALID_ARGUMENT   not in Z*_{n^2}
     │   └── ChunkTooLarge          INVALID_ARGUMENT   a stream chunk over the limit
     ├── ProtocolError              FAILED_PRECONDITION  call out of order, truncated stream
+    │   └── ProtocolDeviation      PERMISSION_DENIED    a returned stream fails its audit
     ├── PolicyRefused              FAILED_PRECONDITION  list too small, too many labels, ...
     ├── LimitExceeded              RESOURCE_EXHAUSTED   privacy budget or rate limit
     ├── NotFound                   NOT_FOUND            unknown job/merchant (also: not yours)
@@ -54,6 +55,13 @@ class ChunkTooLarge(InputError):
 
 class ProtocolError(MatcherError):
     grpc_code = "FAILED_PRECONDITION"
+
+
+class ProtocolDeviation(ProtocolError):
+    """What the merchant sent back cannot come from the protocol as written (an audit row is missing,
+    a value repeats, a stream is short or long). The job's ε stays spent and the merchant is suspended."""
+
+    grpc_code = "PERMISSION_DENIED"
 
 
 class PolicyRefused(MatcherError):

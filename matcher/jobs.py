@@ -1,15 +1,24 @@
 """A match job from the platform's point of view: policy, budget, protocol engine and audit log, in order.
 
-    runner.begin(merchant, start)    policy check, then ε reserved atomically — before any crypto
-    job.receive_blinded(chunk) ...   the protocol engine (matcher.protocol.platform)
-    job.finish_list(); job.double_blinded(); job.audience()
-    job.finish(sums)                 decrypt, release policy (thresholds + noise), audit entry, ε committed
-    job.abort(reason)                anything else: nothing released, ε refunded, failure audited
+The secure protocol (the default; matcher.protocol.secure_platform, docs/threat-model.md)::
 
-An activation job (``begin(..., activation=ActivationRequest(...))``) runs the same exchange
-without ciphertexts, then ``job.challenge``/``job.verify`` per chunk of claims and
-``job.finish_activation()``: the verified rows, filtered by the --where expression, become a
-stored slice if it holds at least k members; the merchant gets a handle and a noisy size.
+    runner.begin(merchant, start)    policy check, ε reserved atomically — before any crypto — then,
+                                     once the streams are fixed, ε committed: from here on nothing
+                                     that happens (failure, disconnect, crash) gives it back
+    for s in streams:                the merchant's copy s of its list, stream s down, stream s back
+        job.receive_blinded(chunk, stream=s) ...; job.finish_list(stream=s, merchant_base=a_s_G)
+        job.stream(s); job.receive_returned(points, stream=s) ...; job.finish_stream(s)
+    job.finish_count()               release policy (noise, then k on the noisy value), audit entry
+    job.fail(error)                  anything else: nothing released, the failure audited with its
+                                     charge; a protocol deviation also suspends the merchant
+
+An activation job (``begin(..., activation=ActivationRequest(...))``) runs stream 0 only, returned
+in stream order, then ``job.finish_activation()``: the matched rows, filtered by the --where
+expression, become a stored slice if its *noisy* size reaches k; refused or not, the ε is spent.
+
+The semi-honest protocol (``protocol=SEMI_HONEST``, only when the policy enables it) keeps the
+older flow: ``double_blinded``, ``audience``, ``finish(sums)``; it reserves ε at the start and
+refunds it when nothing was released.
 
 Every decision — refused, released, failed — becomes one audit-log entry. Entries never hold an ID,
 a point or a ciphertext: only sizes, the policy in force, ε and the released cells.
@@ -33,11 +42,12 @@ from matcher import policy as policy_mod
 from matcher import where
 from matcher.crypto import paillier, pool
 from matcher.crypto.kernels import Kernels
-from matcher.errors import InputError, LimitExceeded, MatcherError, PolicyRefused, ProtocolError
+from matcher.errors import InputError, LimitExceeded, MatcherError, PolicyRefused, ProtocolDeviation, ProtocolError
 from matcher.keys import OperatorKeys
 from matcher.log.auditlog import AuditLog, canonical_json
-from matcher.protocol.messages import AudienceChunk, BlindedChunk, JobAccepted, JobStart, LabelSums
+from matcher.protocol.messages import SECURE, SEMI_HONEST, AudienceChunk, BlindedChunk, JobAccepted, JobStart, LabelSums
 from matcher.protocol.platform import PlatformSession, PrecomputedStream
+from matcher.protocol.secure_platform import SecurePlatformSession
 from matcher.store import Principal, Store
 
 Rng = Callable[[int], bytes]
@@ -106,18 +116,24 @@ class JobRunner:
             self._active -= 1
 
     def begin(self, merchant: Principal, start: JobStart, activation: ActivationRequest | None = None, *,
-              count_only: bool = False) -> "MatchJob":
-        """Admit a job (policy and budget before any crypto). ``count_only``: per-label overlap
-        counts only, no segments (matcher.protocol.platform explains the flow)."""
+              protocol: str = SECURE, count_only: bool = False) -> "MatchJob":
+        """Admit a job (policy and budget before any crypto). ``protocol``: SECURE (the default) or
+        SEMI_HONEST (refused unless the policy enables it); ``count_only`` belongs to the latter."""
         slot = _Slot(self)
         try:
-            return self._begin(merchant, start, activation, slot, count_only)
+            return self._begin(merchant, start, activation, slot, protocol, count_only)
         except BaseException:
             slot.release()  # idempotent: a job that already ended released it itself
             raise
 
+    def suspend(self, merchant: Principal, reason: str) -> None:
+        """A merchant caught deviating from the protocol loses its access until the operator restores it."""
+        self.store.set_disabled("merchant", merchant.name, True)
+        self.audit_log.record({"type": "merchant_disabled", "name": merchant.name, "reason": reason[:500]})
+        log.warning("merchant %s suspended: %s", merchant.name, reason[:200])
+
     def _begin(self, merchant: Principal, start: JobStart, activation: ActivationRequest | None,
-               slot: "_Slot", count_only: bool) -> "MatchJob":
+               slot: "_Slot", protocol: str, count_only: bool) -> "MatchJob":
         job_id = uuid.UUID(bytes=self.rng(16), version=4).hex
         pol = self.store.effective_policy(merchant.name)
         audience = self.store.load_audience()
@@ -129,6 +145,10 @@ class JobRunner:
                 raise InputError("an activation needs a --name of 1-200 characters")
             expression = where.parse(activation.where, audience.segments)
         try:
+            if protocol == SEMI_HONEST and not pol.semi_honest_match:
+                raise PolicyRefused("this server runs only the protocol that is secure against modified clients; "
+                                    "the semi-honest Match call is switched off", reason="protocol_disabled",
+                                    hint="upgrade matcher-client: it uses the secure protocol by default")
             policy_mod.check_request(pol, list_size=start.list_size, label_sizes=sizes,
                                      n_segments=0 if count_only else len(audience.segments))
             epsilon = policy_mod.job_epsilon(pol)
@@ -137,10 +157,22 @@ class JobRunner:
         except PolicyRefused as refused:
             log.info("job %s for %s refused: %s", job_id, merchant.name, refused.reason)
             self.store.record_refusal(job_id, merchant, refused.reason, start.list_size, len(start.labels))
-            self.audit_log.append([_entry("refused", job_id, merchant, pol, start, self.store.now(), reason=refused.reason)])
+            self.audit_log.append([_entry("refused", job_id, merchant, pol, start, self.store.now(),
+                                          reason=refused.reason, protocol=protocol)])
             raise
-        job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression, slot)
+        job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression, slot, protocol=protocol)
         try:
+            if protocol == SECURE:
+                job.session = SecurePlatformSession(
+                    audience, job_id=job_id, rng=self.rng, kernels=self.kernels, audit_rows=pol.audit_rows,
+                    padding=lambda n_streams: policy_mod.stream_padding(pol, n_streams=n_streams, noise=self.noise),
+                    ordered=activation is not None, activation_label=activation.label if activation else None,
+                    precomputed=job.take_stream_slot(audience))
+                job.accepted = job.session.start(start)
+                # JobAccepted carries the (noisy) stream sizes: from here on the job's ε is spent.
+                self.store.commit_budget(job_id)
+                job.charged = True
+                return job
             # Dummies hide the overlap from the merchant's own count; a count-only merchant counts nothing.
             dummies = [policy_mod.dummy_count(pol, self.noise) for _ in start.labels] if pol.dummies and not count_only else []
             randomness = pool.PooledRandomness(self.store, self.pool_key_id, self.keys.pool_key,
@@ -152,7 +184,7 @@ class JobRunner:
                                           count_only=count_only)
             job.accepted = job.session.start(start)
         except MatcherError as err:
-            job.abort(str(err))
+            job.fail(err)
             raise
         return job
 
@@ -177,8 +209,11 @@ class _Slot:
 class MatchJob:
     def __init__(self, runner: JobRunner, job_id: str, merchant: Principal, pol: policy_mod.Policy,
                  epsilon: float, start: JobStart, activation: ActivationRequest | None = None,
-                 expression: where.Expr | None = None, slot: "_Slot | None" = None):
+                 expression: where.Expr | None = None, slot: "_Slot | None" = None, *, protocol: str = SECURE):
         self._runner = runner
+        self.protocol = protocol
+        # True once the job's ε is spent whatever happens (secure protocol, after acceptance).
+        self.charged = False
         self._slot = slot
         self._stream_slot: int | None = None
         self.started = runner.store.now()
@@ -189,16 +224,23 @@ class MatchJob:
         self.policy = pol
         self.epsilon = epsilon
         self.start = start
-        self.session: PlatformSession
+        self.session: PlatformSession | SecurePlatformSession
         self.accepted: JobAccepted
         self._ended = threading.Event()
         self._end_lock = threading.Lock()
 
-    def receive_blinded(self, chunk: BlindedChunk) -> None:
-        self.session.receive_blinded(chunk)
+    def receive_blinded(self, chunk: BlindedChunk, stream: int | None = None) -> None:
+        """A chunk of the list (secure protocol: of the merchant's copy for ``stream``)."""
+        if self.protocol == SECURE:
+            self.session.receive_blinded(stream or 0, chunk)
+        else:
+            self.session.receive_blinded(chunk)
 
-    def finish_list(self) -> None:
-        self.session.finish_list()
+    def finish_list(self, stream: int | None = None, merchant_base: bytes = b"") -> None:
+        if self.protocol == SECURE:
+            self.session.finish_list(stream or 0, merchant_base)
+        else:
+            self.session.finish_list()
 
     def double_blinded(self) -> Iterator[BlindedChunk]:
         return iter(()) if self.session.count_only else self.session.double_blinded()
@@ -206,15 +248,27 @@ class MatchJob:
     def audience(self) -> Iterator[AudienceChunk]:
         return self.session.audience()
 
-    def receive_returned(self, points: bytes) -> None:
-        self.session.receive_returned(points)
+    def receive_returned(self, points: bytes, stream: int = 0) -> None:
+        if self.protocol == SECURE:
+            self.session.receive_returned(stream, points)
+        else:
+            self.session.receive_returned(points)
+
+    def stream(self, index: int) -> Iterator[bytes]:
+        """Secure protocol: stream ``index`` (see matcher.protocol.secure_platform)."""
+        return self.session.stream(index)
+
+    def finish_stream(self, index: int) -> None:
+        self.session.finish_stream(index)
 
     def finish(self, sums: LabelSums) -> Report:
         """Decrypt the merchant's sums, release them under the policy, log the release."""
         return self._release(self.session.receive_sums(sums), n_segments=len(self.accepted.segments))
 
     def finish_count(self) -> Report:
-        """Count only: release the per-label counts of the stream that came back."""
+        """Secure protocol (and semi-honest count only): release the counts of the streams that came back."""
+        if self.protocol == SECURE:
+            return self._release(self.session.aggregates(), n_segments=len(self.accepted.segments))
         return self._release(self.session.count(), n_segments=0)
 
     def _release(self, aggregates: dict, n_segments: int) -> Report:
@@ -230,11 +284,12 @@ class MatchJob:
             "epsilon_spent": self.epsilon,
             "epsilon_left": max(0.0, self.policy.epsilon_budget - spent),
             "policy_digest": self.policy.digest(),
+            "protocol": self.protocol,
         }
         report_json = canonical_json(report).decode()
         digest = hashlib.sha256(report_json.encode()).hexdigest()
         entry = _entry("released", self.job_id, self.merchant, self.policy, self.start, runner.store.now(),
-                       started=self.started,
+                       started=self.started, protocol=self.protocol,
                        epsilon=self.epsilon, report_digest=digest, released=released)
         self._claim_end()
         leaf_index, checkpoint = runner.audit_log.append([entry])
@@ -278,17 +333,19 @@ class MatchJob:
         self.session.verify(proofs)
 
     def finish_activation(self) -> ActivationResult:
-        """Filter the verified rows, refuse a slice under k, store it, log it, return a noisy size."""
+        """Filter the matched rows, refuse a slice whose noisy size is under k, store it, log it."""
         runner, activation = self._runner, self.activation
         assert activation is not None and self._expression is not None
         audience = self.session.members  # the snapshot the stream was built from, even if an import ran since
-        rows = self.session.activated_rows()
+        rows = self.session.matched_rows() if self.protocol == SECURE else self.session.activated_rows()
         chosen = rows[self._expression.mask_filter(audience.segment_bits[rows])]
+        # One noisy size decides and is released: the refusal is post-processing of it, and charged.
         released = policy_mod.release(self.policy, {"slice": {"matched": len(chosen), "segments": {}}},
                                       n_segments=0, noise=runner.noise)["slice"]["matched"]
         if released is None:
-            raise PolicyRefused(f"the slice has fewer than k = {self.policy.k} members; nothing was activated",
-                                reason="slice_too_small", hint="widen the --where expression or the label")
+            raise PolicyRefused(f"the slice's noisy size is under k = {self.policy.k}; nothing was activated "
+                                f"(the job's ε is spent)", reason="slice_too_small",
+                                hint="widen the --where expression or the label")
         handle = f"act_{self.job_id[:16]}"
         self._claim_end()
         expires = runner.store.create_activation(
@@ -296,7 +353,7 @@ class MatchJob:
             label=activation.label, row_ids=audience.row_ids[chosen].tolist(), noisy_size=released,
             ttl_seconds=self.policy.activation_ttl_seconds)
         entry = _entry("activated", self.job_id, self.merchant, self.policy, self.start, runner.store.now(),
-                       started=self.started,
+                       started=self.started, protocol=self.protocol,
                        epsilon=self.epsilon)
         entry.update({"activation": handle, "name": activation.name, "where": str(self._expression),
                       "label": activation.label, "released": {"slice": {"matched": released, "segments": {}}},
@@ -307,6 +364,12 @@ class MatchJob:
                  len(chosen), round(expires))
         return ActivationResult(handle, released, expires, checkpoint, leaf_index)
 
+    def fail(self, error: BaseException) -> None:
+        """End the job on ``error``: audited with its charge; a deviation also suspends the merchant."""
+        self.abort(str(error) or type(error).__name__)
+        if isinstance(error, ProtocolDeviation):
+            self._runner.suspend(self.merchant, f"job {self.job_id}: {error}")
+
     def abort(self, reason: str) -> None:
         """Idempotent, and a no-op after a release: safe to call from any cleanup path."""
         if not self._end():
@@ -315,11 +378,13 @@ class MatchJob:
         log.info("job %s for %s failed: %s", self.job_id, self.merchant.name, reason[:200])
         runner.store.finish_job(self.job_id, released=False, reason=reason[:500])
         runner.audit_log.append([_entry("failed", self.job_id, self.merchant, self.policy, self.start,
-                                        runner.store.now(), started=self.started, reason=reason[:500])])
+                                        runner.store.now(), started=self.started, reason=reason[:500],
+                                        protocol=self.protocol, epsilon=self.epsilon if self.charged else 0.0,
+                                        charged=self.charged)])
 
 
 def _entry(decision: str, job_id: str, merchant: Principal, pol: policy_mod.Policy, start: JobStart, now: float, *,
-           started: float | None = None,
+           started: float | None = None, protocol: str = SECURE, charged: bool = False,
            reason: str | None = None, epsilon: float = 0.0, report_digest: str | None = None,
            released: dict | None = None) -> dict:
     entry = {
@@ -335,7 +400,10 @@ def _entry(decision: str, job_id: str, merchant: Principal, pol: policy_mod.Poli
         "time": round(now, 3),
         # When the budget was reserved: the verifier's budget windows are exact with it.
         "started": round(now if started is None else started, 3),
+        "protocol": protocol,
     }
+    if charged:
+        entry["charged"] = True
     if reason is not None:
         entry["reason"] = reason
     if report_digest is not None:

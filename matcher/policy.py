@@ -12,10 +12,11 @@ Privacy accounting (per job; see :func:`split_epsilon`):
 * The released report holds, per label, the matched count and one count per segment;
   each gets noise calibrated to ``per_cell`` ε (discrete Laplace, or a discrete Gaussian
   with ``per_cell_delta``).
-* Cells whose *true* count is under ``k`` are suppressed. That decision looks at the true
-  value, so it is outside the ε accounting: a pair of datasets straddling ``k`` can be told
-  apart by whether a cell is suppressed. ``k`` is a floor against tiny cells, the noise is
-  what protects one person.
+* Cells whose *noisy* value is under ``k`` are suppressed: post-processing of the noisy
+  value, so inside the ε accounting (a threshold on the true count would tell a list built
+  to straddle ``k`` one person's membership for free).
+* Secure protocol: the ``dummies`` share pays for the DP padding of the stream sizes
+  (:func:`stream_padding`) instead of dummy matches; the merchant sees no intersection size.
 
 Noise comes from OpenDP's samplers (:class:`OpenDPNoise`), never from :mod:`random`;
 callers may inject any :class:`NoiseSource` (tests use deterministic ones).
@@ -52,15 +53,20 @@ class Policy:
     max_labels: int = 32
     k: int = 50
     noise: str = "discrete_laplace"
-    epsilon_per_job: float = 1.0
+    # A merchant's whole year is worth e^1 in likelihood ratio about any one person (README).
+    epsilon_per_job: float = 0.1
     delta_per_job: float = 1e-6
-    epsilon_budget: float = 10.0
-    budget_period: str = "30d"
+    epsilon_budget: float = 1.0
+    budget_period: str = "365d"
     jobs_per_hour: int = 10
     dummies: bool = True
-    dummy_epsilon_share: float = 0.5
+    dummy_epsilon_share: float = 0.1
     max_list_size: int = 10_000_000
     activation_ttl: str = "30d"
+    # Secure protocol: filler values per stream whose blinding the platform checks.
+    audit_rows: int = 4096
+    # The older protocol in which the merchant matches and sums: safe only against honest clients.
+    semi_honest_match: bool = False
 
     def __post_init__(self) -> None:
         for key, rule in _RULES.items():
@@ -199,6 +205,8 @@ _RULES: dict[str, _Rule] = {
         float, "a number strictly between 0 and 1", lambda v: 0 < v < 1
     ),
     "max_list_size": _Rule(int, "an integer >= 1", lambda v: v >= 1),
+    "audit_rows": _Rule(int, "an integer from 1 to 1000000", lambda v: 1 <= v <= 1_000_000),
+    "semi_honest_match": _Rule(bool, "on or off", lambda v: True),
 }
 
 SETTABLE_KEYS: tuple[str, ...] = tuple(_RULES)
@@ -363,18 +371,19 @@ def release(
     n_segments: int,
     noise: NoiseSource,
 ) -> dict[str, dict[str, Any]]:
-    """Apply threshold and noise to true aggregates ``{label: {"matched", "segments"}}``.
+    """Apply noise, then the threshold, to true aggregates ``{label: {"matched", "segments"}}``.
 
-    A cell whose true count is under ``k`` becomes ``None``; every other cell gets noise at
-    the per-cell scale of :func:`split_epsilon` and is clamped at 0 (post-processing).
+    Every cell gets noise at the per-cell scale of :func:`split_epsilon`; a cell whose *noisy*
+    value is under ``k`` becomes ``None``. Deciding on the noisy value makes suppression
+    post-processing of a DP output, so it costs no ε beyond the noise's and a list built to
+    straddle ``k`` learns no more than the noise allows.
     """
     split = split_epsilon(policy, n_labels=len(aggregates), n_segments=n_segments)
     add_noise = _noise_adder(policy, split, noise)
 
     def released(true_count: int) -> int | None:
-        if true_count < policy.k:
-            return None
-        return max(0, true_count + add_noise())
+        noisy = true_count + add_noise()
+        return None if noisy < max(policy.k, 0) or noisy < 0 else noisy
 
     report: dict[str, dict[str, Any]] = {}
     for label, cells in aggregates.items():
@@ -407,6 +416,21 @@ def dummy_count(policy: Policy, noise: NoiseSource) -> int:
     scale = 1.0 / split.dummies
     shift = _dummy_shift(scale, split.dummy_delta)
     return max(0, shift + noise.discrete_laplace(scale))
+
+
+def stream_padding(policy: Policy, *, n_streams: int, noise: NoiseSource) -> int:
+    """Secure protocol: extra filler rows for one of a job's ``n_streams`` streams, hiding its true
+    size (a count of platform members, sensitivity 1) from the merchant.
+
+    The same shifted, truncated discrete Laplace as :func:`dummy_count`, with the ``dummies`` share
+    of ε and δ divided over the streams (a person is in each stream at most once, so the streams
+    compose sequentially): each stream's size is ``(eps_d / n, delta_d / n)``-DP.
+    """
+    if not policy.dummies or n_streams < 1:
+        return 0
+    split = split_epsilon(policy, n_labels=1, n_segments=0)
+    scale = n_streams / split.dummies
+    return max(0, _dummy_shift(scale, split.dummy_delta / n_streams) + noise.discrete_laplace(scale))
 
 
 def _dummy_shift(scale: float, delta: float) -> int:

@@ -205,7 +205,7 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     keys = keys_mod.load(keys_mod.key_path_for(config.db))
     recovered = store.fail_running_jobs("server restarted during the job")
     if recovered:
-        log.warning("marked %d interrupted jobs failed; their budget was refunded", recovered)
+        log.warning("marked %d interrupted jobs failed; ε not yet committed was refunded", recovered)
     # Read the audience into memory now, not during the first merchant's job.
     log.info("audience loaded: %d members", len(store.load_audience()))
     audit_log = AuditLog.for_store(store, keys.signer)

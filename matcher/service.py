@@ -11,7 +11,7 @@ import grpc
 from matcher.errors import AuthenticationError, MatcherError, ProtocolError
 from matcher.jobs import ActivationRequest, JobRunner, MatchJob, Report
 from matcher.log.merkle import MerkleTree
-from matcher.protocol.messages import BlindedChunk, JobStart, LabelSums
+from matcher.protocol.messages import SECURE, SEMI_HONEST, BlindedChunk, JobAccepted, JobStart, LabelSums
 from matcher.store import Principal, Store
 from matcher.v1 import audit_pb2, audit_pb2_grpc, match_pb2, match_pb2_grpc
 
@@ -59,18 +59,19 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
         self._auth = auth
 
     def Match(self, request_iterator, context) -> Iterator[match_pb2.MatchResponse]:
-        return self._job(request_iterator, context, "start", self._finish_match)
+        """The semi-honest protocol, refused unless the operator's policy enables it."""
+        return self._job(request_iterator, context, "start", self._semi_honest, protocol=SEMI_HONEST)
 
     def Activate(self, request_iterator, context) -> Iterator[match_pb2.MatchResponse]:
-        return self._job(request_iterator, context, "activation", self._finish_activation)
+        return self._job(request_iterator, context, "activation", self._secure)
 
     def Count(self, request_iterator, context) -> Iterator[match_pb2.MatchResponse]:
-        return self._job(request_iterator, context, "start", self._finish_count, count_only=True)
+        return self._job(request_iterator, context, "start", self._secure)
 
-    def _job(self, request_iterator, context, first: str, finish,
-             count_only: bool = False) -> Iterator[match_pb2.MatchResponse]:
-        """One job stream: authenticate, begin (policy before crypto), the shared exchange, then
-        the job's own ending; any matcher error aborts the job (refund, audit) and ends the call."""
+    def _job(self, request_iterator, context, first: str, exchange, protocol: str = SECURE
+             ) -> Iterator[match_pb2.MatchResponse]:
+        """One job stream: authenticate, begin (policy before crypto), the protocol's exchange; any
+        matcher error fails the job (audited with its charge) and ends the call."""
         job: MatchJob | None = None
         try:
             merchant = self._auth.require(context, MERCHANT)
@@ -80,49 +81,55 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
                 job = self._runner.begin(merchant, _job_start(opening.job), ActivationRequest(
                     name=opening.name, where=opening.where, label=opening.label or None))
             else:
-                job = self._runner.begin(merchant, _job_start(opening), count_only=count_only)
-            yield from self._exchange(job, requests, context)
-            yield from finish(job, requests)
+                job = self._runner.begin(merchant, _job_start(opening), protocol=protocol)
+            context.add_callback(lambda: job.abort("the stream ended before the job finished"))
+            yield _accepted(job.accepted)
+            yield from exchange(job, requests, context)
         except MatcherError as err:
             if job is not None:
-                job.abort(str(err))
+                job.fail(err)
             _abort(context, err)
 
     @staticmethod
-    def _finish_match(job: MatchJob, requests) -> Iterator[match_pb2.MatchResponse]:
-        sums = _next(requests, "sums").sums
-        yield _report(job.finish(LabelSums(sums=tuple(sums.sums))))
-
-    @staticmethod
-    def _finish_count(job: MatchJob, requests) -> Iterator[match_pb2.MatchResponse]:
-        while (request := _next(requests, "returned", "returned_end")).HasField("returned"):
-            job.receive_returned(request.returned.points)
-        yield _report(job.finish_count())
-
-    @staticmethod
-    def _finish_activation(job: MatchJob, requests) -> Iterator[match_pb2.MatchResponse]:
-        while (request := _next(requests, "claims", "claims_end")).HasField("claims"):
-            challenges = job.challenge(list(request.claims.positions), request.claims.values)
-            yield match_pb2.MatchResponse(challenges=match_pb2.Challenges(points=challenges))
-            job.verify(_next(requests, "proofs").proofs.points)
+    def _secure(job: MatchJob, requests, context) -> Iterator[match_pb2.MatchResponse]:
+        for index, name in enumerate(job.accepted.stream_names):
+            while (request := _next(requests, "blinded", "list_end")).HasField("blinded"):
+                if request.blinded.stream != index:
+                    raise ProtocolError(f"a list chunk for stream {request.blinded.stream} came while stream {index}'s "
+                                        "was expected")
+                job.receive_blinded(BlindedChunk(points=request.blinded.points, labels=request.blinded.labels),
+                                    stream=index)
+            if request.list_end.stream != index:
+                raise ProtocolError(f"the list of stream {request.list_end.stream} ended while stream {index}'s was due")
+            job.finish_list(stream=index, merchant_base=request.list_end.merchant_base)
+            sent = 0
+            for points in job.stream(index):
+                if not context.is_active():
+                    raise ProtocolError("the client went away")
+                sent += len(points) // 32
+                yield match_pb2.MatchResponse(audience=match_pb2.AudienceChunk(points=points, stream=index))
+            yield match_pb2.MatchResponse(audience_end=match_pb2.AudienceEnd(elements=sent, stream=index))
+            while (request := _next(requests, "returned", "returned_end")).HasField("returned"):
+                if request.returned.stream != index:
+                    raise ProtocolError(f"values of stream {request.returned.stream} came back while stream {index} "
+                                        f"('{name}') was expected")
+                job.receive_returned(request.returned.points, stream=index)
+            job.finish_stream(index)
+        if job.activation is None:
+            yield _report(job.finish_count())
+            return
         result = job.finish_activation()
         yield match_pb2.MatchResponse(activation_result=match_pb2.ActivationResult(
             handle=result.handle, noisy_size=result.noisy_size, expires_at=result.expires_at,
             checkpoint=result.checkpoint, leaf_index=result.leaf_index))
 
-    def _exchange(self, job: MatchJob, requests, context) -> Iterator[match_pb2.MatchResponse]:
-        """The part match and activation share: accept, receive the list, return it double-blinded,
-        stream the audience."""
-        context.add_callback(lambda: job.abort("the stream ended before the job finished"))
-        accepted = job.accepted
-        yield match_pb2.MatchResponse(accepted=match_pb2.JobAccepted(
-            job_id=accepted.job_id, paillier_n=accepted.paillier_n, segments=accepted.segments,
-            layout_json=accepted.layout_json, max_chunk_elements=accepted.max_chunk_elements,
-            stream_elements=accepted.stream_elements))
+    @staticmethod
+    def _semi_honest(job: MatchJob, requests, context) -> Iterator[match_pb2.MatchResponse]:
+        """List up, double-blinded list and audience (with ciphertexts) down, sums up, report down."""
         while (request := _next(requests, "blinded", "list_end")).HasField("blinded"):
             job.receive_blinded(BlindedChunk(points=request.blinded.points, labels=request.blinded.labels))
         job.finish_list()
-        for chunk in job.double_blinded():  # none in a count-only job: the server keeps them
+        for chunk in job.double_blinded():
             yield match_pb2.MatchResponse(double_blinded=match_pb2.BlindedChunk(points=chunk.points, labels=chunk.labels))
         sent = 0
         for chunk in job.audience():
@@ -132,6 +139,8 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
             yield match_pb2.MatchResponse(audience=match_pb2.AudienceChunk(points=chunk.points,
                                                                          ciphertexts=chunk.ciphertexts))
         yield match_pb2.MatchResponse(audience_end=match_pb2.AudienceEnd(elements=sent))
+        sums = _next(requests, "sums").sums
+        yield _report(job.finish(LabelSums(sums=tuple(sums.sums))))
 
     def ListActivations(self, request, context):
         with _errors_to_status(context):
@@ -168,7 +177,17 @@ def _report(report: Report) -> match_pb2.MatchResponse:
 
 def _job_start(start: match_pb2.JobStart) -> JobStart:
     return JobStart(id_kind=start.id_kind, labels=tuple(start.labels), label_sizes=tuple(start.label_sizes),
-                    merchant_base=start.merchant_base, protocol_version=start.protocol_version)
+                    merchant_base=start.merchant_base, protocol_version=start.protocol_version,
+                    segments=tuple(start.segments), all_segments=start.all_segments)
+
+
+def _accepted(accepted: JobAccepted) -> match_pb2.MatchResponse:
+    return match_pb2.MatchResponse(accepted=match_pb2.JobAccepted(
+        job_id=accepted.job_id, paillier_n=accepted.paillier_n, segments=accepted.segments,
+        layout_json=accepted.layout_json, max_chunk_elements=accepted.max_chunk_elements,
+        stream_elements=accepted.stream_elements, stream_names=accepted.stream_names,
+        stream_sizes=accepted.stream_sizes, protocol=accepted.protocol))
+
 
 
 def _next(requests, *expected: str):

@@ -400,6 +400,13 @@ class Store:
             conn.execute("UPDATE budget SET state = ? WHERE job_id = ? AND state = 'reserved'",
                          ["committed" if released else "refunded", job_id])
 
+    def commit_budget(self, job_id: str) -> None:
+        """Spend a running job's reserved ε now, whatever happens next: called before anything that
+        depends on the platform's data leaves the server (secure protocol), so no failure, crash or
+        disconnect afterwards can give it back."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE budget SET state = 'committed' WHERE job_id = ? AND state = 'reserved'", [job_id])
+
     def job(self, job_id: str, merchant: Principal) -> dict:
         """A merchant sees only its own jobs; another merchant's id looks exactly like an unknown one."""
         row = self.db.execute("SELECT id, state, reason, report_json, epsilon_state FROM ("
@@ -411,7 +418,8 @@ class Store:
         return dict(zip(("job_id", "state", "reason", "report_json", "budget_state"), row))
 
     def fail_running_jobs(self, reason: str) -> int:
-        """On start-up: jobs left running by a crash released nothing, so their ε goes back."""
+        """On start-up: jobs left running by a crash released nothing, so their reserved ε goes back
+        (ε a secure job committed before its data left the server stays spent)."""
         with self.transaction() as conn:
             ids = [r[0] for r in conn.execute("SELECT id FROM jobs WHERE state = 'running'")]
             conn.execute("UPDATE jobs SET state = 'failed', reason = ?, finished = ? WHERE state = 'running'",

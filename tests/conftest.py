@@ -53,7 +53,7 @@ def match_key(normalized: str) -> str:
 
 def exact_policy(store, **extra):
     """Noise off and no threshold, so released values must equal the ground truth exactly."""
-    settings = {"noise": "none", "k": "0", "min_list_size": "10", "dummies": "off", **extra}
+    settings = {"noise": "none", "k": "0", "min_list_size": "10", "dummies": "off", "audit_rows": "256", **extra}
     for key, value in settings.items():
         store.set_policy(key, value)
 

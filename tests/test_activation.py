@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from matcher.cli import main as operator_cli
-from matcher.errors import InputError, MatcherError
-from matcher.protocol.merchant import MerchantSession
+from matcher.errors import AuthenticationError, InputError, MatcherError, ProtocolDeviation
+from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher_client import api
 from tests.conftest import SEGMENTS, phone
 from tests.test_attacks import FakeClock
@@ -66,28 +66,31 @@ def test_export_equals_ground_truth_slice_and_merchant_sees_no_platform_id(world
     assert "job:activated" in types and "activation_exported:" in types and "activation_deleted:" in types
 
 
-def test_slice_under_k_is_refused_and_nothing_stored(world, serve):
+def test_slice_under_k_is_refused_nothing_stored_and_the_job_charged(world, serve):
+    """The refusal is decided on the noisy size and the ε is spent either way: a refusal is an
+    answer about the data (issue 13's accept/refuse oracle), so it is never free."""
     operator, members, token, customers = world
     operator.store.set_policy("k", "1000")
-    with pytest.raises(MatcherError, match="fewer than k = 1000"):
+    with pytest.raises(MatcherError, match="noisy size is under k = 1000"):
         api.activate(serve().address, token, api.prepare_rows(customers, id_type="phone"), name="x", where=WHERE)
     assert operator.store.db.execute("SELECT count(*) FROM activations").fetchone()[0] == 0
     assert operator.store.db.execute("SELECT count(*) FROM activation_members").fetchone()[0] == 0
-    assert operator.store.db.execute("SELECT state FROM budget").fetchall() == [("refunded",)]
+    assert operator.store.db.execute("SELECT state FROM budget").fetchall() == [("committed",)]
+    assert "job:failed" in log_types(operator.store)
 
 
-def test_claim_on_a_position_that_did_not_match_is_refused(world, serve, monkeypatch):
+def test_a_return_out_of_stream_order_is_refused_and_the_merchant_suspended(world, serve, monkeypatch):
+    """Moving values around in an activation's ordered return would hang the merchant's matches on
+    other members; the audit rows sit at known positions, so the move is caught."""
     operator, members, token, customers = world
-    original = MerchantSession.claims
-
-    def shifted(self, label=None):
-        for positions, values in original(self, label):
-            yield (positions + 1) % self.stream_elements, values  # each genuine value on the next position
-
-    monkeypatch.setattr(MerchantSession, "claims", shifted)
-    with pytest.raises(InputError, match="does not hold"):
-        api.activate(serve().address, token, api.prepare_rows(customers, id_type="phone"), name="x", where=WHERE)
+    monkeypatch.setattr(SecureMerchantSession, "transform_returned", lambda self, index, values: values[::-1])
+    served = serve()
+    with pytest.raises(ProtocolDeviation, match="failed its audit"):
+        api.activate(served.address, token, api.prepare_rows(customers, id_type="phone"), name="x", where=WHERE)
     assert operator.store.db.execute("SELECT count(*) FROM activation_members").fetchone()[0] == 0
+    monkeypatch.undo()
+    with pytest.raises(AuthenticationError):
+        api.activate(served.address, token, api.prepare_rows(customers, id_type="phone"), name="x", where=WHERE)
 
 
 def test_unknown_segment_in_where_is_refused_before_crypto(world, serve):

@@ -225,7 +225,8 @@ def test_other_policy_violations_are_named(log, overrides, problem):
 
 def test_noisy_release_below_k_is_not_a_violation(log):
     # With noise on, a released 3 under k 50 can be an honest noisy value: the verifier must not cry wolf.
-    pol = Policy(noise="discrete_laplace", k=50, min_list_size=10, dummies=False, epsilon_budget=1.0)
+    pol = Policy(noise="discrete_laplace", k=50, min_list_size=10, dummies=False, epsilon_budget=1.0,
+                 epsilon_per_job=1.0, budget_period="30d")
     entry = _job_entry(policy=pol.to_dict(), policy_digest=pol.digest(), epsilon_spent=1.0,
                        released={"all": {"matched": 3, "segments": {s: 0 for s in SEGMENTS}}})
     log.append([entry])
@@ -233,6 +234,31 @@ def test_noisy_release_below_k_is_not_a_violation(log):
     # ... but a second such job inside the 30-day period overspends the budget of 1.0.
     log.append([{**entry, "job_id": "e" * 32, "time": 2.0}])
     with pytest.raises(VerificationError, match=r"entry 5 \(merchant 'shop'\): ε over budget: 2 spent"):
+        log.verify()
+
+
+def test_a_charged_failed_job_counts_against_the_budget(log):
+    """Secure protocol: a job that failed after its data left the server spent its ε; the verifier
+    accepts exactly the policy's charge and counts it in the budget windows."""
+    pol = Policy(noise="discrete_laplace", k=50, min_list_size=10, dummies=False, epsilon_budget=1.0,
+                 epsilon_per_job=1.0, budget_period="30d")
+    failed = {key: value for key, value in _job_entry(policy=pol.to_dict(), policy_digest=pol.digest()).items()
+              if key not in ("released", "report_digest")}
+    failed.update(decision="failed", reason="the client went away", charged=True, epsilon_spent=1.0)
+    log.append([failed])
+    assert log.verify().merchants["shop"].epsilon_spent == 1.0
+    log.append([{**failed, "job_id": "e" * 32, "time": 2.0}])
+    with pytest.raises(VerificationError, match=r"entry 5 \(merchant 'shop'\): ε over budget: 2 spent"):
+        log.verify()
+
+
+def test_a_charged_failed_job_must_charge_the_policy_amount(log):
+    pol = Policy(noise="discrete_laplace", min_list_size=10, dummies=False, epsilon_per_job=1.0)
+    failed = {key: value for key, value in _job_entry(policy=pol.to_dict(), policy_digest=pol.digest()).items()
+              if key not in ("released", "report_digest")}
+    failed.update(decision="failed", charged=True, epsilon_spent=0.5)
+    log.append([failed])
+    with pytest.raises(VerificationError, match="a charged failed job spent ε 0.5"):
         log.verify()
 
 

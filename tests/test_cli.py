@@ -189,7 +189,9 @@ def test_serve_rejects_half_a_tls_configuration(initialised, tmp_path):
     assert result.exit_code != 0 and "both --tls-cert and --tls-key" in result.output
 
 
-def test_sigterm_during_a_job_fails_it_cleanly_and_refunds(operator, tmp_path):
+def test_sigterm_during_a_job_fails_it_cleanly_and_keeps_it_charged(operator, tmp_path):
+    """Accepted means charged (the acceptance carries noisy stream sizes): a shutdown mid-job fails
+    the job cleanly, and its ε stays spent."""
     from matcher.crypto import group
     from matcher.v1 import match_pb2, match_pb2_grpc
 
@@ -209,13 +211,13 @@ def test_sigterm_during_a_job_fails_it_cleanly_and_refunds(operator, tmp_path):
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
             wait_serving(chan)
-            call = match_pb2_grpc.MatchServiceStub(chan).Match(
+            call = match_pb2_grpc.MatchServiceStub(chan).Count(
                 requests(), metadata=[("authorization", f"Bearer {token}")], timeout=60)
             outbox.put(match_pb2.MatchRequest(start=match_pb2.JobStart(
                 protocol_version=1, id_kind="phone", labels=["all"], label_sizes=[20],
                 merchant_base=group.base_mult(group.random_scalar()))))
-            assert next(call).WhichOneof("msg") == "accepted"  # the job is running, its ε reserved
-            assert operator.store.db.execute("SELECT state FROM budget").fetchall() == [("reserved",)]
+            assert next(call).WhichOneof("msg") == "accepted"  # the job is running, its ε spent
+            assert operator.store.db.execute("SELECT state FROM budget").fetchall() == [("committed",)]
             server.send_signal(signal.SIGTERM)
             with pytest.raises(grpc.RpcError):
                 next(call)
@@ -226,7 +228,7 @@ def test_sigterm_during_a_job_fails_it_cleanly_and_refunds(operator, tmp_path):
             server.kill()
     assert server.returncode == 0, output
     assert operator.store.db.execute("SELECT state FROM jobs").fetchall() == [("failed",)]
-    assert operator.store.db.execute("SELECT state FROM budget").fetchall() == [("refunded",)]
+    assert operator.store.db.execute("SELECT state FROM budget").fetchall() == [("committed",)]
 
 
 def test_status_reports_what_the_operator_has(operator):

@@ -11,6 +11,8 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
+from matcher.errors import AuthenticationError, ProtocolDeviation
+from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher_client import api
 from matcher_client.audit import GrpcLogSource, prove, verify
 from matcher_client.cli import main as client_main
@@ -74,28 +76,20 @@ def test_cli_count_only_prints_counts_and_writes_json(operator, serve, tmp_path)
     assert json.loads(out.read_text())["labels"] == {"all": {"matched": 40, "segments": {}}}
 
 
-def test_a_stream_sent_back_short_releases_nothing(operator, serve):
-    """A merchant that returns part of the stream (say, to probe a subset) gets an error, no report,
-    and its budget back."""
-    members, token = operator.seed(300, random.Random(8))
+def test_a_stream_sent_back_short_is_a_deviation_charged_and_suspended(operator, serve, monkeypatch):
+    """A merchant that returns part of the stream (say, to probe a subset) gets no report, keeps
+    its ε spent, and is suspended until the operator restores it."""
+    members, token = operator.seed(300, random.Random(8), noise="discrete_laplace")
     served = serve()
     spent_before = api.budget(served.address, token)["epsilon_spent"]
-    from matcher.protocol.merchant import MerchantSession
-    from matcher_client.api import prepare_rows
-
-    prepared = prepare_rows([(phone(i), None) for i in range(100, 200)], id_type="phone").prepared
-    session = MerchantSession(prepared.keys, prepared.labels, id_kind="phone", count_only=True)
-    with grpc.insecure_channel(served.address) as chan:
-        stub = match_pb2_grpc.MatchServiceStub(chan)
-        talk = api._Conversation(stub.Count, token, timeout=30)
-        talk.send(start=api._start_message(session))
-        api._share_list(talk, session, len(prepared.keys), lambda *a: None)
-        chunks = list(session.returned_chunks())
-        talk.send(returned=match_pb2.StreamValues(points=chunks[0][:-32 * 10]))
-        talk.send(returned_end=match_pb2.ListEnd())
-        with pytest.raises(grpc.RpcError) as refused:
-            talk.expect("report")
-        talk.close()
-    assert "came back" in refused.value.details()
-    assert api.budget(served.address, token)["epsilon_spent"] == spent_before
-
+    original = SecureMerchantSession.transform_returned
+    monkeypatch.setattr(SecureMerchantSession, "transform_returned",
+                        lambda self, index, values: original(self, index, values)[10:])
+    with pytest.raises(ProtocolDeviation, match="came back with"):
+        api.match(served.address, token, rows=[(phone(i), None) for i in range(100, 200)], id_type="phone",
+                  count_only=True)
+    assert operator.store.db.execute("SELECT state FROM budget").fetchall()[-1] == ("committed",)
+    assert operator.store.db.execute("SELECT disabled FROM principals WHERE name = 'shop'").fetchone() == (1,)
+    with pytest.raises(AuthenticationError):
+        api.budget(served.address, token)
+    assert spent_before == 0

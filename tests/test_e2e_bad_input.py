@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 
@@ -33,11 +35,16 @@ def snapshot(store) -> dict:
     }
 
 
-def raw_match(address: str, token: str | None, requests: list) -> list:
+def raw_match(address: str, token: str | None, requests: list, rpc: str = "Count") -> list:
+    """A raw call of the secure protocol (``Count``), or of another MatchService stream RPC."""
     with grpc.insecure_channel(address) as chan:
         stub = match_pb2_grpc.MatchServiceStub(chan)
         metadata = [("authorization", f"Bearer {token}")] if token is not None else None
-        return list(stub.Match(iter(requests), metadata=metadata, timeout=30))
+        return list(getattr(stub, rpc)(iter(requests), metadata=metadata, timeout=30))
+
+
+def budget_states(store) -> list[tuple[str]]:
+    return store.db.execute("SELECT state FROM budget").fetchall()
 
 
 def start_request(size: int, base: bytes | None = None) -> match_pb2.MatchRequest:
@@ -76,18 +83,32 @@ def test_auditor_token_cannot_run_jobs(ready):
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-def test_truncated_stream_fails_the_job_and_refunds(ready):
+def test_truncated_stream_fails_the_job_and_charges_it(ready):
+    """Accepted means charged: the acceptance carries the (noisy) stream sizes, so nothing after it
+    gives the ε back, and the audit log says so."""
     operator, address, token = ready
     operator.store.set_policy("noise", "discrete_laplace")  # so the job reserves ε
-    before = snapshot(operator.store)
     with pytest.raises(grpc.RpcError) as err:
         raw_match(address, token, [start_request(20),
                                    match_pb2.MatchRequest(blinded=match_pb2.BlindedChunk(points=valid_points(10),
                                                                                          labels=bytes(10)))])
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "stream ended" in err.value.details()
-    assert snapshot(operator.store) == before
-    assert operator.store.db.execute("SELECT state FROM budget").fetchall() == [("refunded",)]
+    assert budget_states(operator.store) == [("committed",)]
+    store = operator.store
+    failed = [json.loads(data) for _, data in store.log_entries(0, store.log_size()) if b'"failed"' in data]
+    assert [(e["charged"], e["epsilon_spent"], e["protocol"]) for e in failed] == [(True, 0.1, "secure")]
+
+
+def test_the_semi_honest_protocol_is_refused_unless_enabled(ready):
+    operator, address, token = ready
+    operator.store.set_policy("noise", "discrete_laplace")
+    before = snapshot(operator.store)
+    with pytest.raises(grpc.RpcError) as err:
+        raw_match(address, token, [start_request(20)], rpc="Match")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "semi-honest" in err.value.details()
+    assert snapshot(operator.store) == before and budget_states(operator.store) == []
 
 
 def test_chunk_over_the_limit_is_refused(ready):
@@ -99,7 +120,7 @@ def test_chunk_over_the_limit_is_refused(ready):
                                    match_pb2.MatchRequest(blinded=match_pb2.BlindedChunk(points=bytes(32) * n,
                                                                                          labels=bytes(n)))])
     assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
-    assert snapshot(operator.store) == before
+    assert snapshot(operator.store)["released"] == before["released"]
 
 
 @pytest.mark.parametrize("garbage", [bytes(32), b"\x01" + bytes(31), b"\xff" * 32, b"\x05" * 31])
@@ -112,14 +133,16 @@ def test_garbage_points_are_refused(ready, garbage):
                                    match_pb2.MatchRequest(blinded=match_pb2.BlindedChunk(points=points + garbage,
                                                                                          labels=bytes(20)))])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert snapshot(operator.store) == before
+    assert snapshot(operator.store)["released"] == before["released"]
 
 
-def test_garbage_merchant_base_is_refused(ready):
+def test_garbage_merchant_base_is_refused_before_acceptance_and_spends_nothing(ready):
     operator, address, token = ready
+    operator.store.set_policy("noise", "discrete_laplace")
     with pytest.raises(grpc.RpcError) as err:
         raw_match(address, token, [start_request(20, base=bytes(32))])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert budget_states(operator.store) == [("refunded",)]
 
 
 def test_label_index_out_of_range_is_refused(ready):
@@ -191,9 +214,10 @@ def test_unknown_job_is_not_found_in_client_errors(ready):
 
 
 @pytest.mark.parametrize("how", ["cancel", "deadline"])
-def test_client_vanishing_mid_stream_fails_the_job_and_refunds(operator, serve, how):
-    """A merchant that walks away after the audience started streaming: the job ends failed, its ε
-    is refunded, the failure is audited, and the server goes on serving."""
+def test_client_vanishing_mid_stream_fails_the_job_and_charges_it(operator, serve, how):
+    """A merchant that walks away after the audience started streaming (attack 3 of issue 13 drops
+    the stream like this): the job ends failed, its ε stays spent, the failure is audited, and the
+    server goes on serving."""
     operator.add_members({phone(i): 1 for i in range(8_000)})  # a stream of a few chunks
     exact_policy(operator.store, noise="discrete_laplace")
     token = operator.token("merchant", "shop")
@@ -206,13 +230,16 @@ def test_client_vanishing_mid_stream_fails_the_job_and_refunds(operator, serve, 
 
     with grpc.insecure_channel(address) as chan:
         stub = match_pb2_grpc.MatchServiceStub(chan)
-        call = stub.Match(requests(), metadata=[("authorization", f"Bearer {token}")],
+        call = stub.Count(requests(), metadata=[("authorization", f"Bearer {token}")],
                           timeout=3 if how == "deadline" else 60)
-        outbox.put(start_request(20))
+        scalar = group.random_scalar()
+        outbox.put(start_request(20, base=group.base_mult(scalar)))
         assert next(call).WhichOneof("msg") == "accepted"
-        outbox.put(match_pb2.MatchRequest(blinded=match_pb2.BlindedChunk(points=valid_points(20), labels=bytes(20))))
-        outbox.put(match_pb2.MatchRequest(list_end=match_pb2.ListEnd()))
-        assert next(call).WhichOneof("msg") == "double_blinded"
+        points = group.blind(scalar, group.hash_to_curve_batch([phone(i).encode() for i in range(20)],
+                                                               group.dst_for("phone")))
+        outbox.put(match_pb2.MatchRequest(blinded=match_pb2.BlindedChunk(points=points, labels=bytes(20))))
+        outbox.put(match_pb2.MatchRequest(list_end=match_pb2.ListEnd(merchant_base=group.base_mult(scalar))))
+        assert next(call).WhichOneof("msg") == "audience"
         if how == "cancel":
             call.cancel()
         with pytest.raises(grpc.RpcError) as ended:
@@ -222,7 +249,7 @@ def test_client_vanishing_mid_stream_fails_the_job_and_refunds(operator, serve, 
         outbox.put(None)
     store = operator.store
     assert wait_until(lambda: store.db.execute("SELECT state FROM jobs").fetchall() == [("failed",)])
-    assert store.db.execute("SELECT state FROM budget").fetchall() == [("refunded",)]
+    assert budget_states(store) == [("committed",)]
     assert wait_until(lambda: any(b'"decision":"failed"' in data for _, data in store.log_entries(0, store.log_size())))
     report = api.match(address, token, rows=[(phone(i), None) for i in range(20)], id_type="phone")
     assert report["list_size"] == 20  # and the server still serves

@@ -63,7 +63,16 @@ def test_defaults_are_safe():
     assert policy.dummies is True
     assert policy.min_list_size >= policy.k
     assert 0 < policy.epsilon_per_job <= policy.epsilon_budget
-    assert policy.budget_period_seconds == 30 * 86400
+    assert policy.semi_honest_match is False
+    assert policy.audit_rows >= 1024
+
+
+def test_default_yearly_budget_bounds_what_one_person_can_be_told():
+    """README's arithmetic: over 365 days a merchant spends at most e^1 in likelihood ratio."""
+    policy = Policy()
+    per_year = policy.epsilon_budget * (365 * 86400 / policy.budget_period_seconds)
+    assert per_year <= 1.0
+    assert math.exp(per_year) * 0.5 / (math.exp(per_year) * 0.5 + 0.5) < 0.74  # a 50% prior stays under 74%
 
 
 @pytest.mark.parametrize(
@@ -175,7 +184,7 @@ def test_digest_is_sha256_of_canonical_json():
     canonical = json.dumps(policy.to_dict(), sort_keys=True, separators=(",", ":"))
     assert policy.digest() == hashlib.sha256(canonical.encode()).hexdigest()
     # An int spelling of a float setting is the same policy, so the same digest.
-    assert Policy(epsilon_budget=10).digest() == policy.digest()
+    assert Policy(epsilon_budget=1).digest() == policy.digest()
 
 
 def test_digest_changes_when_any_field_changes():
@@ -185,6 +194,7 @@ def test_digest_changes_when_any_field_changes():
         "epsilon_per_job": 1.5, "delta_per_job": 2e-6, "epsilon_budget": 11.0,
         "budget_period": "31d", "jobs_per_hour": 11, "dummies": False,
         "dummy_epsilon_share": 0.4, "max_list_size": 9_999_999, "activation_ttl": "7d",
+        "audit_rows": 1000, "semi_honest_match": True,
     }
     assert set(changed) == {f.name for f in dataclasses.fields(Policy)}
     digests = {base.digest()}
@@ -227,7 +237,8 @@ def test_label_sizes_must_account_for_the_whole_list():
 
 def test_default_split_by_hand():
     split = split_epsilon(Policy(), n_labels=3, n_segments=4)
-    assert split == EpsilonSplit(dummies=0.5, per_cell=0.1, cells=15, dummy_delta=1e-6, per_cell_delta=0.0)
+    assert split.dummies == pytest.approx(0.01) and split.per_cell == pytest.approx(0.09 / 5)
+    assert (split.cells, split.dummy_delta, split.per_cell_delta) == (15, 1e-6, 0.0)
 
 
 @settings(max_examples=200)
@@ -254,9 +265,10 @@ def test_split_sums_to_what_the_job_reserves(eps, share, n_labels, n_segments, n
 
 def test_job_epsilon_is_zero_only_without_noise_and_dummies():
     assert job_epsilon(Policy(noise="none", dummies=False)) == 0.0
-    assert job_epsilon(Policy(noise="none", dummies=True)) == pytest.approx(0.5)
-    assert job_epsilon(Policy(dummies=False)) == pytest.approx(1.0)
-    assert job_epsilon(Policy()) == pytest.approx(1.0)
+    assert job_epsilon(Policy(noise="none", dummies=True, epsilon_per_job=1.0, dummy_epsilon_share=0.5)) == \
+        pytest.approx(0.5)
+    assert job_epsilon(Policy(dummies=False)) == pytest.approx(0.1)
+    assert job_epsilon(Policy()) == pytest.approx(0.1)
 
 
 def test_budget_after():
@@ -269,10 +281,20 @@ def test_budget_after():
 # --- threshold and release -------------------------------------------------------------
 
 
-def test_threshold_on_the_true_count():
+def test_threshold_without_noise_is_on_the_true_count():
     policy = Policy(noise="none", k=50)
     report = release(policy, _aggregates(49, paid=50, visited=49), n_segments=2, noise=ConstantNoise(99))
     assert report == {"all": {"matched": None, "segments": {"paid": 50, "visited": None}}}
+
+
+def test_threshold_applies_to_the_noisy_value():
+    """A true count of 49 with noise +2 is released (51); 60 with noise -11 is suppressed (49):
+    the decision is a function of the noisy value only."""
+    policy = Policy(k=50)
+    assert release(policy, _aggregates(49), n_segments=0, noise=ConstantNoise(2)) == \
+        {"all": {"matched": 51, "segments": {}}}
+    assert release(policy, _aggregates(60), n_segments=0, noise=ConstantNoise(-11)) == \
+        {"all": {"matched": None, "segments": {}}}
 
 
 def test_release_keeps_labels_and_segment_names():
@@ -287,11 +309,11 @@ def test_release_keeps_labels_and_segment_names():
     }
 
 
-def test_laplace_release_uses_the_per_cell_scale_and_clamps_at_zero():
+def test_laplace_release_uses_the_per_cell_scale_and_never_releases_below_zero():
     noise = ConstantNoise(-1000)
-    policy = Policy(k=50, epsilon_per_job=2.0, dummy_epsilon_share=0.25)
+    policy = Policy(k=0, epsilon_per_job=2.0, dummy_epsilon_share=0.25)
     report = release(policy, _aggregates(60, a=70, b=80, c=90), n_segments=3, noise=noise)
-    assert report == {"all": {"matched": 0, "segments": {"a": 0, "b": 0, "c": 0}}}
+    assert report == {"all": {"matched": None, "segments": {"a": None, "b": None, "c": None}}}
     per_cell = 2.0 * (1 - 0.25) / (1 + 3)
     assert noise.laplace_scales == pytest.approx([1 / per_cell] * 4)
     assert noise.gaussian_sigmas == []
@@ -318,7 +340,7 @@ def _analytic_gaussian_sigma(eps: float, delta: float) -> float:
 
 def test_gaussian_sigma_is_between_the_analytic_optimum_and_the_classical_bound():
     noise = ConstantNoise()
-    policy = Policy(noise="gaussian", epsilon_per_job=1.0, delta_per_job=1e-6, k=1)
+    policy = Policy(noise="gaussian", epsilon_per_job=1.0, dummy_epsilon_share=0.5, delta_per_job=1e-6, k=1)
     release(policy, _aggregates(10, a=10), n_segments=1, noise=noise)
     per_cell_eps, per_cell_delta = 0.5 / 2, 0.5e-6 / 2
     sigma = noise.gaussian_sigmas[0]
@@ -368,7 +390,7 @@ def test_opendp_noise_refuses_unusable_scales(opendp_noise, scale):
 
 
 def test_dummy_count_is_nonnegative_with_mean_at_the_shift(opendp_noise):
-    policy = Policy()  # dummies get 0.5 ε and δ = 1e-6: scale 2
+    policy = Policy(epsilon_per_job=1.0, dummy_epsilon_share=0.5)  # dummies get 0.5 ε and δ = 1e-6: scale 2
     shift = math.ceil(2 * math.log(1e6)) + 1
     counts = [dummy_count(policy, opendp_noise) for _ in range(5_000)]
     assert min(counts) >= 0
@@ -396,7 +418,8 @@ def _threshold_advantage(policy: Policy, noise: NoiseSource, c: int, trials: int
 
     def guesses_present(true_segment_count: int) -> int:
         report = release(policy, _aggregates(1_000, paid=true_segment_count), n_segments=1, noise=noise)
-        return report["all"]["segments"]["paid"] >= c + 1
+        released = report["all"]["segments"]["paid"]
+        return released is not None and released >= c + 1
 
     true_positive = sum(guesses_present(c + 1) for _ in range(trials)) / trials
     false_positive = sum(guesses_present(c) for _ in range(trials)) / trials
@@ -404,7 +427,7 @@ def _threshold_advantage(policy: Policy, noise: NoiseSource, c: int, trials: int
 
 
 def test_differencing_adversary_is_bounded_by_the_per_cell_epsilon(opendp_noise):
-    policy = Policy()
+    policy = Policy(k=0, epsilon_per_job=1.0, dummy_epsilon_share=0.5)
     per_cell_eps = policy.epsilon_per_job * (1 - policy.dummy_epsilon_share) / (1 + 1)
     bound = (math.exp(per_cell_eps) - 1) / (math.exp(per_cell_eps) + 1)
     trials = 2_000

@@ -43,14 +43,15 @@ def test_encryption_with_pooled_randomness_decrypts(operator):
 
 
 def test_server_fills_the_pool_when_idle_and_jobs_use_it(operator, serve):
-    members, token = operator.seed(1_500, random.Random(23))
+    """The pool serves the semi-honest protocol's Paillier encryption (the secure one has none)."""
+    members, token = operator.seed(1_500, random.Random(23), semi_honest_match="on")
     served = serve(randomness_pool=3 * pool.BATCH)
     key_id = served.server.runner.pool_key_id
     assert wait_until(lambda: operator.store.pool_batches(key_id) >= 3)
     assert operator.store.pool_batches(key_id) == 3
     served.server.filler.stop()  # hold the pool still while we count what the job takes
     customers = [(phone(i), "all") for i in range(1_000, 2_000)]
-    report = api.match(served.address, token, rows=customers, id_type="phone")
+    report = api.match(served.address, token, rows=customers, id_type="phone", protocol="semi_honest")
     assert report["labels"] == ground_truth(members, customers)
     assert operator.store.pool_batches(key_id) == 1  # 1,500 rows took two batches of 1,024
 

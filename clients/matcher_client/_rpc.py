@@ -16,6 +16,7 @@ _OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InputError,
     grpc.StatusCode.FAILED_PRECONDITION: errors.ProtocolError,
+    grpc.StatusCode.PERMISSION_DENIED: errors.ProtocolDeviation,
     grpc.StatusCode.NOT_FOUND: errors.NotFound,
     grpc.StatusCode.INTERNAL: errors.CryptoError,
 }

@@ -24,7 +24,8 @@ from matcher import ids, tabular
 from matcher.crypto.kernels import Kernels, local_kernels
 from matcher.errors import ProtocolError
 from matcher.protocol.merchant import MerchantSession
-from matcher.protocol.messages import AudienceChunk, BlindedChunk, JobAccepted
+from matcher.protocol.messages import SECURE, SEMI_HONEST, AudienceChunk, BlindedChunk, JobAccepted
+from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher.v1 import match_pb2, match_pb2_grpc
 from matcher_client._rpc import channel, rpc_errors
 
@@ -77,10 +78,14 @@ def match(server: str, token: str, file: str | None = None, *, id_column: str | 
           label_column: str | None = None, rows: Iterable[tuple[str, str | None]] | None = None,
           region: str = "CN", hashed_kind: str = "phone", tls_ca: str | None = None,
           progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
-          rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False) -> dict:
+          rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
+          segments: Iterable[str] | None = None, protocol: str = SECURE) -> dict:
     """Run a match job on ``file`` (or on in-memory ``rows`` of (id, label)) and return the report dict.
-    ``count_only``: per-label overlap counts without segments, faster (no ciphertexts), and the
-    platform's counts are all you learn."""
+
+    Every segment is counted unless ``segments`` names some (each costs one more pass over the
+    platform members that hold it); ``count_only``: per-label overlap counts only, the fastest job.
+    ``protocol="semi_honest"``: the older protocol, which a server runs only when its operator
+    enabled it (see docs/threat-model.md)."""
     if (file is None) == (rows is None):
         raise ValueError("give exactly one of file= or rows=")
     if file is not None:
@@ -91,7 +96,7 @@ def match(server: str, token: str, file: str | None = None, *, id_column: str | 
     else:
         merchant_list = prepare_rows(rows, id_type=id_type, region=region, hashed_kind=hashed_kind)
     return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
-                   timeout=timeout, rng=rng, cache=cache, count_only=count_only)
+                   timeout=timeout, rng=rng, cache=cache, count_only=count_only, segments=segments, protocol=protocol)
 
 
 @contextlib.contextmanager
@@ -116,15 +121,26 @@ def _kernels(kernels: Kernels | None, list_size: int, cache: str | None) -> Iter
 
 def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str | None = None,
             progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
-            rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False) -> dict:
+            rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
+            segments: Iterable[str] | None = None, protocol: str = SECURE) -> dict:
+    if protocol not in (SECURE, SEMI_HONEST):
+        raise ValueError(f"protocol must be {SECURE!r} or {SEMI_HONEST!r}")
+    if count_only and segments:
+        raise ValueError("count_only asks for no segments; give one or the other")
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
     with _kernels(kernels, len(prepared.keys), cache) as kernels:
-        session = MerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
-                                  kernels=kernels, count_only=count_only)
         with rpc_errors(), channel(server, tls_ca) as chan:
             stub = match_pb2_grpc.MatchServiceStub(chan)
-            report = _exchange(stub, token, session, len(prepared.keys), notify, timeout)
+            if protocol == SECURE:
+                session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind,
+                                                rng=rng, kernels=kernels)
+                start = session.start(segments=tuple(segments or ()), all_segments=not count_only and segments is None)
+                report = _secure_exchange(stub.Count, token, session, start, len(prepared.keys), notify, timeout)
+            else:
+                session = MerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
+                                          kernels=kernels)
+                report = _semi_honest_exchange(stub, token, session, len(prepared.keys), notify, timeout)
     released = json.loads(report.report_json)
     return {
         "job_id": report.job_id,
@@ -137,7 +153,8 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
         "epsilon_left": released["epsilon_left"],
         "checkpoint": report.checkpoint,
         "leaf_index": report.leaf_index,
-        "segments": [] if count_only else list(session.segments),
+        "segments": list(session.segments),
+        "protocol": released.get("protocol", SEMI_HONEST),
         "policy_digest": released.get("policy_digest"),
         # What `matcher-audit prove` needs to show this report is in the log.
         "report_json": report.report_json,
@@ -167,56 +184,96 @@ class _Conversation:
         self._outbox.put(None)
 
 
-def _share_list(talk: _Conversation, session: MerchantSession, list_size: int, notify: Progress) -> None:
-    """The exchange match and activation share: accepted, list up, double-blinded list and audience down."""
-    accepted = talk.expect("accepted")
-    session.accept(JobAccepted(job_id=accepted.job_id, paillier_n=accepted.paillier_n,
-                               segments=tuple(accepted.segments), layout_json=accepted.layout_json,
-                               max_chunk_elements=accepted.max_chunk_elements,
-                               stream_elements=accepted.stream_elements))
+def _accepted(accepted: match_pb2.JobAccepted) -> JobAccepted:
+    return JobAccepted(job_id=accepted.job_id, paillier_n=accepted.paillier_n, segments=tuple(accepted.segments),
+                       layout_json=accepted.layout_json, max_chunk_elements=accepted.max_chunk_elements,
+                       stream_elements=accepted.stream_elements, stream_names=tuple(accepted.stream_names),
+                       stream_sizes=tuple(accepted.stream_sizes), protocol=accepted.protocol or SEMI_HONEST)
+
+
+def _send_list(talk: _Conversation, session, list_size: int, notify: Progress) -> None:
     sent = 0
     for chunk in session.blinded_chunks():
         talk.send(blinded=match_pb2.BlindedChunk(points=chunk.points, labels=chunk.labels))
         sent += len(chunk)
         notify("blinding", sent, list_size)
     talk.send(list_end=match_pb2.ListEnd())
-    for response in talk.responses:
-        kind = response.WhichOneof("msg")
-        if kind == "double_blinded":
-            session.receive_double_blinded(BlindedChunk(points=response.double_blinded.points,
-                                                        labels=response.double_blinded.labels))
-        elif kind == "audience":
-            session.receive_audience(AudienceChunk(points=response.audience.points,
-                                                   ciphertexts=response.audience.ciphertexts))
-            notify("matching", session.stream_elements, accepted.stream_elements or None)
-        elif kind == "audience_end":
-            if response.audience_end.elements != session.stream_elements:
-                raise ProtocolError(f"the server announced {response.audience_end.elements} audience elements "
-                                    f"but sent {session.stream_elements}")
-            return
-        else:
-            raise ProtocolError(f"unexpected '{kind}' from the server")
-    raise ProtocolError("the server closed the stream before the audience ended")
 
 
-def _start_message(session: MerchantSession) -> match_pb2.JobStart:
-    start = session.start()
+def _start_message(start) -> match_pb2.JobStart:
     return match_pb2.JobStart(protocol_version=start.protocol_version, id_kind=start.id_kind, labels=start.labels,
-                              label_sizes=start.label_sizes, merchant_base=start.merchant_base)
+                              label_sizes=start.label_sizes, merchant_base=start.merchant_base,
+                              segments=start.segments, all_segments=start.all_segments)
 
 
-def _exchange(stub, token: str, session: MerchantSession, list_size: int, notify: Progress,
-              timeout: float | None) -> match_pb2.Report:
-    talk = _Conversation(stub.Count if session.count_only else stub.Match, token, timeout)
+def _secure_exchange(call, token: str, session: SecureMerchantSession, start, list_size: int, notify: Progress,
+                     timeout: float | None, *, opening: Callable[[match_pb2.JobStart], dict] | None = None,
+                     result: str = "report"):
+    """The secure protocol's conversation: start, list up, then each stream down and back blinded."""
+    talk = _Conversation(call, token, timeout)
     try:
-        talk.send(start=_start_message(session))
-        _share_list(talk, session, list_size, notify)
-        if session.count_only:
-            for points in session.returned_chunks():
-                talk.send(returned=match_pb2.StreamValues(points=points))
-            talk.send(returned_end=match_pb2.ListEnd())
+        talk.send(**(opening(_start_message(start)) if opening else {"start": _start_message(start)}))
+        session.accept(_accepted(talk.expect("accepted")))
+        total, done = sum(session.stream_sizes), 0
+        for index, name in enumerate(session.stream_names):
+            sent = 0
+            for chunk in session.blinded_chunks(index):
+                talk.send(blinded=match_pb2.BlindedChunk(points=chunk.points, labels=chunk.labels, stream=index))
+                sent += len(chunk)
+                notify("blinding", sent, list_size)
+            talk.send(list_end=match_pb2.ListEnd(stream=index, merchant_base=session.merchant_base(index)))
+            for response in talk.responses:
+                kind = response.WhichOneof("msg")
+                if kind == "audience":
+                    if response.audience.stream != index:
+                        raise ProtocolError(f"the server sent stream {response.audience.stream} during stream {index}")
+                    session.receive_stream(index, response.audience.points)
+                    done += len(response.audience.points) // 32
+                    notify("matching", done, total)
+                elif kind == "audience_end":
+                    break
+                else:
+                    raise ProtocolError(f"unexpected '{kind}' from the server")
+            else:
+                raise ProtocolError(f"the server closed the stream during stream '{name}'")
+            for points in session.returned_chunks(index):
+                talk.send(returned=match_pb2.StreamValues(points=points, stream=index))
+            talk.send(returned_end=match_pb2.ListEnd(stream=index))
+        answer = talk.expect(result)
+        notify("done", 1, 1)
+        return answer
+    finally:
+        talk.close()
+
+
+def _semi_honest_exchange(stub, token: str, session: MerchantSession, list_size: int, notify: Progress,
+                          timeout: float | None) -> match_pb2.Report:
+    """The older protocol: the merchant matches the stream against the double-blinded list and sums."""
+    talk = _Conversation(stub.Match, token, timeout)
+    try:
+        talk.send(start=_start_message(session.start()))
+        accepted = talk.expect("accepted")
+        session.accept(_accepted(accepted))
+        _send_list(talk, session, list_size, notify)
+        for response in talk.responses:
+            kind = response.WhichOneof("msg")
+            if kind == "double_blinded":
+                session.receive_double_blinded(BlindedChunk(points=response.double_blinded.points,
+                                                            labels=response.double_blinded.labels))
+            elif kind == "audience":
+                session.receive_audience(AudienceChunk(points=response.audience.points,
+                                                       ciphertexts=response.audience.ciphertexts))
+                notify("matching", session.stream_elements, accepted.stream_elements or None)
+            elif kind == "audience_end":
+                if response.audience_end.elements != session.stream_elements:
+                    raise ProtocolError(f"the server announced {response.audience_end.elements} audience elements "
+                                        f"but sent {session.stream_elements}")
+                break
+            else:
+                raise ProtocolError(f"unexpected '{kind}' from the server")
         else:
-            talk.send(sums=match_pb2.LabelSums(sums=session.finish().sums))
+            raise ProtocolError("the server closed the stream before the audience ended")
+        talk.send(sums=match_pb2.LabelSums(sums=session.finish().sums))
         report = talk.expect("report")
         notify("done", 1, 1)
         return report
@@ -230,28 +287,18 @@ def activate(server: str, token: str, merchant_list: MerchantList, *, name: str,
              rng: Callable[[int], bytes] = os.urandom, cache: str | None = None) -> dict:
     """Opt in to tell the platform which of its members are your matches (optionally one label's),
     filtered by ``where``; the platform stores that slice for a campaign. You get a handle and a
-    noisy size — never the members."""
+    noisy size — never the members. The job's ε is spent whether or not the slice is large enough."""
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
     with _kernels(kernels, len(prepared.keys), cache) as kernels:
-        session = MerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
-                                  kernels=kernels, activation=True)
+        session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
+                                        kernels=kernels, ordered=True)
         with rpc_errors(), channel(server, tls_ca) as chan:
-            talk = _Conversation(match_pb2_grpc.MatchServiceStub(chan).Activate, token, timeout)
-            try:
-                talk.send(activation=match_pb2.ActivationStart(job=_start_message(session), name=name, where=where,
-                                                               label=label or ""))
-                _share_list(talk, session, len(prepared.keys), notify)
-                claimed = 0
-                for positions, values in session.claims(label):
-                    talk.send(claims=match_pb2.Claims(positions=positions.tolist(), values=values))
-                    talk.send(proofs=match_pb2.Proofs(points=session.prove(talk.expect("challenges").points)))
-                    claimed += len(positions)
-                    notify("claiming", claimed, None)
-                talk.send(claims_end=match_pb2.ClaimsEnd())
-                result = talk.expect("activation_result")
-            finally:
-                talk.close()
+            result = _secure_exchange(
+                match_pb2_grpc.MatchServiceStub(chan).Activate, token, session, session.start(), len(prepared.keys),
+                notify, timeout, result="activation_result",
+                opening=lambda start: {"activation": match_pb2.ActivationStart(job=start, name=name, where=where,
+                                                                               label=label or "")})
     return {"handle": result.handle, "name": name, "where": where, "label": label, "noisy_size": result.noisy_size,
             "expires_at": result.expires_at, "checkpoint": result.checkpoint, "leaf_index": result.leaf_index,
             "list_size": len(prepared.keys), "invalid": dict(prepared.invalid), "duplicates": prepared.duplicates}

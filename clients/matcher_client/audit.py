@@ -637,7 +637,9 @@ def _check_job(st: AuditState, index: int, entry: dict, jobs: dict[str, int], ne
 
     Checkable, and checked, for every job: the recorded policy is valid and ``policy_digest`` is
     its digest; sizes are counts. Refused and failed jobs released nothing (no ``released``, no
-    ``report_digest``) and spent ε 0. Released jobs and activations: the list size is within
+    ``report_digest``) and spent ε 0 — except a failed job marked ``charged`` (secure protocol: it
+    failed after data-dependent messages had left the server), which spent exactly the policy's
+    per-job ε, counted in the merchant's budget windows like a release. Released jobs and activations: the list size is within
     [min_list_size, max_list_size], labels are at most max_labels and each holds at least
     min_list_size IDs, the label sizes add up to the list size, every released cell is a
     non-negative integer or null (suppressed), ε spent equals ``job_epsilon(policy)``, and the
@@ -678,6 +680,14 @@ def _check_job(st: AuditState, index: int, entry: dict, jobs: dict[str, int], ne
     if decision not in _RELEASING:
         if "released" in entry or "report_digest" in entry:
             raise _violation(index, entry, f"a {decision} job carries released cells or a report digest")
+        if decision == "failed" and entry.get("charged") is True:
+            # Secure protocol: once data-dependent messages left the server a failed job is charged in full.
+            expected = _job_epsilon(pol)
+            if not math.isclose(eps, expected, rel_tol=0, abs_tol=_EPS_TOLERANCE):
+                raise _violation(index, entry, f"a charged failed job spent ε {eps:g}, but its policy charges "
+                                               f"{expected:g} per job")
+            _add_to_ledger(merchant, new_ledger, entry, index, eps, pol)
+            return
         if eps != 0:
             raise _violation(index, entry, f"a {decision} job spent ε {eps:g}; it must spend 0")
         return
@@ -706,6 +716,11 @@ def _check_job(st: AuditState, index: int, entry: dict, jobs: dict[str, int], ne
     expected = _job_epsilon(pol)
     if not math.isclose(eps, expected, rel_tol=0, abs_tol=_EPS_TOLERANCE):
         raise _violation(index, entry, f"spent ε {eps:g}, but its policy charges {expected:g} per job")
+    _add_to_ledger(merchant, new_ledger, entry, index, eps, pol)
+
+
+def _add_to_ledger(merchant: dict, new_ledger: dict[str, list], entry: dict, index: int, eps: float,
+                   pol: Policy) -> None:
     merchant["epsilon_total"] += eps
     if eps > 0:
         # The server reserves ε when a job starts; `started` (if a log records it) is that moment.

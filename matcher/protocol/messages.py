@@ -8,6 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 PROTOCOL_VERSION = 1
+# Names of the protocols a report and a log entry can name (docs/threat-model.md).
+SECURE = "secure"
+SEMI_HONEST = "semi_honest"
+# The stream of every member, which gives each label's matched count; the others are segment names.
+MATCHED_STREAM = "matched"
 MAX_CHUNK_ELEMENTS = 65_536
 # An audience chunk carries a 512-byte ciphertext per row: keep messages near 4 MiB.
 AUDIENCE_CHUNK_ROWS = 4_096
@@ -21,6 +26,9 @@ class JobStart:
     label_sizes: tuple[int, ...]
     merchant_base: bytes
     protocol_version: int = PROTOCOL_VERSION
+    # Secure protocol: which segments to count (one stream each); all_segments: every one.
+    segments: tuple[str, ...] = ()
+    all_segments: bool = False
 
     @property
     def list_size(self) -> int:
@@ -35,6 +43,10 @@ class JobAccepted:
     layout_json: str
     max_chunk_elements: int = MAX_CHUNK_ELEMENTS
     stream_elements: int = 0
+    # Secure protocol: the streams in sending order ("matched", then segment names) and their sizes.
+    stream_names: tuple[str, ...] = ()
+    stream_sizes: tuple[int, ...] = ()
+    protocol: str = "semi_honest"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16matcher/v1/match.proto\x12\nmatcher.v1\"\xc0\x03\n\x0cMatchRequest\x12%\n\x05start\x18\x01 \x01(\x0b\x32\x14.matcher.v1.JobStartH\x00\x12+\n\x07\x62linded\x18\x02 \x01(\x0b\x32\x18.matcher.v1.BlindedChunkH\x00\x12\'\n\x08list_end\x18\x03 \x01(\x0b\x32\x13.matcher.v1.ListEndH\x00\x12%\n\x04sums\x18\x04 \x01(\x0b\x32\x15.matcher.v1.LabelSumsH\x00\x12\x31\n\nactivation\x18\x05 \x01(\x0b\x32\x1b.matcher.v1.ActivationStartH\x00\x12$\n\x06\x63laims\x18\x06 \x01(\x0b\x32\x12.matcher.v1.ClaimsH\x00\x12$\n\x06proofs\x18\x07 \x01(\x0b\x32\x12.matcher.v1.ProofsH\x00\x12+\n\nclaims_end\x18\x08 \x01(\x0b\x32\x15.matcher.v1.ClaimsEndH\x00\x12,\n\x08returned\x18\t \x01(\x0b\x32\x18.matcher.v1.StreamValuesH\x00\x12+\n\x0creturned_end\x18\n \x01(\x0b\x32\x13.matcher.v1.ListEndH\x00\x42\x05\n\x03msg\"\xe6\x02\n\rMatchResponse\x12+\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x17.matcher.v1.JobAcceptedH\x00\x12\x32\n\x0e\x64ouble_blinded\x18\x02 \x01(\x0b\x32\x18.matcher.v1.BlindedChunkH\x00\x12-\n\x08\x61udience\x18\x03 \x01(\x0b\x32\x19.matcher.v1.AudienceChunkH\x00\x12/\n\x0c\x61udience_end\x18\x04 \x01(\x0b\x32\x17.matcher.v1.AudienceEndH\x00\x12$\n\x06report\x18\x05 \x01(\x0b\x32\x12.matcher.v1.ReportH\x00\x12,\n\nchallenges\x18\x06 \x01(\x0b\x32\x16.matcher.v1.ChallengesH\x00\x12\x39\n\x11\x61\x63tivation_result\x18\x07 \x01(\x0b\x32\x1c.matcher.v1.ActivationResultH\x00\x42\x05\n\x03msg\"`\n\x0f\x41\x63tivationStart\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.matcher.v1.JobStart\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05where\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\"+\n\x06\x43laims\x12\x11\n\tpositions\x18\x01 \x03(\x04\x12\x0e\n\x06values\x18\x02 \x01(\x0c\"\x1c\n\nChallenges\x12\x0e\n\x06points\x18\x01 \x01(\x0c\"\x18\n\x06Proofs\x12\x0e\n\x06points\x18\x01 \x01(\x0c\"\x0b\n\tClaimsEnd\"\x1e\n\x0cStreamValues\x12\x0e\n\x06points\x18\x01 \x01(\x0c\"r\n\x10\x41\x63tivationResult\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x12\n\nnoisy_size\x18\x02 \x01(\x04\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\x12\x12\n\nleaf_index\x18\x05 \x01(\x04\"\x18\n\x16ListActivationsRequest\"\x93\x01\n\nActivation\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05where\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12\x12\n\nnoisy_size\x18\x05 \x01(\x04\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x12\n\nexpires_at\x18\x07 \x01(\x01\x12\r\n\x05state\x18\x08 \x01(\t\"=\n\x0e\x41\x63tivationList\x12+\n\x0b\x61\x63tivations\x18\x01 \x03(\x0b\x32\x16.matcher.v1.Activation\"q\n\x08JobStart\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07id_kind\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x13\n\x0blabel_sizes\x18\x04 \x03(\x04\x12\x15\n\rmerchant_base\x18\x05 \x01(\x0c\"\x8d\x01\n\x0bJobAccepted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\npaillier_n\x18\x02 \x01(\x0c\x12\x10\n\x08segments\x18\x03 \x03(\t\x12\x13\n\x0blayout_json\x18\x04 \x01(\t\x12\x1a\n\x12max_chunk_elements\x18\x05 \x01(\r\x12\x17\n\x0fstream_elements\x18\x06 \x01(\x04\".\n\x0c\x42lindedChunk\x12\x0e\n\x06points\x18\x01 \x01(\x0c\x12\x0e\n\x06labels\x18\x02 \x01(\x0c\"\t\n\x07ListEnd\"4\n\rAudienceChunk\x12\x0e\n\x06points\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63iphertexts\x18\x02 \x01(\x0c\"\x1f\n\x0b\x41udienceEnd\x12\x10\n\x08\x65lements\x18\x01 \x01(\x04\"\x19\n\tLabelSums\x12\x0c\n\x04sums\x18\x01 \x03(\x0c\"h\n\x06Report\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0breport_json\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\x12\x12\n\nleaf_index\x18\x04 \x01(\x04\x12\x11\n\tlog_entry\x18\x05 \x01(\x0c\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"O\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0breport_json\x18\x04 \x01(\t\"\x12\n\x10GetBudgetRequest\"\x8b\x01\n\x06\x42udget\x12\x16\n\x0e\x65psilon_budget\x18\x01 \x01(\x01\x12\x15\n\repsilon_spent\x18\x02 \x01(\x01\x12\x14\n\x0c\x65psilon_left\x18\x03 \x01(\x01\x12\x0e\n\x06period\x18\x04 \x01(\t\x12\x17\n\x0f\x65psilon_per_job\x18\x05 \x01(\x01\x12\x13\n\x0bpolicy_json\x18\x06 \x01(\t2\xa5\x03\n\x0cMatchService\x12@\n\x05Match\x12\x18.matcher.v1.MatchRequest\x1a\x19.matcher.v1.MatchResponse(\x01\x30\x01\x12\x43\n\x08\x41\x63tivate\x12\x18.matcher.v1.MatchRequest\x1a\x19.matcher.v1.MatchResponse(\x01\x30\x01\x12@\n\x05\x43ount\x12\x18.matcher.v1.MatchRequest\x1a\x19.matcher.v1.MatchResponse(\x01\x30\x01\x12Q\n\x0fListActivations\x12\".matcher.v1.ListActivationsRequest\x1a\x1a.matcher.v1.ActivationList\x12:\n\x06GetJob\x12\x19.matcher.v1.GetJobRequest\x1a\x15.matcher.v1.JobStatus\x12=\n\tGetBudget\x12\x1c.matcher.v1.GetBudgetRequest\x1a\x12.matcher.v1.Budgetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16matcher/v1/match.proto\x12\nmatcher.v1\"\xc0\x03\n\x0cMatchRequest\x12%\n\x05start\x18\x01 \x01(\x0b\x32\x14.matcher.v1.JobStartH\x00\x12+\n\x07\x62linded\x18\x02 \x01(\x0b\x32\x18.matcher.v1.BlindedChunkH\x00\x12\'\n\x08list_end\x18\x03 \x01(\x0b\x32\x13.matcher.v1.ListEndH\x00\x12%\n\x04sums\x18\x04 \x01(\x0b\x32\x15.matcher.v1.LabelSumsH\x00\x12\x31\n\nactivation\x18\x05 \x01(\x0b\x32\x1b.matcher.v1.ActivationStartH\x00\x12$\n\x06\x63laims\x18\x06 \x01(\x0b\x32\x12.matcher.v1.ClaimsH\x00\x12$\n\x06proofs\x18\x07 \x01(\x0b\x32\x12.matcher.v1.ProofsH\x00\x12+\n\nclaims_end\x18\x08 \x01(\x0b\x32\x15.matcher.v1.ClaimsEndH\x00\x12,\n\x08returned\x18\t \x01(\x0b\x32\x18.matcher.v1.StreamValuesH\x00\x12+\n\x0creturned_end\x18\n \x01(\x0b\x32\x13.matcher.v1.ListEndH\x00\x42\x05\n\x03msg\"\xe6\x02\n\rMatchResponse\x12+\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x17.matcher.v1.JobAcceptedH\x00\x12\x32\n\x0e\x64ouble_blinded\x18\x02 \x01(\x0b\x32\x18.matcher.v1.BlindedChunkH\x00\x12-\n\x08\x61udience\x18\x03 \x01(\x0b\x32\x19.matcher.v1.AudienceChunkH\x00\x12/\n\x0c\x61udience_end\x18\x04 \x01(\x0b\x32\x17.matcher.v1.AudienceEndH\x00\x12$\n\x06report\x18\x05 \x01(\x0b\x32\x12.matcher.v1.ReportH\x00\x12,\n\nchallenges\x18\x06 \x01(\x0b\x32\x16.matcher.v1.ChallengesH\x00\x12\x39\n\x11\x61\x63tivation_result\x18\x07 \x01(\x0b\x32\x1c.matcher.v1.ActivationResultH\x00\x42\x05\n\x03msg\"`\n\x0f\x41\x63tivationStart\x12!\n\x03job\x18\x01 \x01(\x0b\x32\x14.matcher.v1.JobStart\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05where\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\"+\n\x06\x43laims\x12\x11\n\tpositions\x18\x01 \x03(\x04\x12\x0e\n\x06values\x18\x02 \x01(\x0c\"\x1c\n\nChallenges\x12\x0e\n\x06points\x18\x01 \x01(\x0c\"\x18\n\x06Proofs\x12\x0e\n\x06points\x18\x01 \x01(\x0c\"\x0b\n\tClaimsEnd\".\n\x0cStreamValues\x12\x0e\n\x06points\x18\x01 \x01(\x0c\x12\x0e\n\x06stream\x18\x02 \x01(\r\"r\n\x10\x41\x63tivationResult\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x12\n\nnoisy_size\x18\x02 \x01(\x04\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\x12\x12\n\nleaf_index\x18\x05 \x01(\x04\"\x18\n\x16ListActivationsRequest\"\x93\x01\n\nActivation\x12\x0e\n\x06handle\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05where\x18\x03 \x01(\t\x12\r\n\x05label\x18\x04 \x01(\t\x12\x12\n\nnoisy_size\x18\x05 \x01(\x04\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x12\n\nexpires_at\x18\x07 \x01(\x01\x12\r\n\x05state\x18\x08 \x01(\t\"=\n\x0e\x41\x63tivationList\x12+\n\x0b\x61\x63tivations\x18\x01 \x03(\x0b\x32\x16.matcher.v1.Activation\"\x99\x01\n\x08JobStart\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07id_kind\x18\x02 \x01(\t\x12\x0e\n\x06labels\x18\x03 \x03(\t\x12\x13\n\x0blabel_sizes\x18\x04 \x03(\x04\x12\x15\n\rmerchant_base\x18\x05 \x01(\x0c\x12\x10\n\x08segments\x18\x06 \x03(\t\x12\x14\n\x0c\x61ll_segments\x18\x07 \x01(\x08\"\xcb\x01\n\x0bJobAccepted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\npaillier_n\x18\x02 \x01(\x0c\x12\x10\n\x08segments\x18\x03 \x03(\t\x12\x13\n\x0blayout_json\x18\x04 \x01(\t\x12\x1a\n\x12max_chunk_elements\x18\x05 \x01(\r\x12\x17\n\x0fstream_elements\x18\x06 \x01(\x04\x12\x14\n\x0cstream_names\x18\x07 \x03(\t\x12\x14\n\x0cstream_sizes\x18\x08 \x03(\x04\x12\x10\n\x08protocol\x18\t \x01(\t\">\n\x0c\x42lindedChunk\x12\x0e\n\x06points\x18\x01 \x01(\x0c\x12\x0e\n\x06labels\x18\x02 \x01(\x0c\x12\x0e\n\x06stream\x18\x03 \x01(\r\"0\n\x07ListEnd\x12\x0e\n\x06stream\x18\x01 \x01(\r\x12\x15\n\rmerchant_base\x18\x02 \x01(\x0c\"D\n\rAudienceChunk\x12\x0e\n\x06points\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63iphertexts\x18\x02 \x01(\x0c\x12\x0e\n\x06stream\x18\x03 \x01(\r\"/\n\x0b\x41udienceEnd\x12\x10\n\x08\x65lements\x18\x01 \x01(\x04\x12\x0e\n\x06stream\x18\x02 \x01(\r\"\x19\n\tLabelSums\x12\x0c\n\x04sums\x18\x01 \x03(\x0c\"h\n\x06Report\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0breport_json\x18\x02 \x01(\t\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\x12\x12\n\nleaf_index\x18\x04 \x01(\x04\x12\x11\n\tlog_entry\x18\x05 \x01(\x0c\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"O\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0breport_json\x18\x04 \x01(\t\"\x12\n\x10GetBudgetRequest\"\x8b\x01\n\x06\x42udget\x12\x16\n\x0e\x65psilon_budget\x18\x01 \x01(\x01\x12\x15\n\repsilon_spent\x18\x02 \x01(\x01\x12\x14\n\x0c\x65psilon_left\x18\x03 \x01(\x01\x12\x0e\n\x06period\x18\x04 \x01(\t\x12\x17\n\x0f\x65psilon_per_job\x18\x05 \x01(\x01\x12\x13\n\x0bpolicy_json\x18\x06 \x01(\t2\xa5\x03\n\x0cMatchService\x12@\n\x05Match\x12\x18.matcher.v1.MatchRequest\x1a\x19.matcher.v1.MatchResponse(\x01\x30\x01\x12\x43\n\x08\x41\x63tivate\x12\x18.matcher.v1.MatchRequest\x1a\x19.matcher.v1.MatchResponse(\x01\x30\x01\x12@\n\x05\x43ount\x12\x18.matcher.v1.MatchRequest\x1a\x19.matcher.v1.MatchResponse(\x01\x30\x01\x12Q\n\x0fListActivations\x12\".matcher.v1.ListActivationsRequest\x1a\x1a.matcher.v1.ActivationList\x12:\n\x06GetJob\x12\x19.matcher.v1.GetJobRequest\x1a\x15.matcher.v1.JobStatus\x12=\n\tGetBudget\x12\x1c.matcher.v1.GetBudgetRequest\x1a\x12.matcher.v1.Budgetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,39 +46,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLAIMSEND']._serialized_start=1049
   _globals['_CLAIMSEND']._serialized_end=1060
   _globals['_STREAMVALUES']._serialized_start=1062
-  _globals['_STREAMVALUES']._serialized_end=1092
-  _globals['_ACTIVATIONRESULT']._serialized_start=1094
-  _globals['_ACTIVATIONRESULT']._serialized_end=1208
-  _globals['_LISTACTIVATIONSREQUEST']._serialized_start=1210
-  _globals['_LISTACTIVATIONSREQUEST']._serialized_end=1234
-  _globals['_ACTIVATION']._serialized_start=1237
-  _globals['_ACTIVATION']._serialized_end=1384
-  _globals['_ACTIVATIONLIST']._serialized_start=1386
-  _globals['_ACTIVATIONLIST']._serialized_end=1447
-  _globals['_JOBSTART']._serialized_start=1449
-  _globals['_JOBSTART']._serialized_end=1562
-  _globals['_JOBACCEPTED']._serialized_start=1565
-  _globals['_JOBACCEPTED']._serialized_end=1706
-  _globals['_BLINDEDCHUNK']._serialized_start=1708
-  _globals['_BLINDEDCHUNK']._serialized_end=1754
-  _globals['_LISTEND']._serialized_start=1756
-  _globals['_LISTEND']._serialized_end=1765
-  _globals['_AUDIENCECHUNK']._serialized_start=1767
-  _globals['_AUDIENCECHUNK']._serialized_end=1819
-  _globals['_AUDIENCEEND']._serialized_start=1821
-  _globals['_AUDIENCEEND']._serialized_end=1852
-  _globals['_LABELSUMS']._serialized_start=1854
-  _globals['_LABELSUMS']._serialized_end=1879
-  _globals['_REPORT']._serialized_start=1881
-  _globals['_REPORT']._serialized_end=1985
-  _globals['_GETJOBREQUEST']._serialized_start=1987
-  _globals['_GETJOBREQUEST']._serialized_end=2018
-  _globals['_JOBSTATUS']._serialized_start=2020
-  _globals['_JOBSTATUS']._serialized_end=2099
-  _globals['_GETBUDGETREQUEST']._serialized_start=2101
-  _globals['_GETBUDGETREQUEST']._serialized_end=2119
-  _globals['_BUDGET']._serialized_start=2122
-  _globals['_BUDGET']._serialized_end=2261
-  _globals['_MATCHSERVICE']._serialized_start=2264
-  _globals['_MATCHSERVICE']._serialized_end=2685
+  _globals['_STREAMVALUES']._serialized_end=1108
+  _globals['_ACTIVATIONRESULT']._serialized_start=1110
+  _globals['_ACTIVATIONRESULT']._serialized_end=1224
+  _globals['_LISTACTIVATIONSREQUEST']._serialized_start=1226
+  _globals['_LISTACTIVATIONSREQUEST']._serialized_end=1250
+  _globals['_ACTIVATION']._serialized_start=1253
+  _globals['_ACTIVATION']._serialized_end=1400
+  _globals['_ACTIVATIONLIST']._serialized_start=1402
+  _globals['_ACTIVATIONLIST']._serialized_end=1463
+  _globals['_JOBSTART']._serialized_start=1466
+  _globals['_JOBSTART']._serialized_end=1619
+  _globals['_JOBACCEPTED']._serialized_start=1622
+  _globals['_JOBACCEPTED']._serialized_end=1825
+  _globals['_BLINDEDCHUNK']._serialized_start=1827
+  _globals['_BLINDEDCHUNK']._serialized_end=1889
+  _globals['_LISTEND']._serialized_start=1891
+  _globals['_LISTEND']._serialized_end=1939
+  _globals['_AUDIENCECHUNK']._serialized_start=1941
+  _globals['_AUDIENCECHUNK']._serialized_end=2009
+  _globals['_AUDIENCEEND']._serialized_start=2011
+  _globals['_AUDIENCEEND']._serialized_end=2058
+  _globals['_LABELSUMS']._serialized_start=2060
+  _globals['_LABELSUMS']._serialized_end=2085
+  _globals['_REPORT']._serialized_start=2087
+  _globals['_REPORT']._serialized_end=2191
+  _globals['_GETJOBREQUEST']._serialized_start=2193
+  _globals['_GETJOBREQUEST']._serialized_end=2224
+  _globals['_JOBSTATUS']._serialized_start=2226
+  _globals['_JOBSTATUS']._serialized_end=2305
+  _globals['_GETBUDGETREQUEST']._serialized_start=2307
+  _globals['_GETBUDGETREQUEST']._serialized_end=2325
+  _globals['_BUDGET']._serialized_start=2328
+  _globals['_BUDGET']._serialized_end=2467
+  _globals['_MATCHSERVICE']._serialized_start=2470
+  _globals['_MATCHSERVICE']._serialized_end=2891
 # @@protoc_insertion_point(module_scope)

@@ -85,10 +85,12 @@ class ClaimsEnd(_message.Message):
     def __init__(self) -> None: ...
 
 class StreamValues(_message.Message):
-    __slots__ = ("points",)
+    __slots__ = ("points", "stream")
     POINTS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     points: bytes
-    def __init__(self, points: _Optional[bytes] = ...) -> None: ...
+    stream: int
+    def __init__(self, points: _Optional[bytes] = ..., stream: _Optional[int] = ...) -> None: ...
 
 class ActivationResult(_message.Message):
     __slots__ = ("handle", "noisy_size", "expires_at", "checkpoint", "leaf_index")
@@ -135,60 +137,80 @@ class ActivationList(_message.Message):
     def __init__(self, activations: _Optional[_Iterable[_Union[Activation, _Mapping]]] = ...) -> None: ...
 
 class JobStart(_message.Message):
-    __slots__ = ("protocol_version", "id_kind", "labels", "label_sizes", "merchant_base")
+    __slots__ = ("protocol_version", "id_kind", "labels", "label_sizes", "merchant_base", "segments", "all_segments")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ID_KIND_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     LABEL_SIZES_FIELD_NUMBER: _ClassVar[int]
     MERCHANT_BASE_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    ALL_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     id_kind: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     label_sizes: _containers.RepeatedScalarFieldContainer[int]
     merchant_base: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., id_kind: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., label_sizes: _Optional[_Iterable[int]] = ..., merchant_base: _Optional[bytes] = ...) -> None: ...
+    segments: _containers.RepeatedScalarFieldContainer[str]
+    all_segments: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., id_kind: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., label_sizes: _Optional[_Iterable[int]] = ..., merchant_base: _Optional[bytes] = ..., segments: _Optional[_Iterable[str]] = ..., all_segments: _Optional[bool] = ...) -> None: ...
 
 class JobAccepted(_message.Message):
-    __slots__ = ("job_id", "paillier_n", "segments", "layout_json", "max_chunk_elements", "stream_elements")
+    __slots__ = ("job_id", "paillier_n", "segments", "layout_json", "max_chunk_elements", "stream_elements", "stream_names", "stream_sizes", "protocol")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PAILLIER_N_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_JSON_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
     STREAM_ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_NAMES_FIELD_NUMBER: _ClassVar[int]
+    STREAM_SIZES_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     paillier_n: bytes
     segments: _containers.RepeatedScalarFieldContainer[str]
     layout_json: str
     max_chunk_elements: int
     stream_elements: int
-    def __init__(self, job_id: _Optional[str] = ..., paillier_n: _Optional[bytes] = ..., segments: _Optional[_Iterable[str]] = ..., layout_json: _Optional[str] = ..., max_chunk_elements: _Optional[int] = ..., stream_elements: _Optional[int] = ...) -> None: ...
+    stream_names: _containers.RepeatedScalarFieldContainer[str]
+    stream_sizes: _containers.RepeatedScalarFieldContainer[int]
+    protocol: str
+    def __init__(self, job_id: _Optional[str] = ..., paillier_n: _Optional[bytes] = ..., segments: _Optional[_Iterable[str]] = ..., layout_json: _Optional[str] = ..., max_chunk_elements: _Optional[int] = ..., stream_elements: _Optional[int] = ..., stream_names: _Optional[_Iterable[str]] = ..., stream_sizes: _Optional[_Iterable[int]] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class BlindedChunk(_message.Message):
-    __slots__ = ("points", "labels")
+    __slots__ = ("points", "labels", "stream")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     points: bytes
     labels: bytes
-    def __init__(self, points: _Optional[bytes] = ..., labels: _Optional[bytes] = ...) -> None: ...
+    stream: int
+    def __init__(self, points: _Optional[bytes] = ..., labels: _Optional[bytes] = ..., stream: _Optional[int] = ...) -> None: ...
 
 class ListEnd(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("stream", "merchant_base")
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_BASE_FIELD_NUMBER: _ClassVar[int]
+    stream: int
+    merchant_base: bytes
+    def __init__(self, stream: _Optional[int] = ..., merchant_base: _Optional[bytes] = ...) -> None: ...
 
 class AudienceChunk(_message.Message):
-    __slots__ = ("points", "ciphertexts")
+    __slots__ = ("points", "ciphertexts", "stream")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXTS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     points: bytes
     ciphertexts: bytes
-    def __init__(self, points: _Optional[bytes] = ..., ciphertexts: _Optional[bytes] = ...) -> None: ...
+    stream: int
+    def __init__(self, points: _Optional[bytes] = ..., ciphertexts: _Optional[bytes] = ..., stream: _Optional[int] = ...) -> None: ...
 
 class AudienceEnd(_message.Message):
-    __slots__ = ("elements",)
+    __slots__ = ("elements", "stream")
     ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
     elements: int
-    def __init__(self, elements: _Optional[int] = ...) -> None: ...
+    stream: int
+    def __init__(self, elements: _Optional[int] = ..., stream: _Optional[int] = ...) -> None: ...
 
 class LabelSums(_message.Message):
     __slots__ = ("sums",)

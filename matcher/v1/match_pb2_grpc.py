@@ -37,6 +37,12 @@ class MatchServiceStub:
     server   -> Report                    (the released report, logged in the audit log)
 
     Field numbers are never reused; new fields get new numbers.
+
+    The default protocol (`Count`, secure against a merchant that edits its client) is described in
+    docs/threat-model.md: the platform keeps b_s·a·H(x) for every stream s, sends each stream
+    (stream 0: every member; stream s >= 1: the members holding segment s) with audit rows among
+    the members, and the merchant returns every stream blinded with its a, in an order of its own.
+    `Match` is the older semi-honest protocol; a server refuses it unless the operator enabled it.
     """
 
     def __init__(self, channel):
@@ -89,6 +95,12 @@ class MatchServiceServicer:
     server   -> Report                    (the released report, logged in the audit log)
 
     Field numbers are never reused; new fields get new numbers.
+
+    The default protocol (`Count`, secure against a merchant that edits its client) is described in
+    docs/threat-model.md: the platform keeps b_s·a·H(x) for every stream s, sends each stream
+    (stream 0: every member; stream s >= 1: the members holding segment s) with audit rows among
+    the members, and the merchant returns every stream blinded with its a, in an order of its own.
+    `Match` is the older semi-honest protocol; a server refuses it unless the operator enabled it.
     """
 
     def Match(self, request_iterator, context):
@@ -98,19 +110,21 @@ class MatchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Activate(self, request_iterator, context):
-        """Blind activation: the same exchange without ciphertexts (starting with `activation` instead of
-        `start`), then the merchant claims its matches — Claims, answered by Challenges, answered by
-        Proofs, repeated, then ClaimsEnd — and the platform stores the verified slice of its own rows.
+        """Blind activation: the `Count` exchange (starting with `activation` instead of `start`) on
+        stream 0 only, returned in stream order: the opt-in that tells the platform which of its
+        members are the merchant's matches. Answered by ActivationResult.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Count(self, request_iterator, context):
-        """Cardinality only: per-label overlap counts, no segments, no ciphertexts. After ListEnd the server
-        keeps b·a·H(x) and streams AudienceChunks of b·H(y) (no ciphertexts, no dummies); the merchant
-        sends a·b·H(y) for the whole stream back as StreamValues in an order of its own, then
-        `returned_end`; the server counts, releases under the policy and answers with the Report.
+        """The secure protocol: JobStart, JobAccepted (stream names and sizes); then for each stream s in
+        turn the merchant sends its own copy of the list, blinded with a fresh a_s and shuffled afresh
+        (BlindedChunks, ListEnd with a_s·G), the server sends the stream (AudienceChunks, AudienceEnd),
+        and the merchant answers with StreamValues (a_s·v for every value v of it, in an order of its
+        own) and `returned_end`. After the last stream the server releases and answers with the Report.
+        A fresh copy per stream keeps the platform from linking one person's matches across streams.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,6 +202,12 @@ class MatchService:
     server   -> Report                    (the released report, logged in the audit log)
 
     Field numbers are never reused; new fields get new numbers.
+
+    The default protocol (`Count`, secure against a merchant that edits its client) is described in
+    docs/threat-model.md: the platform keeps b_s·a·H(x) for every stream s, sends each stream
+    (stream 0: every member; stream s >= 1: the members holding segment s) with audit rows among
+    the members, and the merchant returns every stream blinded with its a, in an order of its own.
+    `Match` is the older semi-honest protocol; a server refuses it unless the operator enabled it.
     """
 
     @staticmethod

@@ -1,0 +1,193 @@
+"""The merchant's side of the secure protocol: blind the list, then blind every stream back.
+
+Calls, in order::
+
+    session = SecureMerchantSession(keys, labels, id_kind="phone")
+    start = session.start(all_segments=True)      # -> JobStart (a_0·G)
+    session.accept(accepted)                      # <- JobAccepted (streams and their sizes)
+    for s in range(len(session.stream_names)):
+        for chunk in session.blinded_chunks(s): ...    # -> a_s·H(x), shuffled afresh for each stream
+        base = session.merchant_base(s)                # -> a_s·G, with the end of the list
+        session.receive_stream(s, points) ...          # <- b_s·H(y) and audit rows
+        for points in session.returned_chunks(s): ...  # -> a_s·v for the whole stream, shuffled
+
+The merchant learns nothing but the released report: it never holds a double-blinded value, so it
+cannot tell which stream values are its customers, nor which are the platform's audit rows. A fresh
+scalar and order for every copy of the list keep the platform from linking a person's matches in
+one stream to another's (which would show it the person's combination of segments). H(x) is
+computed once, for the first copy, and kept in memory (32 bytes an ID).
+Shuffling spans the whole stream (per chunk, the order would tell the platform which few thousand
+members held each match); ``ordered=True`` (activation) keeps stream order on purpose.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections import deque
+from concurrent.futures import Future
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from matcher.crypto import group
+from matcher.crypto.kernels import Kernels
+from matcher.errors import InputError, ProtocolError
+from matcher.protocol._points import as_point_array
+from matcher.protocol.messages import MAX_CHUNK_ELEMENTS, MAX_LABELS, SECURE, BlindedChunk, JobAccepted, JobStart
+
+Rng = Callable[[int], bytes]
+_LOOKAHEAD = 2
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    STARTED = "started"
+    ACCEPTED = "accepted"
+    DONE = "done"
+
+
+class SecureMerchantSession:
+    def __init__(self, keys: Sequence[str], labels: Sequence[str], *, id_kind: str, rng: Rng = os.urandom,
+                 kernels: Kernels | None = None, chunk_size: int = MAX_CHUNK_ELEMENTS, ordered: bool = False):
+        if not keys:
+            raise InputError("the merchant list is empty", hint="check the id column and the invalid-row counts")
+        if len(keys) != len(labels):
+            raise InputError("every key needs exactly one label")
+        if not 0 < chunk_size <= MAX_CHUNK_ELEMENTS:
+            raise InputError(f"chunk size must be in 1..{MAX_CHUNK_ELEMENTS}")
+        self.label_names = tuple(sorted(set(labels)))
+        if len(self.label_names) > MAX_LABELS:
+            raise InputError(f"{len(self.label_names)} labels; at most {MAX_LABELS} are allowed",
+                             hint="merge small labels or run one job per group")
+        index_of = {name: i for i, name in enumerate(self.label_names)}
+        self._id_kind = id_kind
+        self._rng = rng
+        self._kernels = kernels or Kernels()
+        self._chunk_size = chunk_size
+        self.ordered = ordered
+        # Shuffle so nothing about the file's order reaches the platform.
+        order = np.random.default_rng(int.from_bytes(rng(32), "big")).permutation(len(keys))
+        self._keys = [keys[i] for i in order]
+        self._label_idx = np.fromiter((index_of[labels[i]] for i in order), dtype=np.uint8, count=len(keys))
+        self._scalars = [group.random_scalar(rng)]  # a_s, one per stream; a_0 is announced in JobStart
+        self._hashed: np.ndarray | None = None       # H(x) in self._keys order, once the first copy is made
+        self._state = _State.NEW
+        self.stream_names: tuple[str, ...] = ()
+        self.stream_sizes: tuple[int, ...] = ()
+        self._current = -1
+        self._values = np.empty((0, group.ELEMENT_SIZE), np.uint8)
+        self._pending: deque[tuple[int, int, Future]] = deque()
+        self.received = 0  # values of the current stream received so far
+
+    def _expect(self, *states: _State) -> None:
+        if self._state not in states:
+            raise ProtocolError(f"call out of order: the session is in state '{self._state.value}'")
+
+    def start(self, *, segments: Sequence[str] = (), all_segments: bool = False) -> JobStart:
+        self._expect(_State.NEW)
+        sizes = np.bincount(self._label_idx, minlength=len(self.label_names))
+        self._state = _State.STARTED
+        return JobStart(id_kind=self._id_kind, labels=self.label_names, label_sizes=tuple(int(s) for s in sizes),
+                        merchant_base=group.base_mult(self._scalars[0]), segments=tuple(segments),
+                        all_segments=all_segments)
+
+    def accept(self, accepted: JobAccepted) -> None:
+        self._expect(_State.STARTED)
+        if accepted.protocol != SECURE or not accepted.stream_names or \
+                len(accepted.stream_names) != len(accepted.stream_sizes):
+            raise ProtocolError("the server did not accept the job for the secure protocol")
+        self.job_id = accepted.job_id
+        self.segments = tuple(accepted.segments)
+        self.stream_names = tuple(accepted.stream_names)
+        self.stream_sizes = tuple(int(n) for n in accepted.stream_sizes)
+        self._chunk_size = min(self._chunk_size, accepted.max_chunk_elements)
+        self._scalars += [group.random_scalar(self._rng) for _ in self.stream_names[1:]]
+        self._state = _State.ACCEPTED
+
+    def blinded_chunks(self, index: int) -> Iterator[BlindedChunk]:
+        """Copy ``index`` of the list: a_s·H(x) for every ID, in a fresh random order, a chunk at a
+        time (the first copy hashes as it goes, on the kernels, while the previous chunk blinds)."""
+        self._expect(_State.ACCEPTED)
+        if index != self._current + 1 or self._pending or self.received:
+            raise ProtocolError(f"the list for stream {index} is not the one due")
+        scalar = self._scalars[index]
+        if self._hashed is None:
+            # Copy 0 keeps the constructor's shuffle and hashes lazily, chunk by chunk.
+            order = np.arange(len(self._keys))
+            self._hashed = np.empty((len(self._keys), group.ELEMENT_SIZE), np.uint8)
+        else:
+            order = np.random.default_rng(int.from_bytes(self._rng(32), "big")).permutation(len(self._keys))
+        dst = group.dst_for(self._id_kind)
+        pending: deque[tuple[Future, bytes]] = deque()
+        for lo in range(0, len(self._keys), self._chunk_size):
+            rows = order[lo:lo + self._chunk_size]
+            if index == 0:  # order is the identity here
+                hashed = self._kernels.hash_to_curve([k.encode() for k in self._keys[lo:lo + len(rows)]], dst)
+                self._hashed[lo:lo + len(rows)] = np.frombuffer(hashed, np.uint8).reshape(-1, group.ELEMENT_SIZE)
+            else:
+                hashed = np.ascontiguousarray(self._hashed[rows]).tobytes()
+            pending.append((self._kernels.submit_blind(scalar, hashed), self._label_idx[rows].tobytes()))
+            if len(pending) > 1:
+                blinded, labels = pending.popleft()
+                yield BlindedChunk(points=blinded.result(), labels=labels)
+        for blinded, labels in pending:
+            yield BlindedChunk(points=blinded.result(), labels=labels)
+
+    def merchant_base(self, index: int) -> bytes:
+        """a_s·G for stream ``index``: the platform checks that stream's audit rows against it."""
+        return group.base_mult(self._scalars[index])
+
+    def receive_stream(self, index: int, points: bytes) -> None:
+        """A chunk of stream ``index``; its a·v goes to the kernels at once and is collected a few
+        chunks later, so the workers blind while this thread reads."""
+        self._expect(_State.ACCEPTED)
+        if index != self._current:
+            if index != self._current + 1 or self._pending or self.received:
+                raise ProtocolError(f"stream {index} arrived out of turn")
+            if index >= len(self.stream_sizes):
+                raise ProtocolError(f"the server announced {len(self.stream_sizes)} streams, then sent stream {index}")
+            self._current = index
+            try:
+                self._values = np.zeros((self.stream_sizes[index], group.ELEMENT_SIZE), np.uint8)
+            except MemoryError:
+                raise ProtocolError(f"the server announced a stream of {self.stream_sizes[index]} values; holding "
+                                    "32 bytes for each does not fit in this machine's memory") from None
+        n = len(points) // group.ELEMENT_SIZE
+        as_point_array(points, n, None)
+        if self.received + n > len(self._values):
+            raise ProtocolError(f"stream '{self.stream_names[index]}' is longer than the {len(self._values)} values "
+                                "announced")
+        self._pending.append((self.received, n, self._kernels.submit_blind(self._scalars[index], points)))
+        self.received += n
+        while len(self._pending) > _LOOKAHEAD:
+            self._collect(*self._pending.popleft())
+
+    def _collect(self, offset: int, n: int, blinded: Future) -> None:
+        self._values[offset:offset + n] = as_point_array(blinded.result(), n, None)
+
+    def returned_chunks(self, index: int) -> Iterator[bytes]:
+        """a·v for the whole of stream ``index``, in a random order of ours (stream order when
+        ordered), a chunk at a time."""
+        self._expect(_State.ACCEPTED)
+        if index != self._current:
+            raise ProtocolError(f"stream {index} is not the one received")
+        while self._pending:
+            self._collect(*self._pending.popleft())
+        if self.received != len(self._values):
+            raise ProtocolError(f"stream '{self.stream_names[index]}' ended after {self.received} of the "
+                                f"{len(self._values)} values announced")
+        values, self._values = self._values, np.empty((0, group.ELEMENT_SIZE), np.uint8)
+        self.received = 0
+        if index == len(self.stream_sizes) - 1:
+            self._state = _State.DONE
+        values = self.transform_returned(index, values)
+        for lo in range(0, len(values), self._chunk_size):
+            yield values[lo:lo + self._chunk_size].tobytes()
+
+    def transform_returned(self, index: int, values: np.ndarray) -> np.ndarray:
+        """The whole blinded stream, about to go back: shuffled in place unless ordered. (The one
+        place a modified client would tamper; tests/attacks/ does exactly that.)"""
+        if not self.ordered:
+            np.random.default_rng(int.from_bytes(self._rng(32), "big")).shuffle(values)
+        return values

@@ -1,0 +1,380 @@
+"""The platform's side of the secure protocol: it matches, the merchant only blinds.
+
+Calls, in order (docs/threat-model.md has the why of each step)::
+
+    session = SecurePlatformSession(audience, job_id=..., audit_rows=4096, padding=...)
+    accepted = session.start(job_start)            # streams chosen, their sizes fixed
+    for s in range(len(accepted.stream_names)):
+        session.receive_blinded(s, chunk) ...      # the merchant's copy s of its list: a_s·H(x)
+        session.finish_list(s, a_s_G)
+        for points in session.stream(s): ...       # b_s·H(y) and audit rows, in a fresh order
+        session.receive_returned(s, points) ...    # a_s·v for every value v, in the merchant's order
+        session.finish_stream(s)                   # the audit: raises ProtocolDeviation
+    aggregates = session.aggregates()              # true per-label counts, for the release policy
+
+Stream 0 holds every member and gives each label's matched count; stream s >= 1 holds the members
+that carry one segment and gives that segment's count. Each stream has its own secret b_s, and the
+platform keeps T_s = b_s·(a_s·H(x)) for the merchant's (de-duplicated) copy s of its list: the
+merchant never sees a double-blinded value, so it never sees a match. The merchant blinds each copy
+with a fresh a_s and shuffles it afresh, so the platform cannot tell which element of copy s is
+which element of copy t: it learns the per-label count of each stream and not one person's
+combination of segments (with one copy, it would see which list element met stream s and stream t).
+
+Audit rows: each stream carries F filler values r·G (secret r) at uniformly random positions; the
+platform knows what a_s·(r·G) = r·(a_s·G) must be, and a returned stream that lacks any of them,
+repeats a value, or has the wrong length was not blinded with the one scalar behind a_s·G. Members' b_s·H(y)
+and fillers are indistinguishable to the merchant (DDH), so a merchant that replaces m of R member
+values escapes with probability about (1 - F/(R+F))^m. The filler count is ``audit_rows`` plus DP
+padding (``padding()``), which hides the true size of each stream.
+
+The fillers of a stream are a grid r_i·(t_j·G): 2·sqrt(F) single multiplications and batched
+blinding instead of F single ones. Under DDH such a rank-one matrix of exponents is
+indistinguishable from a random one (Boneh-Halevi-Hamburg-Ostrovsky's matrix DDH).
+
+``ordered=True`` (blind activation) takes stream 0 back in stream order: the opt-in disclosure by
+which the platform learns which of its members are the merchant's matches (``matched_rows``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+from collections import deque
+from concurrent.futures import Future
+from typing import Callable, Iterator
+
+import numpy as np
+
+from matcher.crypto import group
+from matcher.crypto.kernels import Kernels
+from matcher.errors import InputError, ProtocolDeviation, ProtocolError
+from matcher.protocol._points import PointIndex, as_point_array
+from matcher.protocol.messages import (
+    MATCHED_STREAM,
+    MAX_CHUNK_ELEMENTS,
+    MAX_LABELS,
+    PROTOCOL_VERSION,
+    SECURE,
+    BlindedChunk,
+    JobAccepted,
+    JobStart,
+    LabelAggregate,
+)
+from matcher.protocol.platform import Audience, PrecomputedStream, _StreamFeed
+
+Rng = Callable[[int], bytes]
+STREAM_CHUNK_ROWS = 65_536  # 2 MiB of points per message
+_GRID_COLUMNS = 64
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    STREAMING = "streaming"
+    DONE = "done"
+
+
+class _Stream:
+    """One stream's secrets and bookkeeping: its scalar, its order, its audit values, what came back."""
+
+    def __init__(self, name: str, rows: np.ndarray, fillers: int, scalar: bytes):
+        self.name = name
+        self.rows = rows              # audience rows in this stream (before shuffling)
+        self.fillers = fillers
+        self.scalar = scalar
+        self.order: np.ndarray | None = None  # position -> audience row, or -1-d for filler d
+        self.table: list[Future] = []          # b_s·(a_s·H(x)) of the list copy, in pieces
+        self.received_labels: list[np.ndarray] = []
+        self.received_per_label: np.ndarray | None = None
+        self.merchant_base: bytes | None = None
+        self.list_done = False
+        self.returned: list[np.ndarray] = []
+        self.returned_count = 0
+        self.expected: np.ndarray | None = None  # what a·(filler d) must be, row d
+        self.sent = False
+        self.finished = False
+
+    @property
+    def size(self) -> int:
+        return len(self.rows) + self.fillers
+
+
+class SecurePlatformSession:
+    def __init__(self, audience: Audience, *, job_id: str, rng: Rng = os.urandom, kernels: Kernels | None = None,
+                 audit_rows: int = 4096, padding: Callable[[int], int] = lambda n_streams: 0, ordered: bool = False,
+                 activation_label: str | None = None, max_chunk: int = MAX_CHUNK_ELEMENTS,
+                 chunk_rows: int = STREAM_CHUNK_ROWS, precomputed: PrecomputedStream | None = None):
+        if audit_rows < 1:
+            raise InputError("a secure job needs at least one audit row per stream")
+        if precomputed is not None and len(precomputed.order) != len(audience):
+            raise ProtocolError("the precomputed stream belongs to another audience")
+        self._audience = audience
+        self._job_id = job_id
+        self._rng = rng
+        self._kernels = kernels or Kernels()
+        self._audit_rows = audit_rows
+        self._padding = padding
+        self.ordered = ordered
+        self._activation_label = activation_label
+        self._max_chunk = max_chunk
+        self._chunk_rows = chunk_rows
+        self._precomputed = precomputed
+        self._shuffler = np.random.default_rng(int.from_bytes(rng(32), "big"))
+        self._state = _State.NEW
+        self._streams: list[_Stream] = []
+
+    @property
+    def members(self) -> Audience:
+        return self._audience
+
+    @property
+    def stream_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self._streams)
+
+    def _expect(self, *states: _State) -> None:
+        if self._state not in states:
+            raise ProtocolError(f"call out of order: the job is in state '{self._state.value}'")
+
+    def start(self, start: JobStart) -> JobAccepted:
+        self._expect(_State.NEW)
+        if start.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolError(f"protocol version {start.protocol_version} is not supported (this server speaks "
+                                f"{PROTOCOL_VERSION})", hint="upgrade matcher-client")
+        if start.id_kind != self._audience.id_kind:
+            raise InputError(f"this platform's audience is keyed by '{self._audience.id_kind}', the list by "
+                             f"'{start.id_kind}'", hint=f"submit a {self._audience.id_kind} column (or sha256 hashes of one)")
+        if not start.labels or len(start.labels) != len(start.label_sizes) or len(start.labels) > MAX_LABELS:
+            raise InputError(f"a job needs 1..{MAX_LABELS} labels, each with a size")
+        if len(set(start.labels)) != len(start.labels):
+            raise InputError("label names must be distinct")
+        if self._activation_label is not None and self._activation_label not in start.labels:
+            raise InputError(f"label '{self._activation_label}' is not one of this list's labels: "
+                             f"{', '.join(start.labels)}")
+        segments = self._wanted_segments(start)
+        # a·G is validated (length, canonical, not small-order) before anything depends on it.
+        group.blind(group.random_scalar(self._rng), start.merchant_base)
+        self._start = start
+        n_streams = 1 + len(segments)
+        all_rows = np.arange(len(self._audience), dtype=np.int64)
+        precomputed_scalar = self._precomputed.scalar if self._precomputed is not None else None
+        self._streams = [_Stream(MATCHED_STREAM, all_rows, self._fillers(n_streams),
+                                 precomputed_scalar or group.random_scalar(self._rng))]
+        bits = self._audience.segment_bits
+        for name in segments:
+            bit = np.uint64(1) << np.uint64(self._audience.segments.index(name))
+            rows = np.flatnonzero(bits & bit).astype(np.int64)
+            self._streams.append(_Stream(name, rows, self._fillers(n_streams), group.random_scalar(self._rng)))
+        self._state = _State.STREAMING
+        return JobAccepted(job_id=self._job_id, paillier_n=b"", segments=tuple(segments), layout_json="",
+                           max_chunk_elements=self._max_chunk,
+                           stream_elements=sum(s.size for s in self._streams),
+                           stream_names=self.stream_names, stream_sizes=tuple(s.size for s in self._streams),
+                           protocol=SECURE)
+
+    def _wanted_segments(self, start: JobStart) -> list[str]:
+        if self.ordered:
+            return []
+        if start.all_segments:
+            return list(self._audience.segments)
+        unknown = sorted(set(start.segments) - set(self._audience.segments))
+        if unknown:
+            raise InputError(f"unknown segment(s): {', '.join(unknown)}",
+                             hint=f"this platform's segments: {', '.join(self._audience.segments) or '(none)'}")
+        if len(set(start.segments)) != len(start.segments):
+            raise InputError("a segment is asked for twice")
+        return [name for name in self._audience.segments if name in start.segments]
+
+    def _fillers(self, n_streams: int) -> int:
+        extra = int(self._padding(n_streams))
+        if extra < 0:
+            raise ProtocolError("stream padding cannot be negative")
+        return self._audit_rows + extra
+
+    def receive_blinded(self, index: int, chunk: BlindedChunk) -> None:
+        """A chunk of the merchant's copy ``index`` of its list, a_s·H(x) with a label each."""
+        self._expect(_State.STREAMING)
+        stream = self._stream_at(index)
+        if stream.list_done or any(not s.finished for s in self._streams[:index]):
+            raise ProtocolError(f"the list for stream {index} is not the one expected now")
+        labels = np.frombuffer(chunk.labels, dtype=np.uint8)
+        points = as_point_array(chunk.points, len(labels), self._max_chunk)
+        n_labels = len(self._start.labels)
+        if len(labels) and int(labels.max()) >= n_labels:
+            raise InputError(f"label index {int(labels.max())} is not one of the {n_labels} declared labels")
+        if stream.received_per_label is None:
+            stream.received_per_label = np.zeros(n_labels, dtype=np.int64)
+        stream.received_per_label += np.bincount(labels, minlength=n_labels)
+        if (stream.received_per_label > np.array(self._start.label_sizes)).any():
+            raise InputError("the list is longer than the sizes declared at the start of the job")
+        # T_s = b_s·(a_s·H(x)) runs on the kernels while the next chunk comes in; it also validates
+        # every point (a bad one is refused when finish_list collects the results).
+        stream.table.append(self._kernels.submit_blind(stream.scalar, points.tobytes()))
+        stream.received_labels.append(labels.copy())
+
+    def finish_list(self, index: int, merchant_base: bytes) -> None:
+        """The copy for stream ``index`` is complete; ``merchant_base`` is a_s·G. De-duplicates T_s:
+        equal a_s·H(x) (or points that differ by a small-order component) give equal b_s·a_s·H(x)
+        and count once, under their first label."""
+        self._expect(_State.STREAMING)
+        stream = self._stream_at(index)
+        if stream.list_done or any(not s.finished for s in self._streams[:index]):
+            raise ProtocolError(f"the list for stream {index} is not the one expected now")
+        received = stream.received_per_label if stream.received_per_label is not None else 0
+        if list(np.broadcast_to(received, len(self._start.labels))) != list(self._start.label_sizes):
+            raise ProtocolError(f"the list for stream '{stream.name}' ended after {int(np.sum(received))} of "
+                                f"{self._start.list_size} declared elements")
+        if index == 0 and merchant_base != self._start.merchant_base:
+            raise ProtocolError("stream 0's list was blinded with another scalar than the a·G the job started with")
+        group.blind(group.random_scalar(self._rng), merchant_base)  # validated before anything depends on it
+        stream.merchant_base = bytes(merchant_base)
+        table = np.concatenate([_rows(f.result()) for f in stream.table]) if stream.table else \
+            np.empty((0, group.ELEMENT_SIZE), np.uint8)
+        labels = np.concatenate(stream.received_labels) if stream.received_labels else np.empty(0, np.uint8)
+        _, first = np.unique(table.view(f"V{group.ELEMENT_SIZE}").ravel(), return_index=True)
+        stream.index = PointIndex([table[first]], [labels[first]])
+        stream.duplicates_dropped = len(table) - len(first)
+        stream.table = stream.received_labels = []
+        stream.list_done = True
+
+    def stream(self, index: int) -> Iterator[bytes]:
+        """Stream ``index``: b_s·H(y) of its members and its filler rows, in a fresh random order."""
+        self._expect(_State.STREAMING)
+        stream = self._stream_at(index)
+        if stream.sent or not stream.list_done:
+            raise ProtocolError(f"stream {index} is not next")
+        stream.sent = True
+        fillers, stream.expected = self._filler_grid(stream)
+        use_slot = index == 0 and self._precomputed is not None
+        stream.order = self._order(stream, use_slot)
+        feed = _StreamFeed(self._precomputed.pieces, 0) if use_slot else None
+        pending: deque[tuple[np.ndarray, Future | None]] = deque()
+        for lo in range(0, len(stream.order), self._chunk_rows):
+            rows = stream.order[lo:lo + self._chunk_rows]
+            real = rows >= 0
+            if not real.any():
+                blinded = None
+            elif feed is not None:
+                blinded = _done(feed.take(int(real.sum()))[0])
+            else:
+                blinded = self._kernels.submit_blind(
+                    stream.scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes())
+            pending.append((rows, blinded))
+            if len(pending) > 2:
+                yield _chunk(*pending.popleft(), fillers)
+        while pending:
+            yield _chunk(*pending.popleft(), fillers)
+
+    def _order(self, stream: _Stream, use_slot: bool) -> np.ndarray:
+        """Position -> audience row, or -1-d for filler d: members in a uniformly random order (the
+        precomputed slot's, for stream 0) with the fillers at uniformly random positions."""
+        total = stream.size
+        at_filler = np.zeros(total, dtype=bool)
+        at_filler[self._shuffler.choice(total, size=stream.fillers, replace=False)] = True
+        order = np.empty(total, dtype=np.int64)
+        order[at_filler] = -1 - self._shuffler.permutation(stream.fillers)
+        order[~at_filler] = self._precomputed.order if use_slot else self._shuffler.permutation(stream.rows)
+        return order
+
+    def _filler_grid(self, stream: _Stream) -> tuple[np.ndarray, np.ndarray]:
+        """F filler points r_i·(t_j·G) and what the merchant must return for each, r_i·(t_j·(a·G))."""
+        columns = min(_GRID_COLUMNS, stream.fillers)
+        rows = math.ceil(stream.fillers / columns)
+        column_scalars = [group.random_scalar(self._rng) for _ in range(columns)]
+        bases = b"".join(group.base_mult(t) for t in column_scalars)
+        shifted = b"".join(group.blind(t, stream.merchant_base) for t in column_scalars)
+        fillers, expected = [], []
+        for _ in range(rows):
+            r = group.random_scalar(self._rng)
+            fillers.append(group.blind(r, bases))
+            expected.append(group.blind(r, shifted))
+        take = stream.fillers * group.ELEMENT_SIZE
+        return _rows(b"".join(fillers)[:take]), _rows(b"".join(expected)[:take])
+
+    def _stream_at(self, index: int) -> _Stream:
+        if not 0 <= index < len(self._streams):
+            raise ProtocolError(f"this job has streams 0..{len(self._streams) - 1}, not {index}")
+        return self._streams[index]
+
+    def receive_returned(self, index: int, points: bytes) -> None:
+        """A chunk of a·v for stream ``index``, in the merchant's order."""
+        self._expect(_State.STREAMING)
+        stream = self._stream_at(index)
+        if not stream.sent or stream.finished:
+            raise ProtocolError(f"stream {index} is not the one being returned")
+        values = as_point_array(points, len(points) // group.ELEMENT_SIZE, self._max_chunk)
+        stream.returned_count += len(values)
+        if stream.returned_count > stream.size:
+            raise ProtocolDeviation(f"stream '{stream.name}' came back with more than the {stream.size} values it had")
+        stream.returned.append(values.copy())
+
+    def finish_stream(self, index: int) -> None:
+        """Audit the returned stream, then count it per label against T_s."""
+        self._expect(_State.STREAMING)
+        stream = self._stream_at(index)
+        if not stream.sent or stream.finished:
+            raise ProtocolError(f"stream {index} is not the one being returned")
+        returned = np.concatenate(stream.returned) if stream.returned else np.empty((0, group.ELEMENT_SIZE), np.uint8)
+        stream.returned = []
+        if len(returned) != stream.size:
+            raise ProtocolDeviation(f"stream '{stream.name}' came back with {len(returned)} of its {stream.size} values")
+        if len(np.unique(returned.view(f"V{group.ELEMENT_SIZE}").ravel())) != len(returned):
+            raise ProtocolDeviation(f"stream '{stream.name}' came back with a value twice")
+        if self.ordered:
+            at = np.flatnonzero(stream.order < 0)
+            audited = bool((returned[at] == stream.expected[-1 - stream.order[at]]).all())
+        else:
+            audit = PointIndex([stream.expected], [np.zeros(stream.fillers, np.uint8)])
+            audited = len(audit.lookup(returned)[0]) == stream.fillers
+        if not audited:
+            raise ProtocolDeviation(f"stream '{stream.name}' failed its audit: values that a_s·(the stream) must "
+                                    "contain are missing, so it was not blinded with the one scalar behind a_s·G")
+        positions, labels = stream.index.lookup(returned)
+        stream.index = None
+        stream.counts = np.bincount(labels, minlength=len(self._start.labels))
+        if self.ordered:
+            stream.matched_positions = positions
+            stream.matched_labels = labels
+        stream.finished = True
+        if all(s.finished for s in self._streams):
+            self._state = _State.DONE
+
+    def aggregates(self) -> dict[str, LabelAggregate]:
+        """True per-label counts: stream 0 is the matched count, the others one segment each."""
+        self._expect(_State.DONE)
+        matched, *segments = self._streams
+        return {label: LabelAggregate(matched=int(matched.counts[i]),
+                                      segments={s.name: int(s.counts[i]) for s in segments})
+                for i, label in enumerate(self._start.labels)}
+
+    def matched_rows(self) -> np.ndarray:
+        """Ordered jobs (activation): the audience rows whose returned value met the list (of the
+        activation's label, when one was named)."""
+        self._expect(_State.DONE)
+        if not self.ordered:
+            raise ProtocolError("only an ordered (activation) job learns which rows matched")
+        stream = self._streams[0]
+        positions = stream.matched_positions
+        if self._activation_label is not None:
+            positions = positions[stream.matched_labels == self._start.labels.index(self._activation_label)]
+        rows = stream.order[positions]
+        return np.sort(rows[rows >= 0])
+
+
+def _chunk(rows: np.ndarray, blinded: Future | None, fillers: np.ndarray) -> bytes:
+    real = rows >= 0
+    points = np.empty((len(rows), group.ELEMENT_SIZE), dtype=np.uint8)
+    if blinded is not None:
+        points[real] = _rows(blinded.result())
+    if not real.all():
+        points[~real] = fillers[-1 - rows[~real]]
+    return points.tobytes()
+
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
+
+
+def _rows(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.uint8).reshape(-1, group.ELEMENT_SIZE)
