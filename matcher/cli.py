@@ -306,11 +306,11 @@ def audit_key(db: Path) -> None:
               help="Where the crypto runs: local (all cores), inline (this process) or dask://HOST:PORT.")
 @click.option("--randomness-pool", default="auto", show_default=True,
               help="Paillier randomness to precompute while idle, in values: a number, 0 (off) or auto "
-                   "(the audience size, at most 2,000,000).")
+                   "(the audience size, at most 2,000,000). Only while the semi-honest protocol is enabled.")
 @click.option("--stream-slots", default=1, show_default=True, type=click.IntRange(0, 16),
-              help="Job streams to precompute while idle (a scalar b, an order, and b·H(y) and the Paillier "
-                   "ciphertext of every member: about 550 bytes a member on disk), each used by one job; "
-                   "0 computes them during the job.")
+              help="Job streams to precompute while idle (a scalar b, an order and b·H(y) of every member: "
+                   "32 bytes a member on disk, about 550 with the Paillier ciphertexts the semi-honest protocol "
+                   "needs when it is enabled), each used by one job; 0 computes them during the job.")
 @click.option("--grace", default=10.0, show_default=True, type=click.FloatRange(0, 600),
               help="Seconds running jobs get to finish after SIGTERM before they are failed (an accepted job stays charged).")
 def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, workers: int, executor: str,

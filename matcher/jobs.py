@@ -116,12 +116,14 @@ class JobRunner:
             self._active -= 1
 
     def begin(self, merchant: Principal, start: JobStart, activation: ActivationRequest | None = None, *,
-              protocol: str = SECURE, count_only: bool = False) -> "MatchJob":
+              protocol: str = SECURE) -> "MatchJob":
         """Admit a job (policy and budget before any crypto). ``protocol``: SECURE (the default) or
-        SEMI_HONEST (refused unless the policy enables it); ``count_only`` belongs to the latter."""
+        SEMI_HONEST (refused unless the policy enables it; never for an activation)."""
+        if activation is not None and protocol != SECURE:
+            raise ProtocolError("an activation runs the secure protocol only")
         slot = _Slot(self)
         try:
-            return self._begin(merchant, start, activation, slot, protocol, count_only)
+            return self._begin(merchant, start, activation, slot, protocol)
         except BaseException:
             slot.release()  # idempotent: a job that already ended released it itself
             raise
@@ -133,7 +135,7 @@ class JobRunner:
         log.warning("merchant %s suspended: %s", merchant.name, reason[:200])
 
     def _begin(self, merchant: Principal, start: JobStart, activation: ActivationRequest | None,
-               slot: "_Slot", protocol: str, count_only: bool) -> "MatchJob":
+               slot: "_Slot", protocol: str) -> "MatchJob":
         job_id = uuid.UUID(bytes=self.rng(16), version=4).hex
         pol = self.store.effective_policy(merchant.name)
         audience = self.store.load_audience()
@@ -150,7 +152,7 @@ class JobRunner:
                                     "the semi-honest Match call is switched off", reason="protocol_disabled",
                                     hint="upgrade matcher-client: it uses the secure protocol by default")
             policy_mod.check_request(pol, list_size=start.list_size, label_sizes=sizes,
-                                     n_segments=0 if count_only else len(audience.segments))
+                                     n_segments=len(audience.segments))
             epsilon = policy_mod.job_epsilon(pol)
             self.store.open_job(job_id, merchant, pol=pol, epsilon=epsilon, list_size=start.list_size,
                                 labels=len(start.labels))
@@ -173,15 +175,13 @@ class JobRunner:
                 self.store.commit_budget(job_id)
                 job.charged = True
                 return job
-            # Dummies hide the overlap from the merchant's own count; a count-only merchant counts nothing.
-            dummies = [policy_mod.dummy_count(pol, self.noise) for _ in start.labels] if pol.dummies and not count_only else []
+            # Dummies hide the overlap from the merchant's own count.
+            dummies = [policy_mod.dummy_count(pol, self.noise) for _ in start.labels] if pol.dummies else []
             randomness = pool.PooledRandomness(self.store, self.pool_key_id, self.keys.pool_key,
                                                self.keys.paillier.public_key.ciphertext_size)
             job.session = PlatformSession(audience, self.keys.paillier, job_id=job_id, dummies=dummies,
-                                          rng=self.rng, kernels=self.kernels, activation=activation is not None,
-                                          activation_label=activation.label if activation else None,
-                                          randomness=randomness.take, precomputed=job.take_stream_slot(audience),
-                                          count_only=count_only)
+                                          rng=self.rng, kernels=self.kernels, randomness=randomness.take,
+                                          precomputed=job.take_stream_slot(audience))
             job.accepted = job.session.start(start)
         except MatcherError as err:
             job.fail(err)
@@ -243,16 +243,13 @@ class MatchJob:
             self.session.finish_list()
 
     def double_blinded(self) -> Iterator[BlindedChunk]:
-        return iter(()) if self.session.count_only else self.session.double_blinded()
+        return self.session.double_blinded()
 
     def audience(self) -> Iterator[AudienceChunk]:
         return self.session.audience()
 
-    def receive_returned(self, points: bytes, stream: int = 0) -> None:
-        if self.protocol == SECURE:
-            self.session.receive_returned(stream, points)
-        else:
-            self.session.receive_returned(points)
+    def receive_returned(self, points: bytes, stream: int) -> None:
+        self.session.receive_returned(stream, points)
 
     def stream(self, index: int) -> Iterator[bytes]:
         """Secure protocol: stream ``index`` (see matcher.protocol.secure_platform)."""
@@ -266,10 +263,8 @@ class MatchJob:
         return self._release(self.session.receive_sums(sums), n_segments=len(self.accepted.segments))
 
     def finish_count(self) -> Report:
-        """Secure protocol (and semi-honest count only): release the counts of the streams that came back."""
-        if self.protocol == SECURE:
-            return self._release(self.session.aggregates(), n_segments=len(self.accepted.segments))
-        return self._release(self.session.count(), n_segments=0)
+        """Secure protocol: release the counts of the streams that came back."""
+        return self._release(self.session.aggregates(), n_segments=len(self.accepted.segments))
 
     def _release(self, aggregates: dict, n_segments: int) -> Report:
         runner = self._runner
@@ -326,18 +321,12 @@ class MatchJob:
             self._runner.store.spend_stream_slot(self._stream_slot)
         return True
 
-    def challenge(self, positions, values: bytes) -> bytes:
-        return self.session.challenge(positions, values)
-
-    def verify(self, proofs: bytes) -> None:
-        self.session.verify(proofs)
-
     def finish_activation(self) -> ActivationResult:
         """Filter the matched rows, refuse a slice whose noisy size is under k, store it, log it."""
         runner, activation = self._runner, self.activation
         assert activation is not None and self._expression is not None
         audience = self.session.members  # the snapshot the stream was built from, even if an import ran since
-        rows = self.session.matched_rows() if self.protocol == SECURE else self.session.activated_rows()
+        rows = self.session.matched_rows()
         chosen = rows[self._expression.mask_filter(audience.segment_bits[rows])]
         # One noisy size decides and is released: the refusal is post-processing of it, and charged.
         released = policy_mod.release(self.policy, {"slice": {"matched": len(chosen), "segments": {}}},

@@ -102,7 +102,8 @@ def _paced(pieces: Iterator, busy: Callable[[], bool], halt: threading.Event) ->
 
 class _Precomputer(threading.Thread):
     """While no job runs: keeps ``stream_slots`` precomputed stream halves for the current audience
-    (matcher.protocol.platform.PrecomputedStream) and the randomness pool topped up
+    (matcher.protocol.platform.PrecomputedStream: a secure job uses one for its stream 0) and, when
+    the semi-honest protocol is enabled, the slots' ciphertexts and the randomness pool topped up
     (matcher.crypto.pool). Jobs that find them ready skip that work; jobs that don't, do it."""
 
     def __init__(self, runner: JobRunner, pool_values: int, stream_slots: int):
@@ -121,7 +122,8 @@ class _Precomputer(threading.Thread):
                     self._halt.wait(1.0)
                 elif self._stream_slot_wanted():
                     self._make_stream_slot()
-                elif runner.store.pool_batches(runner.pool_key_id) < self._target_batches:
+                elif (self._semi_honest()
+                      and runner.store.pool_batches(runner.pool_key_id) < self._target_batches):
                     if rounds % 64 == 0:
                         context = EncryptionContext(runner.keys.paillier)  # a fresh secret base h now and then
                     rounds += 1
@@ -140,15 +142,22 @@ class _Precomputer(threading.Thread):
         store.drop_stream_slots(keep_version=audience.version)
         return len(audience) > 0 and store.stream_slots(audience.version) < self._stream_slots
 
+    def _semi_honest(self) -> bool:
+        """Paillier work (slot ciphertexts, the randomness pool) serves only the semi-honest protocol,
+        so it is done only while the operator's policy enables that protocol."""
+        return self._runner.store.effective_policy().semi_honest_match
+
     def _make_stream_slot(self) -> None:
         runner = self._runner
         audience = runner.store.load_audience()
-        stream = precompute_stream(audience, runner.kernels, key=runner.keys.paillier)
+        # The secure protocol uses a slot's b and b·H(y) for its stream 0; ciphertexts only the other.
+        stream = precompute_stream(audience, runner.kernels, key=runner.keys.paillier if self._semi_honest() else None)
         runner.store.add_stream_slot(audience.version,
                                      pool.seal_bytes(runner.keys.pool_key, stream.scalar, STREAM_SCALAR),
                                      stream.order.tobytes(),
                                      _paced(stream.pieces, lambda: runner.active_jobs > 0, self._halt),
-                                     layout_json=json.dumps(stream.layout.to_dict(), sort_keys=True))
+                                     layout_json=json.dumps(stream.layout.to_dict(), sort_keys=True)
+                                     if stream.layout is not None else None)
 
     def _top_up_pool(self, context: EncryptionContext) -> None:
         runner = self._runner

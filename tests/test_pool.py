@@ -56,19 +56,23 @@ def test_server_fills_the_pool_when_idle_and_jobs_use_it(operator, serve):
     assert operator.store.pool_batches(key_id) == 1  # 1,500 rows took two batches of 1,024
 
 
-def test_precomputed_stream_slot_is_used_once_and_matches_ground_truth(operator, serve):
-    members, token = operator.seed(3_000, random.Random(29), dummies="on")
+@pytest.mark.parametrize("protocol", ["secure", "semi_honest"])
+def test_precomputed_stream_slot_is_used_once_and_matches_ground_truth(operator, serve, protocol):
+    semi_honest = protocol == "semi_honest"
+    members, token = operator.seed(3_000, random.Random(29), dummies="on",
+                                   semi_honest_match="on" if semi_honest else "off")
     served = serve(stream_slots=1)
     store = operator.store
     version = store.load_audience().version
 
     assert wait_until(lambda: store.stream_slots(version) == 1)
     first_scalar = store.db.execute("SELECT sealed_scalar FROM stream_slots").fetchone()[0]
-    # The slot carries every member's ciphertext, so the job encrypts only its dummies.
+    # With the semi-honest protocol enabled the slot carries every member's ciphertext, so that
+    # job encrypts only its dummies; the secure protocol needs (and stores) b·H(y) only.
     stored = store.db.execute("SELECT count(*), sum(length(ciphertexts)) FROM stream_slot_pieces").fetchone()
-    assert stored[1] == 3_000 * operator.keys.paillier.public_key.ciphertext_size
+    assert stored[1] == (3_000 * operator.keys.paillier.public_key.ciphertext_size if semi_honest else None)
     customers = [(phone(i), "all") for i in range(2_000, 4_000)]
-    report = api.match(served.address, token, rows=customers, id_type="phone")
+    report = api.match(served.address, token, rows=customers, id_type="phone", protocol=protocol)
     assert report["labels"] == ground_truth(members, customers)
     # The slot was spent by that job (gone), and a fresh one, with a fresh b, is made for the next.
     scalars = lambda: [r[0] for r in store.db.execute("SELECT sealed_scalar FROM stream_slots")]  # noqa: E731

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from matcher.crypto import group
 from matcher.errors import InputError, ProtocolDeviation, ProtocolError
 from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher.protocol.secure_platform import SecurePlatformSession
@@ -141,3 +142,66 @@ def test_unknown_segment_and_out_of_order_calls_are_refused():
     platform.start(merchant.start(all_segments=True))
     with pytest.raises(ProtocolError):
         next(platform.stream(0))
+
+
+def test_each_stream_goes_back_whole_in_an_order_of_the_merchants():
+    """Returned in stream order, the values would tell the platform which members matched."""
+    audience = make_audience(list(range(300)), [0] * 300, 0)
+    seen = {}
+
+    class Watched(SecureMerchantSession):
+        def receive_stream(self, index, points):
+            seen["streamed"] = seen.get("streamed", b"") + points
+            super().receive_stream(index, points)
+
+        def transform_returned(self, index, values):
+            seen["in_stream_order"] = group.blind(self._scalars[index], seen["streamed"])
+            seen["returned"] = super().transform_returned(index, values).tobytes()
+            return np.frombuffer(seen["returned"], np.uint8).reshape(-1, 32).copy()
+
+    run_secure(audience, list(range(150, 450)), ["all"] * 300, segments=[], merchant_cls=Watched)
+    as_values = lambda data: [data[i:i + 32] for i in range(0, len(data), 32)]  # noqa: E731
+    assert sorted(as_values(seen["returned"])) == sorted(as_values(seen["in_stream_order"]))  # all, once
+    assert as_values(seen["returned"]) != as_values(seen["in_stream_order"])                    # reordered
+
+
+def test_copies_of_the_list_share_no_value_and_no_order():
+    """Each stream gets its own copy of the list under a fresh scalar and order: nothing links a
+    person's element in one copy to the same person's in another."""
+    merchant = SecureMerchantSession([key_of(i) for i in range(200)], ["all"] * 200, id_kind="phone")
+    audience = make_audience(list(range(10)), [1] * 10, 2)
+    platform = SecurePlatformSession(audience, job_id="j", audit_rows=4)
+    merchant.accept(platform.start(merchant.start(all_segments=True)))
+    copies = []
+    for s in range(3):
+        copies.append(b"".join(c.points for c in merchant.blinded_chunks(s)))
+        merchant._current = s  # skip the stream: only the copies are compared here
+    values = [set(c[i:i + 32] for i in range(0, len(c), 32)) for c in copies]
+    assert all(len(v) == 200 for v in values)
+    assert not (values[0] & values[1]) and not (values[1] & values[2]) and not (values[0] & values[2])
+    assert len({merchant.merchant_base(s) for s in range(3)}) == 3
+
+
+def test_merchant_refuses_a_stream_other_than_announced():
+    from dataclasses import replace
+
+    audience = make_audience(list(range(20)), [0] * 20, 0)
+    for extra, error in ((1, "longer than"), (-1, "ended after")):
+        platform = SecurePlatformSession(audience, job_id="c", audit_rows=4)
+        merchant = SecureMerchantSession([key_of(i) for i in range(10)], ["all"] * 10, id_kind="phone")
+        merchant.accept(platform.start(merchant.start()))
+        for chunk in merchant.blinded_chunks(0):
+            platform.receive_blinded(0, chunk)
+        platform.finish_list(0, merchant.merchant_base(0))
+        points = b"".join(platform.stream(0))
+        points = points + points[:32] if extra > 0 else points[:-32]
+        with pytest.raises(ProtocolError, match=error):
+            merchant.receive_stream(0, points)
+            list(merchant.returned_chunks(0))
+    merchant = SecureMerchantSession([key_of(i) for i in range(3)], ["all"] * 3, id_kind="phone")
+    accepted = SecurePlatformSession(audience, job_id="c", audit_rows=4).start(merchant.start())
+    with pytest.raises(ProtocolError, match="does not fit"):
+        merchant.accept(replace(accepted, stream_sizes=(2 ** 42,)))
+        for _ in merchant.blinded_chunks(0):
+            pass
+        merchant.receive_stream(0, b"")

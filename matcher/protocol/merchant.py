@@ -10,18 +10,13 @@ Calls, in order::
     session.receive_audience(chunk) ...           # <- b·H(y), Enc(payload(y))
     sums = session.finish()                       # -> LabelSums, each re-randomized
 
-Count only (``count_only=True``): no double-blinded list comes back and the stream has no
-ciphertexts; the merchant blinds every stream element and sends the values back in an order of its
-own (``returned_chunks()``), and the platform counts. The merchant learns only the released report.
-
-Activation (``activation=True``): the platform streams points without ciphertexts; instead of
-sums the merchant sends ``claims()`` — the stream positions of its matches and their values — and
-answers each chunk of challenges with ``prove()`` (see matcher.protocol.platform for why that
-binds each claim to its position).
-
 What the merchant learns is exactly ``matched_counts``: per label, how many of the platform's
 stream elements met its list (real matches plus the platform's dummies). It never learns which
 of its IDs matched, because the platform returns b·a·H(x) in an order of its own.
+
+This is the semi-honest protocol: it trusts the merchant to blind with one scalar and to sum each
+matched row once, which a modified client need not do (docs/threat-model.md). The default protocol
+is matcher.protocol.secure_merchant; a server runs this one only when its operator enables it.
 """
 
 from __future__ import annotations
@@ -66,7 +61,7 @@ class _State(enum.Enum):
 class MerchantSession:
     def __init__(self, keys: Sequence[str], labels: Sequence[str], *, id_kind: str,
                  rng: Rng = os.urandom, kernels: Kernels | None = None,
-                 chunk_size: int = MAX_CHUNK_ELEMENTS, activation: bool = False, count_only: bool = False):
+                 chunk_size: int = MAX_CHUNK_ELEMENTS):
         if not keys:
             raise InputError("the merchant list is empty", hint="check the id column and the invalid-row counts")
         if len(keys) != len(labels):
@@ -79,14 +74,6 @@ class MerchantSession:
                              hint="merge small labels or run one job per group")
         index_of = {name: i for i, name in enumerate(self.label_names)}
         self._id_kind = id_kind
-        if activation and count_only:
-            raise InputError("an activation is not a count-only job")
-        self.activation = activation
-        self.count_only = count_only
-        # Count only: a·(b·H(y)) for the whole stream, filled as chunks are matched (one buffer, shuffled
-        # in place at the end: 32 bytes a platform member is the only memory that grows with its audience).
-        self._stream_values = np.empty((0, group.ELEMENT_SIZE), np.uint8)
-        self._matches: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (positions, values, labels)
         self._rng = rng
         self._kernels = kernels or Kernels()
         self._chunk_size = chunk_size
@@ -132,12 +119,6 @@ class MerchantSession:
         self.segments = accepted.segments
         self._chunk_size = min(self._chunk_size, accepted.max_chunk_elements)
         self._sums = [gmpy2.mpz(1)] * len(self.label_names)  # 1 is the empty product
-        if self.count_only:
-            try:
-                self._stream_values = np.zeros((accepted.stream_elements, group.ELEMENT_SIZE), np.uint8)
-            except MemoryError:
-                raise ProtocolError(f"the server announced a stream of {accepted.stream_elements} elements; "
-                                    f"holding 32 bytes for each does not fit in this machine's memory") from None
         self._state = _State.ACCEPTED
 
     def blinded_chunks(self) -> Iterator[BlindedChunk]:
@@ -158,8 +139,6 @@ class MerchantSession:
 
     def receive_double_blinded(self, chunk: BlindedChunk) -> None:
         self._expect(_State.SENT)
-        if self.count_only:
-            raise ProtocolError("a count-only job gets no double-blinded list")
         points = as_point_array(chunk.points, len(chunk.labels), self._chunk_size)
         labels = np.frombuffer(chunk.labels, dtype=np.uint8)
         if labels.size and int(labels.max()) >= len(self.label_names):
@@ -174,12 +153,12 @@ class MerchantSession:
         self._expect(_State.SENT, _State.AUDIENCE)
         key = self._public_key
         assert key is not None
-        if self._index is None and not self.count_only:
+        if self._index is None:
             self._index = PointIndex(self._double_blinded, self._double_blinded_labels)
             self._double_blinded = self._double_blinded_labels = []
         self._state = _State.AUDIENCE
         n = len(chunk.points) // group.ELEMENT_SIZE
-        if len(chunk.ciphertexts) != (0 if self.activation or self.count_only else n * key.ciphertext_size):
+        if len(chunk.ciphertexts) != n * key.ciphertext_size:
             raise InputError(f"audience chunk carries {len(chunk.ciphertexts)} ciphertext bytes for {n} points")
         self._pending.append((self.stream_elements, n, chunk.ciphertexts,
                               self._kernels.submit_blind(self._scalar, chunk.points)))
@@ -189,16 +168,8 @@ class MerchantSession:
 
     def _match(self, offset: int, n: int, ciphertexts: bytes, blinded) -> None:
         ours = as_point_array(blinded.result(), n, None)
-        if self.count_only:
-            if offset + n > len(self._stream_values):
-                raise ProtocolError(f"the stream is longer than the {len(self._stream_values)} elements announced")
-            self._stream_values[offset:offset + n] = ours
-            return
         positions, labels = self._index.lookup(ours)
         np.add.at(self._matched_counts, labels, 1)
-        if self.activation:
-            self._matches.append((positions + offset, ours[positions], labels))
-            return
         sums, n2, size = self._sums, self._public_key.n_squared, self._public_key.ciphertext_size
         # Rows are multiplied unchecked (a gcd per row was 8% of the client's time); the sums are
         # validated in finish(), and a bad row can only spoil the sum the platform itself decrypts.
@@ -209,51 +180,9 @@ class MerchantSession:
         while self._pending:
             self._match(*self._pending.popleft())
 
-    def returned_chunks(self) -> Iterator[bytes]:
-        """Count only: a·(b·H(y)) for the whole stream, in a random order of ours, a chunk at a time.
-        The order must span the whole stream: returned per chunk, the platform would learn which
-        chunk of its stream (a few thousand members) held each match."""
-        self._expect(_State.AUDIENCE, _State.SENT)
-        if not self.count_only:
-            raise ProtocolError("only a count-only job sends the stream back")
-        self._match_pending()
-        self._state = _State.DONE
-        if self.stream_elements != len(self._stream_values):
-            raise ProtocolError(f"the stream ended after {self.stream_elements} of the {len(self._stream_values)} "
-                                "elements announced")
-        values, self._stream_values = self._stream_values, np.empty((0, group.ELEMENT_SIZE), np.uint8)
-        np.random.default_rng(int.from_bytes(self._rng(32), "big")).shuffle(values)
-        for lo in range(0, len(values), self._chunk_size):
-            yield values[lo:lo + self._chunk_size].tobytes()
-
-    def claims(self, label: str | None = None) -> Iterator[tuple[np.ndarray, bytes]]:
-        """Chunks of (stream positions, a·s_p values) of the matches, optionally of one label only."""
-        self._expect(_State.AUDIENCE, _State.SENT)
-        if not self.activation:
-            raise ProtocolError("claims belong to an activation job")
-        self._match_pending()
-        if label is not None and label not in self.label_names:
-            raise InputError(f"label '{label}' is not in this list (labels: {', '.join(self.label_names)})")
-        self._state = _State.DONE
-        wanted = None if label is None else self.label_names.index(label)
-        for positions, values, labels in self._matches:
-            keep = slice(None) if wanted is None else labels == wanted
-            positions, values = positions[keep], values[keep]
-            for lo in range(0, len(positions), self._chunk_size):
-                yield (positions[lo:lo + self._chunk_size].astype(np.uint64),
-                       np.ascontiguousarray(values[lo:lo + self._chunk_size]).tobytes())
-
-    def prove(self, challenges: bytes) -> bytes:
-        """a·t_p for each challenge point."""
-        if not self.activation:
-            raise ProtocolError("proofs belong to an activation job")
-        return self._kernels.blind(self._scalar, challenges)
-
     def finish(self) -> LabelSums:
         """Per-label sums, each re-randomized so the platform cannot recognise which rows were summed."""
         self._expect(_State.AUDIENCE, _State.SENT)
-        if self.count_only:
-            raise ProtocolError("a count-only job sends the stream back, not sums")
         key = self._public_key
         assert key is not None
         self._match_pending()

@@ -17,32 +17,10 @@ the merchant sees differentially private — if (and only if) the merchant sent 
 Per job, everything is fresh: the scalar b, the dummy scalars, the Paillier randomness, and the
 order of both returned streams, so nothing links one job's positions or points to another's.
 
-Count only (``count_only=True``) is cardinality without ciphertexts, and the other way round: the
-platform keeps b·a·H(x) instead of returning it, streams b·H(y) with no dummies, and the merchant
-sends back a·(b·H(y)) for the whole stream in an order of its own; the platform counts the values
-that meet its b·a·H(x), per label, and releases those counts under the policy. The merchant learns
-only the released counts (no matched_counts), the platform only the per-label counts::
-
-    session.receive_blinded(chunk) ...; session.finish_list()
-    for chunk in session.audience(): ...          # b·H(y) only
-    session.receive_returned(points) ...          # a·b·H(y), in the merchant's order
-    aggregates = session.count()
-
-Activation (``activation=True``) runs the same exchange without ciphertexts, then lets the
-merchant claim its matches so the platform learns which of its rows they are::
-
-    t = session.challenge(positions, values)    # values: a·s_p, the merchant's a·(b·H(y_p))
-    session.verify(proofs)                      # proofs: a·t_p
-    rows = session.activated_rows()
-
-Each claim names a stream position p and the value v = a·s_p that matched. v must be one of the
-double-blinded values this job returned (else it is forged); that pins down which returned
-element e the merchant matched, and the platform knows e's pre-image P_e = a·H(x) (or a·G for
-a dummy). To bind v to *position p* — a merchant could otherwise hang a genuine match on a
-stranger's position — the platform answers with t_p = c_p·Q_p for a fresh secret c_p, where Q_p
-is the point behind stream position p (H(y_p), or G for a dummy), and expects a·t_p = c_p·P_e.
-That holds exactly when a·Q_p = P_e, i.e. when position p really is the merchant's match; making
-c_p·P_e for another position would take c_p, which the merchant never sees.
+This is the semi-honest protocol (Private Join and Compute's shape): the merchant matches and sums,
+so a merchant that edits its client can learn more than the policy allows. A server runs it only
+when the operator enables it (policy ``semi_honest_match``); the default protocol is in
+matcher.protocol.secure_platform.
 """
 
 from __future__ import annotations
@@ -60,7 +38,7 @@ import numpy as np
 from matcher.crypto import group, paillier
 from matcher.crypto.kernels import EncryptionContext, Kernels
 from matcher.errors import CryptoError, InputError, InvalidCiphertext, ProtocolError
-from matcher.protocol._points import PointIndex, as_point_array
+from matcher.protocol._points import as_point_array
 from matcher.protocol.messages import (
     AUDIENCE_CHUNK_ROWS,
     MAX_CHUNK_ELEMENTS,
@@ -175,8 +153,6 @@ class _State(enum.Enum):
     LIST_DONE = "list received"
     STREAMING = "streaming audience"
     AWAITING_SUMS = "awaiting sums"
-    AWAITING_RETURN = "awaiting the stream back"
-    AWAITING_PROOFS = "awaiting proofs"
     DONE = "done"
 
 
@@ -184,7 +160,6 @@ class PlatformSession:
     def __init__(self, audience: Audience, key: paillier.PrivateKey, *, job_id: str,
                  dummies: Sequence[int] = (), rng: Rng = os.urandom, kernels: Kernels | None = None,
                  max_chunk: int = MAX_CHUNK_ELEMENTS, audience_chunk_rows: int = AUDIENCE_CHUNK_ROWS,
-                 activation: bool = False, activation_label: str | None = None, count_only: bool = False,
                  randomness: Callable[[int], list[int] | None] | None = None,
                  precomputed: PrecomputedStream | None = None):
         self._audience = audience
@@ -194,11 +169,6 @@ class PlatformSession:
             raise ProtocolError("the precomputed stream belongs to another audience")
         # Precomputed n-th residues, each used once (matcher.crypto.pool); None when dry.
         self._randomness = randomness
-        if count_only and (activation or dummies):
-            raise ProtocolError("a count-only job has no activation and no dummies")
-        self.activation = activation
-        self.count_only = count_only
-        self._activation_label = activation_label
         self._key = key
         self._job_id = job_id
         self._dummies_requested = tuple(dummies)
@@ -212,10 +182,7 @@ class PlatformSession:
         self._received: list[np.ndarray] = []
         self._blinding: deque[Future] = deque()
         self._received_labels: list[np.ndarray] = []
-        self._unblinded: list[np.ndarray] = []
         self.stream_order: np.ndarray | None = None  # stream position -> audience row (or -1 for a dummy)
-        self._count_index: PointIndex | None = None  # count only: b·a·H(x), once the stream comes back
-        self._values_back = 0
 
     def _expect(self, *states: _State) -> None:
         if self._state not in states:
@@ -240,8 +207,6 @@ class PlatformSession:
             raise InputError("label names must be distinct")
         if self._dummies_requested and len(self._dummies_requested) != len(start.labels):
             raise ProtocolError("one dummy count per label is required")
-        if self._activation_label is not None and self._activation_label not in start.labels:
-            raise InputError(f"label '{self._activation_label}' is not one of this list's labels: {', '.join(start.labels)}")
         self._start = start
         self._dummies = self._dummies_requested or (0,) * len(start.labels)
         self._dummy_scalars = [[group.random_scalar(self._rng) for _ in range(d)] for d in self._dummies]
@@ -274,8 +239,6 @@ class PlatformSession:
         # b·a·H(x) runs on the kernels while the next chunk comes in; finish_list waits for the rest.
         self._blinding.append(self._kernels.submit_blind(self._scalar, points.tobytes()))
         self._received_labels.append(labels)
-        if self.activation:
-            self._unblinded.append(points.copy())
         while len(self._blinding) > 2:
             self._received.append(_rows(self._blinding.popleft().result()))
 
@@ -291,21 +254,11 @@ class PlatformSession:
     def double_blinded(self) -> Iterator[BlindedChunk]:
         """b·a·H(x) for the merchant's list plus r·(a·G) per dummy, shuffled together."""
         self._expect(_State.LIST_DONE)
-        if self.count_only:
-            raise ProtocolError("a count-only job keeps the double-blinded list")
         dummy_points = [group.blind(r, self._merchant_base) for rs in self._dummy_scalars for r in rs]
         dummy_labels = [label for label, rs in enumerate(self._dummy_scalars) for _ in rs]
         points = np.concatenate(self._received + [_rows(b"".join(dummy_points))])
         labels = np.concatenate(self._received_labels + [np.array(dummy_labels, dtype=np.uint8)])
-        if self.activation:
-            # Element e of `points` is beta·P_e: P_e = a·H(x) received, or a·G for a dummy.
-            self._pre_images = np.concatenate(self._unblinded + [_rows(self._merchant_base * len(dummy_points))])
-            self._returned = PointIndex([points], [labels])
-            self._claimed_positions: set[int] = set()
-            self._claimed_elements: set[int] = set()
-            self._pending: list[tuple[np.ndarray, np.ndarray, list[bytes], bytes]] = []
-            self._verified_rows: list[int] = []
-        self._received = self._received_labels = self._unblinded = []
+        self._received = self._received_labels = []
         order = self._shuffler.permutation(len(labels))
         points, labels = points[order], labels[order]
         self._state = _State.STREAMING
@@ -319,7 +272,7 @@ class PlatformSession:
         Blinding and encryption of the next ``lookahead`` chunks run (on the kernels' workers, or
         in this thread for pooled encryption) while the current chunk is on the wire.
         """
-        self._expect(_State.LIST_DONE if self.count_only else _State.STREAMING)
+        self._expect(_State.STREAMING)
         dummy_points = _rows(b"".join(group.base_mult(r) for rs in self._dummy_scalars for r in rs))
         order = self._stream_order(len(dummy_points))
         self.stream_order = order
@@ -339,9 +292,7 @@ class PlatformSession:
             else:  # blinding goes to the workers first, so it runs while this thread encrypts
                 blinded = self._kernels.submit_blind(
                     self._scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes())
-            if self.activation or self.count_only:
-                encrypted = _NO_CIPHERTEXTS
-            elif stored is not None and self._stored_ciphertexts:
+            if stored is not None and self._stored_ciphertexts:
                 encrypted = self._with_dummies(encryption, stored, real)
             else:
                 encrypted = self._encrypt(encryption, self._payloads(rows, real))
@@ -350,8 +301,7 @@ class PlatformSession:
                 yield self._chunk(*pending.popleft(), dummy_points)
         while pending:
             yield self._chunk(*pending.popleft(), dummy_points)
-        self._state = (_State.AWAITING_PROOFS if self.activation else
-                       _State.AWAITING_RETURN if self.count_only else _State.AWAITING_SUMS)
+        self._state = _State.AWAITING_SUMS
 
     def _stream_order(self, dummies: int) -> np.ndarray:
         """Stream position -> audience row, or -1-d for dummy d: a uniformly random interleaving.
@@ -406,98 +356,6 @@ class PlatformSession:
             return self._kernels.submit_encrypt(encryption, plaintexts)
         return _done(paillier.encrypt_with_randomness(self._key.public_key, plaintexts, pooled))
 
-    def challenge(self, positions: Sequence[int], values: bytes) -> bytes:
-        """Check a chunk of claims and return one challenge point t_p = c_p·Q_p per claim."""
-        self._expect(_State.AWAITING_PROOFS)
-        if self._pending:
-            raise ProtocolError("send the proofs for the previous claims first")
-        positions = np.asarray(positions, dtype=np.int64)
-        claimed = as_point_array(values, len(positions), self._max_chunk)
-        order = self.stream_order
-        assert order is not None
-        if len(positions) and (positions.min() < 0 or positions.max() >= len(order)):
-            raise InputError(f"a claimed stream position is outside 0..{len(order) - 1}")
-        found_at, elements, labels = self._returned.lookup_ids(claimed)
-        if len(found_at) != len(positions):
-            missing = sorted(set(range(len(positions))) - set(found_at.tolist()))[0]
-            raise InputError(f"claim {missing} (stream position {int(positions[missing])}) carries a value this job "
-                             "never returned: a forged match")
-        by_claim = np.empty(len(positions), np.int64)
-        by_claim[found_at] = elements
-        label_of = np.empty(len(positions), np.int64)
-        label_of[found_at] = labels
-        if self._activation_label is not None:
-            wanted = self._start.labels.index(self._activation_label)
-            if (label_of != wanted).any():
-                raise InputError(f"a claim is outside label '{self._activation_label}'")
-        for p, e in zip(positions.tolist(), by_claim.tolist()):
-            if p in self._claimed_positions or e in self._claimed_elements:
-                raise InputError(f"stream position {p} or its value is claimed twice")
-            self._claimed_positions.add(p)
-            self._claimed_elements.add(e)
-        scalars = [group.random_scalar(self._rng) for _ in range(len(positions))]
-        base = (9).to_bytes(group.ELEMENT_SIZE, "little")
-        challenges = b"".join(
-            group.blind(c, self._audience.points[row].tobytes() if row >= 0 else base)
-            for c, row in zip(scalars, order[positions].tolist()))
-        self._pending.append((positions, by_claim, scalars, challenges))
-        return challenges
-
-    def verify(self, proofs: bytes) -> None:
-        """Accept the proofs a·t_p for the last chunk of claims, or refuse the whole activation."""
-        self._expect(_State.AWAITING_PROOFS)
-        if not self._pending:
-            raise ProtocolError("proofs without claims")
-        positions, elements, scalars, _ = self._pending.pop()
-        given = as_point_array(proofs, len(positions), self._max_chunk)
-        for i, (p, e, c) in enumerate(zip(positions.tolist(), elements.tolist(), scalars)):
-            expected = group.blind(c, self._pre_images[e].tobytes())
-            if expected != given[i].tobytes():
-                raise InputError(f"the claim for stream position {p} does not hold: that position is not this "
-                                 "list's match")
-            row = int(self.stream_order[p])
-            if row >= 0:  # dummies are dropped silently: the merchant cannot tell them from matches
-                self._verified_rows.append(row)
-
-    def activated_rows(self) -> np.ndarray:
-        """Audience indexes of every verified claim (dummies excluded)."""
-        self._expect(_State.AWAITING_PROOFS)
-        if self._pending:
-            raise ProtocolError("the last claims were never proven")
-        self._state = _State.DONE
-        return np.array(sorted(self._verified_rows), dtype=np.int64)
-
-    def receive_returned(self, points: bytes) -> None:
-        """Count only: a chunk of the merchant's a·(b·H(y)), counted against b·a·H(x) as it arrives."""
-        self._expect(_State.AWAITING_RETURN)
-        self._start_counting()
-        values = as_point_array(points, len(points) // group.ELEMENT_SIZE, self._max_chunk)
-        self._values_back += len(values)
-        if self._values_back > len(self.stream_order):
-            raise InputError(f"more values came back than the {len(self.stream_order)} the stream had")
-        _, elements, labels = self._count_index.lookup_ids(values)
-        if self._counted[elements].any() or len(np.unique(elements)) != len(elements):
-            raise InputError("a value came back twice: each stream element counts once")
-        self._counted[elements] = True
-        np.add.at(self._counts, labels, 1)
-
-    def _start_counting(self) -> None:
-        """Index b·a·H(x) for counting, once (the list itself is no longer needed after that)."""
-        if self._count_index is None:
-            self._count_index = PointIndex(self._received, self._received_labels)
-            self._received = self._received_labels = []
-            self._counted = np.zeros(len(self._count_index), dtype=bool)
-            self._counts = np.zeros(len(self._start.labels), dtype=np.int64)
-
-    def count(self) -> dict[str, LabelAggregate]:
-        """Count only: the true per-label overlap, for the release policy, once the whole stream is back."""
-        self._expect(_State.AWAITING_RETURN)
-        self._start_counting()  # also when nothing came back (an empty stream, or a truncated return)
-        if self._values_back != len(self.stream_order):
-            raise ProtocolError(f"{self._values_back} of the {len(self.stream_order)} stream values came back")
-        self._state = _State.DONE
-        return {label: LabelAggregate(matched=int(c)) for label, c in zip(self._start.labels, self._counts)}
-
     def receive_sums(self, sums: LabelSums) -> dict[str, LabelAggregate]:
         """Decrypt each label's sum; refuse sums that could not come from an honest run."""
         self._expect(_State.AWAITING_SUMS)
@@ -524,9 +382,6 @@ def _done(value) -> Future:
     future: Future = Future()
     future.set_result(value)
     return future
-
-
-_NO_CIPHERTEXTS = _done(b"")
 
 
 def _rows(data: bytes) -> np.ndarray:
