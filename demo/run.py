@@ -113,7 +113,8 @@ def main() -> None:
         "--id-type", "phone", "--segments", ",".join(SEGMENTS))
     token = run("matcher", "merchant", "add", "--db", db, "demo-coffee", capture=True).strip().splitlines()[-1]
     auditor = run("matcher", "auditor", "add", "--db", db, "demo-auditor", capture=True).strip().splitlines()[-1]
-    run("matcher", "policy", "set", "--db", db, "epsilon_per_job", "1.0")
+    # The demo's three jobs (match, count-only, activation) fit the default yearly budget of 1.0.
+    run("matcher", "policy", "set", "--db", db, "epsilon_per_job", "0.3")
     run("matcher", "policy", "show", "--db", db)
 
     address = f"127.0.0.1:{free_port()}"

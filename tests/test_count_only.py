@@ -76,6 +76,25 @@ def test_cli_count_only_prints_counts_and_writes_json(operator, serve, tmp_path)
     assert json.loads(out.read_text())["labels"] == {"all": {"matched": 40, "segments": {}}}
 
 
+def test_cli_segments_counts_only_the_segments_asked_for(operator, serve, tmp_path):
+    members, token = operator.seed(80, random.Random(4))
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text("phone\n" + "\n".join(phone(i) for i in range(40, 120)) + "\n")
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(client_main, ["match", "--server", serve().address, "--token", token, str(csv_path),
+                                              "--id-column", "phone", "--id-type", "phone", "--segments",
+                                              "holds_coupon,member", "--json", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "secure protocol" in result.output
+    report = json.loads(out.read_text())
+    truth = ground_truth(members, [(phone(i), "all") for i in range(40, 120)])
+    assert report["protocol"] == "secure" and report["segments"] == ["member", "holds_coupon"]
+    assert report["labels"]["all"]["segments"] == {s: truth["all"]["segments"][s] for s in ("member", "holds_coupon")}
+    bad = CliRunner().invoke(client_main, ["match", "--server", serve().address, "--token", token, str(csv_path),
+                                           "--id-column", "phone", "--id-type", "phone", "--segments", "vip"])
+    assert bad.exit_code != 0 and "unknown segment(s): vip" in bad.output
+
+
 def test_a_stream_sent_back_short_is_a_deviation_charged_and_suspended(operator, serve, monkeypatch):
     """A merchant that returns part of the stream (say, to probe a subset) gets no report, keeps
     its ε spent, and is suspended until the operator restores it."""

@@ -127,6 +127,8 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
         raise ValueError(f"protocol must be {SECURE!r} or {SEMI_HONEST!r}")
     if count_only and segments:
         raise ValueError("count_only asks for no segments; give one or the other")
+    if protocol == SEMI_HONEST and (count_only or segments is not None):
+        raise ValueError("the semi-honest protocol always sums every segment")
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
     with _kernels(kernels, len(prepared.keys), cache) as kernels:
@@ -214,13 +216,13 @@ def _secure_exchange(call, token: str, session: SecureMerchantSession, start, li
     try:
         talk.send(**(opening(_start_message(start)) if opening else {"start": _start_message(start)}))
         session.accept(_accepted(talk.expect("accepted")))
-        total, done = sum(session.stream_sizes), 0
+        # One copy of the list per stream: progress counts them all, and all the streams.
+        total, done, sent = sum(session.stream_sizes), 0, 0
         for index, name in enumerate(session.stream_names):
-            sent = 0
             for chunk in session.blinded_chunks(index):
                 talk.send(blinded=match_pb2.BlindedChunk(points=chunk.points, labels=chunk.labels, stream=index))
                 sent += len(chunk)
-                notify("blinding", sent, list_size)
+                notify("blinding", sent, list_size * len(session.stream_names))
             talk.send(list_end=match_pb2.ListEnd(stream=index, merchant_base=session.merchant_base(index)))
             for response in talk.responses:
                 kind = response.WhichOneof("msg")

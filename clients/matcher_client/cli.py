@@ -67,20 +67,33 @@ def main() -> None:
 @main.command()
 @list_job_options
 @click.option("--count-only", is_flag=True,
-              help="Only how many of your IDs are members (per label): no segments, about twice as fast.")
+              help="Only how many of your IDs are members (per label): no segments, the fastest job.")
+@click.option("--segments", "segment_names", default=None, metavar="A,B,...",
+              help="Count only these platform segments (default: all). Each segment asked for costs one more "
+                   "pass over the members that hold it.")
+@click.option("--protocol", type=click.Choice(["secure", "semi-honest"]), default="secure", show_default=True,
+              help="semi-honest: the older protocol, faster with many segments but safe only against honest "
+                   "clients; a server runs it only when its operator enabled it.")
 def match(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
           json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None, timeout: float | None,
-          cache: str | None, quiet: bool, count_only: bool) -> None:
+          cache: str | None, quiet: bool, count_only: bool, segment_names: str | None, protocol: str) -> None:
     """Match the IDs in FILE (CSV with a header, Parquet, or - for stdin) and print the report."""
+    segments = [s.strip() for s in segment_names.split(",") if s.strip()] if segment_names is not None else None
+    if count_only and segments:
+        raise click.UsageError("--count-only and --segments ask for different things; give one")
+    if protocol == "semi-honest" and (count_only or segments is not None):
+        raise click.UsageError("the semi-honest protocol always counts every segment")
     merchant_list = _read(file, id_column, id_type, label_column, region, hashed_kind, quiet)
     with _progress(quiet) as notify:
         report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout,
-                             cache=cache, count_only=count_only)
+                             cache=cache, count_only=count_only, segments=segments,
+                             protocol=protocol.replace("-", "_"))
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     table = report_table(report)
     Console(width=max(80, _table_width(report))).print(table)
-    console.print(f"job {report['job_id']}: ε spent {report['epsilon_spent']:g}, ε left {report['epsilon_left']:g}; "
+    console.print(f"job {report['job_id']} ({report['protocol'].replace('_', '-')} protocol): "
+                  f"ε spent {report['epsilon_spent']:g}, ε left {report['epsilon_left']:g}; "
                   f"logged at leaf {report['leaf_index']}" + (f"; report written to {json_out}" if json_out else ""))
 
 
@@ -111,7 +124,7 @@ def _table_width(report: dict) -> int:
 
 
 def report_table(report: dict) -> Table:
-    """Segments down, labels across; suppressed cells (below the threshold) show as '—'."""
+    """Segments down, labels across; suppressed cells (noisy value below the threshold) show as '—'."""
     labels = list(report["labels"])
     table = Table(title=f"matcher report — job {report['job_id'][:12]}, {report['list_size']} ids")
     table.add_column("")
