@@ -169,7 +169,7 @@ class JobRunner:
                     audience, job_id=job_id, rng=self.rng, kernels=self.kernels, audit_rows=pol.audit_rows,
                     padding=lambda n_streams: policy_mod.stream_padding(pol, n_streams=n_streams, noise=self.noise),
                     ordered=activation is not None, activation_label=activation.label if activation else None,
-                    precomputed=job.take_stream_slot(audience))
+                    precomputed=lambda segment: job.take_stream_slot(audience, segment))
                 job.accepted = job.session.start(start)
                 # JobAccepted carries the (noisy) stream sizes: from here on the job's ε is spent.
                 self.store.commit_budget(job_id)
@@ -215,7 +215,7 @@ class MatchJob:
         # True once the job's ε is spent whatever happens (secure protocol, after acceptance).
         self.charged = False
         self._slot = slot
-        self._stream_slot: int | None = None
+        self._stream_slots: list[int] = []
         self.started = runner.store.now()
         self.activation = activation
         self._expression = expression
@@ -293,17 +293,19 @@ class MatchJob:
                  self.start.list_size, len(self.start.labels), self.epsilon, leaf_index)
         return Report(self.job_id, report_json, checkpoint, leaf_index, canonical_json(entry))
 
-    def take_stream_slot(self, audience) -> PrecomputedStream | None:
-        """The member half of this job's stream, if the server made one while idle (used once)."""
+    def take_stream_slot(self, audience, segment: str = "") -> PrecomputedStream | None:
+        """The member half of this job's stream (of every member, or of ``segment``'s), if the server
+        made one while idle (used once)."""
         store = self._runner.store
-        taken = store.take_stream_slot(audience.version)
+        taken = store.take_stream_slot(audience.version, segment)
         if taken is None:
             return None
-        self._stream_slot, sealed, order, layout_json = taken
+        slot_id, sealed, order, layout_json = taken
+        self._stream_slots.append(slot_id)
         scalar = pool.unseal_bytes(self._runner.keys.pool_key, sealed, STREAM_SCALAR)
         layout = paillier.PackingLayout.from_dict(json.loads(layout_json)) if layout_json else None
         return PrecomputedStream(scalar=scalar, order=np.frombuffer(order, np.int64), layout=layout,
-                                 pieces=store.stream_slot_pieces(self._stream_slot))
+                                 pieces=store.stream_slot_pieces(slot_id))
 
     def _claim_end(self) -> None:
         if not self._end():
@@ -317,8 +319,8 @@ class MatchJob:
             self._ended.set()
         if self._slot:
             self._slot.release()
-        if self._stream_slot is not None:
-            self._runner.store.spend_stream_slot(self._stream_slot)
+        for slot_id in self._stream_slots:
+            self._runner.store.spend_stream_slot(slot_id)
         return True
 
     def finish_activation(self) -> ActivationResult:

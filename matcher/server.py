@@ -120,8 +120,8 @@ class _Precomputer(threading.Thread):
             try:
                 if runner.active_jobs:
                     self._halt.wait(1.0)
-                elif self._stream_slot_wanted():
-                    self._make_stream_slot()
+                elif (segment := self._stream_slot_wanted()) is not None:
+                    self._make_stream_slot(segment)
                 elif (self._semi_honest()
                       and runner.store.pool_batches(runner.pool_key_id) < self._target_batches):
                     if rounds % 64 == 0:
@@ -135,29 +135,38 @@ class _Precomputer(threading.Thread):
                     log.exception("precomputation failed")
                 return
 
-    def _stream_slot_wanted(self) -> bool:
+    def _stream_slot_wanted(self) -> str | None:
+        """The stream that lacks a slot: '' (every member) first, then each segment's (the secure
+        protocol's segment streams); None when all have ``stream_slots``."""
         store = self._runner.store
         audience = store.load_audience()
         # Spent slots, and those of an older snapshot (a new import), are useless.
         store.drop_stream_slots(keep_version=audience.version)
-        return len(audience) > 0 and store.stream_slots(audience.version) < self._stream_slots
+        if not len(audience):
+            return None
+        for segment in ("", *audience.segments):
+            if store.stream_slots(audience.version, segment) < self._stream_slots:
+                return segment
+        return None
 
     def _semi_honest(self) -> bool:
         """Paillier work (slot ciphertexts, the randomness pool) serves only the semi-honest protocol,
         so it is done only while the operator's policy enables that protocol."""
         return self._runner.store.effective_policy().semi_honest_match
 
-    def _make_stream_slot(self) -> None:
+    def _make_stream_slot(self, segment: str) -> None:
         runner = self._runner
         audience = runner.store.load_audience()
-        # The secure protocol uses a slot's b and b·H(y) for its stream 0; ciphertexts only the other.
-        stream = precompute_stream(audience, runner.kernels, key=runner.keys.paillier if self._semi_honest() else None)
+        # Ciphertexts serve only the semi-honest protocol, which streams every member at once.
+        key = runner.keys.paillier if self._semi_honest() and not segment else None
+        stream = precompute_stream(audience, runner.kernels, key=key,
+                                   rows=audience.segment_rows(segment) if segment else None)
         runner.store.add_stream_slot(audience.version,
                                      pool.seal_bytes(runner.keys.pool_key, stream.scalar, STREAM_SCALAR),
                                      stream.order.tobytes(),
                                      _paced(stream.pieces, lambda: runner.active_jobs > 0, self._halt),
                                      layout_json=json.dumps(stream.layout.to_dict(), sort_keys=True)
-                                     if stream.layout is not None else None)
+                                     if stream.layout is not None else None, segment=segment)
 
     def _top_up_pool(self, context: EncryptionContext) -> None:
         runner = self._runner

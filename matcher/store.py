@@ -137,6 +137,10 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE stream_slots ADD COLUMN ready INTEGER NOT NULL DEFAULT 1;  -- 0 while still being written
     ALTER TABLE stream_slot_pieces ADD COLUMN ciphertexts BLOB; -- Enc(payload(y)), same rows as points
     """,
+    # 6: slots for the secure protocol's segment streams (the members holding one segment)
+    """
+    ALTER TABLE stream_slots ADD COLUMN segment TEXT NOT NULL DEFAULT '';  -- '' = every member
+    """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Segment bits live in one signed 64-bit SQLite integer.
@@ -519,21 +523,23 @@ class Store:
 
     # -- precomputed stream slots ---------------------------------------------------------------
 
-    def stream_slots(self, audience_version: str) -> int:
-        """How many whole, untaken slots are ready for this audience snapshot."""
-        return self.db.execute("SELECT count(*) FROM stream_slots WHERE audience_version = ? AND taken = 0 "
-                               "AND ready = 1", [audience_version]).fetchone()[0]
+    def stream_slots(self, audience_version: str, segment: str = "") -> int:
+        """How many whole, untaken slots are ready for this audience snapshot (of every member, or
+        with ``segment`` of the members holding it)."""
+        return self.db.execute("SELECT count(*) FROM stream_slots WHERE audience_version = ? AND segment = ? "
+                               "AND taken = 0 AND ready = 1", [audience_version, segment]).fetchone()[0]
 
     def add_stream_slot(self, audience_version: str, sealed_scalar: bytes, order: bytes,
-                        pieces: Iterable[tuple[bytes, bytes | None]], layout_json: str | None = None) -> None:
+                        pieces: Iterable[tuple[bytes, bytes | None]], layout_json: str | None = None,
+                        segment: str = "") -> None:
         """Write a slot piece by piece, a few pieces per transaction (a slot with ciphertexts is
         ~0.5 GB per million members: one transaction would hold the write lock for its whole making),
         and mark it ready at the end, so a job never sees half a slot. If ``pieces`` fails or is
         interrupted, what was written is deleted."""
         with self.transaction() as conn:
             slot = conn.execute("INSERT INTO stream_slots (audience_version, sealed_scalar, stream_order, layout_json, "
-                                "ready) VALUES (?, ?, ?, ?, 0)",
-                                [audience_version, sealed_scalar, order, layout_json]).lastrowid
+                                "ready, segment) VALUES (?, ?, ?, ?, 0, ?)",
+                                [audience_version, sealed_scalar, order, layout_json, segment]).lastrowid
         try:
             numbered = enumerate(pieces)
             while batch := list(itertools.islice(numbered, 8)):
@@ -546,13 +552,14 @@ class Store:
             self._delete_stream_slot(slot)
             raise
 
-    def take_stream_slot(self, audience_version: str) -> tuple[int, bytes, bytes, str | None] | None:
+    def take_stream_slot(self, audience_version: str, segment: str = "") -> tuple[int, bytes, bytes, str | None] | None:
         """Mark one ready slot taken and return (id, sealed scalar, order, layout json): no two jobs
         get the same b."""
         with self.transaction() as conn:
             row = conn.execute("UPDATE stream_slots SET taken = 1 WHERE id = (SELECT id FROM stream_slots "
-                               "WHERE audience_version = ? AND taken = 0 AND ready = 1 ORDER BY id LIMIT 1) "
-                               "RETURNING id, sealed_scalar, stream_order, layout_json", [audience_version]).fetchone()
+                               "WHERE audience_version = ? AND segment = ? AND taken = 0 AND ready = 1 ORDER BY id "
+                               "LIMIT 1) RETURNING id, sealed_scalar, stream_order, layout_json",
+                               [audience_version, segment]).fetchone()
         return (row[0], bytes(row[1]), bytes(row[2]), row[3]) if row else None
 
     def stream_slot_pieces(self, slot_id: int) -> Iterator[tuple[bytes, bytes | None]]:

@@ -66,7 +66,7 @@ def test_precomputed_stream_slot_is_used_once_and_matches_ground_truth(operator,
     version = store.load_audience().version
 
     assert wait_until(lambda: store.stream_slots(version) == 1)
-    first_scalar = store.db.execute("SELECT sealed_scalar FROM stream_slots").fetchone()[0]
+    first_scalar = store.db.execute("SELECT sealed_scalar FROM stream_slots WHERE segment = ''").fetchone()[0]
     # With the semi-honest protocol enabled the slot carries every member's ciphertext, so that
     # job encrypts only its dummies; the secure protocol needs (and stores) b·H(y) only.
     stored = store.db.execute("SELECT count(*), sum(length(ciphertexts)) FROM stream_slot_pieces").fetchone()
@@ -75,7 +75,8 @@ def test_precomputed_stream_slot_is_used_once_and_matches_ground_truth(operator,
     report = api.match(served.address, token, rows=customers, id_type="phone", protocol=protocol)
     assert report["labels"] == ground_truth(members, customers)
     # The slot was spent by that job (gone), and a fresh one, with a fresh b, is made for the next.
-    scalars = lambda: [r[0] for r in store.db.execute("SELECT sealed_scalar FROM stream_slots")]  # noqa: E731
+    scalars = lambda: [r[0] for r in store.db.execute(  # noqa: E731
+        "SELECT sealed_scalar FROM stream_slots WHERE segment = ''")]
     assert wait_until(lambda: len(scalars()) == 1 and scalars()[0] != first_scalar)
     # A new import makes the old snapshot's slot useless: it is dropped and replaced.
     operator.add_members({phone(10_000): 1})
@@ -83,6 +84,32 @@ def test_precomputed_stream_slot_is_used_once_and_matches_ground_truth(operator,
     assert wait_until(lambda: store.stream_slots(new_version) == 1
                 and store.db.execute("SELECT count(*) FROM stream_slots WHERE audience_version != ?",
                                      [new_version]).fetchone()[0] == 0)
+
+
+def test_segment_streams_come_from_idle_time_slots_once(operator, serve):
+    """The secure protocol's segment streams (the members holding a segment) are precomputed too:
+    a job asking for two segments takes the slot of every member and those two, each once."""
+    members, token = operator.seed(2_000, random.Random(31))
+    served = serve(stream_slots=1)
+    store = operator.store
+    version = store.load_audience().version
+    segments = store.load_audience().segments
+    assert wait_until(lambda: all(store.stream_slots(version, s) == 1 for s in ("", *segments)))
+    rows = store.db.execute("SELECT segment, length(stream_order) / 8 FROM stream_slots").fetchall()
+    audience = store.load_audience()
+    assert dict(rows) == {"": 2_000, **{s: len(audience.segment_rows(s)) for s in segments}}
+    scalars = lambda: dict(store.db.execute("SELECT segment, sealed_scalar FROM stream_slots "  # noqa: E731
+                                            "WHERE taken = 0 AND ready = 1"))
+    before = scalars()
+    customers = [(phone(i), "all") for i in range(1_000, 3_000)]
+    asked = [segments[1], segments[3]]
+    report = api.match(served.address, token, rows=customers, id_type="phone", segments=asked)
+    truth = ground_truth(members, customers)["all"]
+    assert report["labels"]["all"] == {"matched": truth["matched"], "segments": {s: truth["segments"][s] for s in asked}}
+    # The three slots the job used were spent and made afresh; the others are untouched.
+    assert wait_until(lambda: len(scalars()) == 1 + len(segments))
+    after = scalars()
+    assert {s for s in before if before[s] != after[s]} == {"", *asked}
 
 
 

@@ -69,6 +69,11 @@ class Audience:
     def __len__(self) -> int:
         return len(self.segment_bits)
 
+    def segment_rows(self, segment: str) -> np.ndarray:
+        """Rows of the members holding ``segment``, in row order."""
+        bit = np.uint64(1) << np.uint64(self.segments.index(segment))
+        return np.flatnonzero(self.segment_bits & bit).astype(np.int64)
+
 
 def packing_layout(audience: Audience, public_key: paillier.PublicKey) -> paillier.PackingLayout:
     """Every job on ``audience`` packs its payloads this way: the widest slots the key holds, so the
@@ -90,13 +95,15 @@ class PrecomputedStream:
 
 
 def precompute_stream(audience: Audience, kernels: Kernels, *, key: paillier.PrivateKey | None = None,
-                      rng: Rng = os.urandom, chunk_rows: int = AUDIENCE_CHUNK_ROWS,
-                      lookahead: int = 2) -> PrecomputedStream:
-    """A fresh scalar b, a uniformly random order of the audience, and (lazily, ``lookahead`` pieces
-    ahead on the kernels) b·H(y) in that order — with ``key``, also every member's ciphertext, so the
-    job that takes the stream does no Paillier work for its members. The caller stores it for one job."""
+                      rng: Rng = os.urandom, chunk_rows: int = AUDIENCE_CHUNK_ROWS, lookahead: int = 2,
+                      rows: np.ndarray | None = None) -> PrecomputedStream:
+    """A fresh scalar b, a uniformly random order of the audience (or of ``rows``, the members of one
+    segment), and (lazily, ``lookahead`` pieces ahead on the kernels) b·H(y) in that order — with
+    ``key``, also every member's ciphertext, so the job that takes the stream does no Paillier work
+    for its members. The caller stores it for one job."""
     scalar = group.random_scalar(rng)
-    order = np.random.default_rng(int.from_bytes(rng(32), "big")).permutation(len(audience)).astype(np.int64)
+    members = np.arange(len(audience), dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    order = np.random.default_rng(int.from_bytes(rng(32), "big")).permutation(members).astype(np.int64)
     layout = packing_layout(audience, key.public_key) if key is not None else None
     encryption = EncryptionContext(key, rng=rng) if key is not None else None
 

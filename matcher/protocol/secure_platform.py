@@ -77,11 +77,13 @@ class _State(enum.Enum):
 class _Stream:
     """One stream's secrets and bookkeeping: its scalar, its order, its audit values, what came back."""
 
-    def __init__(self, name: str, rows: np.ndarray, fillers: int, scalar: bytes):
+    def __init__(self, name: str, rows: np.ndarray, fillers: int, scalar: bytes,
+                 slot: PrecomputedStream | None = None):
         self.name = name
         self.rows = rows              # audience rows in this stream (before shuffling)
         self.fillers = fillers
         self.scalar = scalar
+        self.slot = slot              # b_s, the members' order and b_s·H(y), made while the server was idle
         self.order: np.ndarray | None = None  # position -> audience row, or -1-d for filler d
         self.table: list[Future] = []          # b_s·(a_s·H(x)) of the list copy, in pieces
         self.received_labels: list[np.ndarray] = []
@@ -103,11 +105,10 @@ class SecurePlatformSession:
     def __init__(self, audience: Audience, *, job_id: str, rng: Rng = os.urandom, kernels: Kernels | None = None,
                  audit_rows: int = 4096, padding: Callable[[int], int] = lambda n_streams: 0, ordered: bool = False,
                  activation_label: str | None = None, max_chunk: int = MAX_CHUNK_ELEMENTS,
-                 chunk_rows: int = STREAM_CHUNK_ROWS, precomputed: PrecomputedStream | None = None):
+                 chunk_rows: int = STREAM_CHUNK_ROWS,
+                 precomputed: Callable[[str], PrecomputedStream | None] | None = None):
         if audit_rows < 1:
             raise InputError("a secure job needs at least one audit row per stream")
-        if precomputed is not None and len(precomputed.order) != len(audience):
-            raise ProtocolError("the precomputed stream belongs to another audience")
         self._audience = audience
         self._job_id = job_id
         self._rng = rng
@@ -118,7 +119,8 @@ class SecurePlatformSession:
         self._activation_label = activation_label
         self._max_chunk = max_chunk
         self._chunk_rows = chunk_rows
-        self._precomputed = precomputed
+        # Takes the idle-time slot for a stream ('' = every member, else a segment), if one is ready.
+        self._precomputed = precomputed or (lambda name: None)
         self._shuffler = np.random.default_rng(int.from_bytes(rng(32), "big"))
         self._state = _State.NEW
         self._streams: list[_Stream] = []
@@ -155,15 +157,14 @@ class SecurePlatformSession:
         group.blind(group.random_scalar(self._rng), start.merchant_base)
         self._start = start
         n_streams = 1 + len(segments)
-        all_rows = np.arange(len(self._audience), dtype=np.int64)
-        precomputed_scalar = self._precomputed.scalar if self._precomputed is not None else None
-        self._streams = [_Stream(MATCHED_STREAM, all_rows, self._fillers(n_streams),
-                                 precomputed_scalar or group.random_scalar(self._rng))]
-        bits = self._audience.segment_bits
-        for name in segments:
-            bit = np.uint64(1) << np.uint64(self._audience.segments.index(name))
-            rows = np.flatnonzero(bits & bit).astype(np.int64)
-            self._streams.append(_Stream(name, rows, self._fillers(n_streams), group.random_scalar(self._rng)))
+        wanted = [(MATCHED_STREAM, "", np.arange(len(self._audience), dtype=np.int64))]
+        wanted += [(name, name, self._audience.segment_rows(name)) for name in segments]
+        for name, slot_name, rows in wanted:
+            slot = self._precomputed(slot_name)
+            if slot is not None and len(slot.order) != len(rows):
+                raise ProtocolError(f"the precomputed stream for '{name}' belongs to another audience")
+            scalar = slot.scalar if slot is not None else group.random_scalar(self._rng)
+            self._streams.append(_Stream(name, rows, self._fillers(n_streams), scalar, slot))
         self._state = _State.STREAMING
         return JobAccepted(job_id=self._job_id, paillier_n=b"", segments=tuple(segments), layout_json="",
                            max_chunk_elements=self._max_chunk,
@@ -244,9 +245,8 @@ class SecurePlatformSession:
             raise ProtocolError(f"stream {index} is not next")
         stream.sent = True
         fillers, stream.expected = self._filler_grid(stream)
-        use_slot = index == 0 and self._precomputed is not None
-        stream.order = self._order(stream, use_slot)
-        feed = _StreamFeed(self._precomputed.pieces, 0) if use_slot else None
+        stream.order = self._order(stream)
+        feed = _StreamFeed(stream.slot.pieces, 0) if stream.slot is not None else None
         pending: deque[tuple[np.ndarray, Future | None]] = deque()
         for lo in range(0, len(stream.order), self._chunk_rows):
             rows = stream.order[lo:lo + self._chunk_rows]
@@ -264,15 +264,15 @@ class SecurePlatformSession:
         while pending:
             yield _chunk(*pending.popleft(), fillers)
 
-    def _order(self, stream: _Stream, use_slot: bool) -> np.ndarray:
+    def _order(self, stream: _Stream) -> np.ndarray:
         """Position -> audience row, or -1-d for filler d: members in a uniformly random order (the
-        precomputed slot's, for stream 0) with the fillers at uniformly random positions."""
+        precomputed slot's, when there is one) with the fillers at uniformly random positions."""
         total = stream.size
         at_filler = np.zeros(total, dtype=bool)
         at_filler[self._shuffler.choice(total, size=stream.fillers, replace=False)] = True
         order = np.empty(total, dtype=np.int64)
         order[at_filler] = -1 - self._shuffler.permutation(stream.fillers)
-        order[~at_filler] = self._precomputed.order if use_slot else self._shuffler.permutation(stream.rows)
+        order[~at_filler] = stream.slot.order if stream.slot is not None else self._shuffler.permutation(stream.rows)
         return order
 
     def _filler_grid(self, stream: _Stream) -> tuple[np.ndarray, np.ndarray]:
