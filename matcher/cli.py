@@ -152,10 +152,7 @@ def merchant_list(db: Path) -> None:
 @click.argument("name")
 def merchant_disable(db: Path, name: str) -> None:
     """Revoke merchant NAME's token."""
-    store = Store(db)
-    store.set_disabled("merchant", name, True)
-    _audit(store, {"type": "merchant_disabled", "name": name})
-    console.print(f"merchant '{name}' disabled")
+    _set_merchant_disabled(db, name, True)
 
 
 @merchant.command("enable")
@@ -163,10 +160,15 @@ def merchant_disable(db: Path, name: str) -> None:
 @click.argument("name")
 def merchant_enable(db: Path, name: str) -> None:
     """Restore merchant NAME's token (after `merchant disable`, or a suspension for a protocol deviation)."""
+    _set_merchant_disabled(db, name, False)
+
+
+def _set_merchant_disabled(db: Path, name: str, disabled: bool) -> None:
     store = Store(db)
-    store.set_disabled("merchant", name, False)
-    _audit(store, {"type": "merchant_enabled", "name": name})
-    console.print(f"merchant '{name}' enabled")
+    store.set_disabled("merchant", name, disabled)
+    state = "disabled" if disabled else "enabled"
+    _audit(store, {"type": f"merchant_{state}", "name": name})
+    console.print(f"merchant '{name}' {state}")
 
 
 @main.group()

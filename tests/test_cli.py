@@ -241,3 +241,15 @@ def test_status_reports_what_the_operator_has(operator):
     assert shown["audience"]["members"] == 12 and shown["audience"]["id_kind"] == "phone"
     assert shown["merchants"] == {"active": 1, "disabled": 1} and shown["auditors"] == 1
     assert shown["jobs"] == {} and shown["randomness_pool_batches"] == 0 and shown["stream_slots_ready"] == 0
+
+
+def test_merchant_disable_and_enable_revoke_and_restore_the_token_and_are_logged(operator):
+    token = operator.token("merchant", "shop")
+    invoke("merchant", "disable", "--db", str(operator.db), "shop")
+    assert operator.store.authenticate(token) is None
+    invoke("merchant", "enable", "--db", str(operator.db), "shop")
+    assert operator.store.authenticate(token).name == "shop"
+    types = [json.loads(data)["type"] for _, data in operator.store.log_entries(0, operator.store.log_size())]
+    assert types[-2:] == ["merchant_disabled", "merchant_enabled"]
+    unknown = invoke("merchant", "enable", "--db", str(operator.db), "nobody")
+    assert unknown.exit_code != 0 and "no merchant named 'nobody'" in unknown.output

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 
-import grpc
 import pytest
 from click.testing import CliRunner
 
@@ -16,7 +15,6 @@ from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher_client import api
 from matcher_client.audit import GrpcLogSource, prove, verify
 from matcher_client.cli import main as client_main
-from matcher.v1 import match_pb2, match_pb2_grpc
 from tests.conftest import exact_policy, ground_truth, phone, wait_until
 
 

@@ -14,7 +14,6 @@ from matcher.errors import InputError, PolicyRefused
 from matcher.policy import (
     NOISE_KINDS,
     SETTABLE_KEYS,
-    EpsilonSplit,
     NoiseSource,
     OpenDPNoise,
     Policy,

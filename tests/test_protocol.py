@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from matcher.crypto import group, paillier
 from matcher.crypto.kernels import Kernels
-from matcher.errors import InputError, InvalidCiphertext, MatcherError, ProtocolError
+from matcher.errors import InputError, InvalidCiphertext, ProtocolError
 from matcher.protocol.merchant import MerchantSession
 from matcher.protocol.messages import LabelSums
 from matcher.protocol.platform import Audience, PlatformSession

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Sequence
 
 import numpy as np
@@ -58,6 +59,18 @@ class PointIndex:
         confirmed = (self._points[at[candidates]] == query[candidates]).all(axis=1)
         positions = candidates[confirmed]
         return positions, at[positions]
+
+
+def point_rows(data: bytes) -> np.ndarray:
+    """Consecutive 32-byte points as an (n, 32) array view (no copy, no checks: our own buffers)."""
+    return np.frombuffer(data, dtype=np.uint8).reshape(-1, ELEMENT_SIZE)
+
+
+def completed(value) -> Future:
+    """A future that already holds ``value``: a result made at once, where the kernels' would be."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def _prefixes(points: np.ndarray) -> np.ndarray:

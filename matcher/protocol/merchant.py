@@ -33,10 +33,10 @@ import numpy as np
 from matcher.crypto import group, paillier
 from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError, InvalidCiphertext, ProtocolError
+from matcher.protocol._lists import shuffled_list
 from matcher.protocol._points import PointIndex, as_point_array
 from matcher.protocol.messages import (
     MAX_CHUNK_ELEMENTS,
-    MAX_LABELS,
     AudienceChunk,
     BlindedChunk,
     JobAccepted,
@@ -62,25 +62,13 @@ class MerchantSession:
     def __init__(self, keys: Sequence[str], labels: Sequence[str], *, id_kind: str,
                  rng: Rng = os.urandom, kernels: Kernels | None = None,
                  chunk_size: int = MAX_CHUNK_ELEMENTS):
-        if not keys:
-            raise InputError("the merchant list is empty", hint="check the id column and the invalid-row counts")
-        if len(keys) != len(labels):
-            raise InputError("every key needs exactly one label")
-        if not 0 < chunk_size <= MAX_CHUNK_ELEMENTS:
-            raise InputError(f"chunk size must be in 1..{MAX_CHUNK_ELEMENTS}")
-        self.label_names = tuple(sorted(set(labels)))
-        if len(self.label_names) > MAX_LABELS:
-            raise InputError(f"{len(self.label_names)} labels; at most {MAX_LABELS} are allowed",
-                             hint="merge small labels or run one job per group")
-        index_of = {name: i for i, name in enumerate(self.label_names)}
+        shuffled = shuffled_list(keys, labels, rng, chunk_size)
+        self.label_names = shuffled.label_names
         self._id_kind = id_kind
         self._rng = rng
         self._kernels = kernels or Kernels()
         self._chunk_size = chunk_size
-        # Shuffle so nothing about the file's order reaches the platform.
-        order = np.random.default_rng(int.from_bytes(rng(32), "big")).permutation(len(keys))
-        self._keys = [keys[i] for i in order]
-        self._label_idx = np.fromiter((index_of[labels[i]] for i in order), dtype=np.uint8, count=len(keys))
+        self._keys, self._label_idx = shuffled.keys, shuffled.label_idx
         self._scalar = group.random_scalar(rng)
         self._state = _State.NEW
         self._double_blinded: list[np.ndarray] = []

@@ -38,7 +38,7 @@ import numpy as np
 from matcher.crypto import group, paillier
 from matcher.crypto.kernels import EncryptionContext, Kernels
 from matcher.errors import CryptoError, InputError, InvalidCiphertext, ProtocolError
-from matcher.protocol._points import as_point_array
+from matcher.protocol._points import as_point_array, completed, point_rows
 from matcher.protocol.messages import (
     AUDIENCE_CHUNK_ROWS,
     MAX_CHUNK_ELEMENTS,
@@ -247,7 +247,7 @@ class PlatformSession:
         self._blinding.append(self._kernels.submit_blind(self._scalar, points.tobytes()))
         self._received_labels.append(labels)
         while len(self._blinding) > 2:
-            self._received.append(_rows(self._blinding.popleft().result()))
+            self._received.append(point_rows(self._blinding.popleft().result()))
 
     def finish_list(self) -> None:
         self._expect(_State.RECEIVING)
@@ -255,7 +255,7 @@ class PlatformSession:
             raise ProtocolError(f"the list ended after {int(self._received_per_label.sum())} of "
                                 f"{self._start.list_size} declared elements")
         while self._blinding:
-            self._received.append(_rows(self._blinding.popleft().result()))
+            self._received.append(point_rows(self._blinding.popleft().result()))
         self._state = _State.LIST_DONE
 
     def double_blinded(self) -> Iterator[BlindedChunk]:
@@ -263,7 +263,7 @@ class PlatformSession:
         self._expect(_State.LIST_DONE)
         dummy_points = [group.blind(r, self._merchant_base) for rs in self._dummy_scalars for r in rs]
         dummy_labels = [label for label, rs in enumerate(self._dummy_scalars) for _ in rs]
-        points = np.concatenate(self._received + [_rows(b"".join(dummy_points))])
+        points = np.concatenate(self._received + [point_rows(b"".join(dummy_points))])
         labels = np.concatenate(self._received_labels + [np.array(dummy_labels, dtype=np.uint8)])
         self._received = self._received_labels = []
         order = self._shuffler.permutation(len(labels))
@@ -280,7 +280,7 @@ class PlatformSession:
         in this thread for pooled encryption) while the current chunk is on the wire.
         """
         self._expect(_State.STREAMING)
-        dummy_points = _rows(b"".join(group.base_mult(r) for rs in self._dummy_scalars for r in rs))
+        dummy_points = point_rows(b"".join(group.base_mult(r) for rs in self._dummy_scalars for r in rs))
         order = self._stream_order(len(dummy_points))
         self.stream_order = order
         size = self._key.public_key.ciphertext_size
@@ -295,7 +295,7 @@ class PlatformSession:
                 blinded = None
             elif feed is not None:
                 points, stored = feed.take(int(real.sum()))
-                blinded = _done(points)
+                blinded = completed(points)
             else:  # blinding goes to the workers first, so it runs while this thread encrypts
                 blinded = self._kernels.submit_blind(
                     self._scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes())
@@ -332,7 +332,7 @@ class PlatformSession:
         real = rows >= 0
         points = np.empty((len(rows), group.ELEMENT_SIZE), dtype=np.uint8)
         if blinded is not None:
-            points[real] = _rows(blinded.result())
+            points[real] = point_rows(blinded.result())
         if not real.all():
             points[~real] = dummy_points[-1 - rows[~real]]
         return AudienceChunk(points=points.tobytes(), ciphertexts=encrypted.result())
@@ -348,20 +348,20 @@ class PlatformSession:
     def _with_dummies(self, encryption: EncryptionContext, members: bytes, real: np.ndarray) -> Future:
         """The chunk's stored member ciphertexts with a fresh Enc(0) at each dummy's position."""
         if real.all():
-            return _done(members)
+            return completed(members)
         size = self._key.public_key.ciphertext_size
         out = np.empty((len(real), size), dtype=np.uint8)
         out[real] = np.frombuffer(members, np.uint8).reshape(-1, size)
         zeros = self._encrypt(encryption, [0] * int((~real).sum())).result()
         out[~real] = np.frombuffer(zeros, np.uint8).reshape(-1, size)
-        return _done(out.tobytes())
+        return completed(out.tobytes())
 
     def _encrypt(self, encryption: EncryptionContext, plaintexts: list[int]) -> Future:
         """From the precomputed pool when it has enough, else online on the kernels."""
         pooled = self._randomness(len(plaintexts)) if self._randomness else None
         if pooled is None:
             return self._kernels.submit_encrypt(encryption, plaintexts)
-        return _done(paillier.encrypt_with_randomness(self._key.public_key, plaintexts, pooled))
+        return completed(paillier.encrypt_with_randomness(self._key.public_key, plaintexts, pooled))
 
     def receive_sums(self, sums: LabelSums) -> dict[str, LabelAggregate]:
         """Decrypt each label's sum; refuse sums that could not come from an honest run."""
@@ -384,12 +384,3 @@ class PlatformSession:
         self._state = _State.DONE
         return result
 
-
-def _done(value) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
-
-
-def _rows(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.uint8).reshape(-1, group.ELEMENT_SIZE)

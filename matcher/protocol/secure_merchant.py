@@ -32,9 +32,10 @@ import numpy as np
 
 from matcher.crypto import group
 from matcher.crypto.kernels import Kernels
-from matcher.errors import InputError, ProtocolError
+from matcher.errors import ProtocolError
+from matcher.protocol._lists import shuffled_list
 from matcher.protocol._points import as_point_array
-from matcher.protocol.messages import MAX_CHUNK_ELEMENTS, MAX_LABELS, SECURE, BlindedChunk, JobAccepted, JobStart
+from matcher.protocol.messages import MAX_CHUNK_ELEMENTS, SECURE, BlindedChunk, JobAccepted, JobStart
 
 Rng = Callable[[int], bytes]
 _LOOKAHEAD = 2
@@ -50,26 +51,14 @@ class _State(enum.Enum):
 class SecureMerchantSession:
     def __init__(self, keys: Sequence[str], labels: Sequence[str], *, id_kind: str, rng: Rng = os.urandom,
                  kernels: Kernels | None = None, chunk_size: int = MAX_CHUNK_ELEMENTS, ordered: bool = False):
-        if not keys:
-            raise InputError("the merchant list is empty", hint="check the id column and the invalid-row counts")
-        if len(keys) != len(labels):
-            raise InputError("every key needs exactly one label")
-        if not 0 < chunk_size <= MAX_CHUNK_ELEMENTS:
-            raise InputError(f"chunk size must be in 1..{MAX_CHUNK_ELEMENTS}")
-        self.label_names = tuple(sorted(set(labels)))
-        if len(self.label_names) > MAX_LABELS:
-            raise InputError(f"{len(self.label_names)} labels; at most {MAX_LABELS} are allowed",
-                             hint="merge small labels or run one job per group")
-        index_of = {name: i for i, name in enumerate(self.label_names)}
+        shuffled = shuffled_list(keys, labels, rng, chunk_size)
+        self.label_names = shuffled.label_names
         self._id_kind = id_kind
         self._rng = rng
         self._kernels = kernels or Kernels()
         self._chunk_size = chunk_size
         self.ordered = ordered
-        # Shuffle so nothing about the file's order reaches the platform.
-        order = np.random.default_rng(int.from_bytes(rng(32), "big")).permutation(len(keys))
-        self._keys = [keys[i] for i in order]
-        self._label_idx = np.fromiter((index_of[labels[i]] for i in order), dtype=np.uint8, count=len(keys))
+        self._keys, self._label_idx = shuffled.keys, shuffled.label_idx
         self._scalars = [group.random_scalar(rng)]  # a_s, one per stream; a_0 is announced in JobStart
         self._hashed: np.ndarray | None = None       # H(x) in self._keys order, once the first copy is made
         self._state = _State.NEW

@@ -49,7 +49,7 @@ import numpy as np
 from matcher.crypto import group
 from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError, ProtocolDeviation, ProtocolError
-from matcher.protocol._points import PointIndex, as_point_array
+from matcher.protocol._points import PointIndex, as_point_array, completed, point_rows
 from matcher.protocol.messages import (
     MATCHED_STREAM,
     MAX_CHUNK_ELEMENTS,
@@ -228,7 +228,7 @@ class SecurePlatformSession:
             raise ProtocolError("stream 0's list was blinded with another scalar than the a·G the job started with")
         group.blind(group.random_scalar(self._rng), merchant_base)  # validated before anything depends on it
         stream.merchant_base = bytes(merchant_base)
-        table = np.concatenate([_rows(f.result()) for f in stream.table]) if stream.table else \
+        table = np.concatenate([point_rows(f.result()) for f in stream.table]) if stream.table else \
             np.empty((0, group.ELEMENT_SIZE), np.uint8)
         labels = np.concatenate(stream.received_labels) if stream.received_labels else np.empty(0, np.uint8)
         _, first = np.unique(table.view(f"V{group.ELEMENT_SIZE}").ravel(), return_index=True)
@@ -254,7 +254,7 @@ class SecurePlatformSession:
             if not real.any():
                 blinded = None
             elif feed is not None:
-                blinded = _done(feed.take(int(real.sum()))[0])
+                blinded = completed(feed.take(int(real.sum()))[0])
             else:
                 blinded = self._kernels.submit_blind(
                     stream.scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes())
@@ -288,7 +288,7 @@ class SecurePlatformSession:
             fillers.append(group.blind(r, bases))
             expected.append(group.blind(r, shifted))
         take = stream.fillers * group.ELEMENT_SIZE
-        return _rows(b"".join(fillers)[:take]), _rows(b"".join(expected)[:take])
+        return point_rows(b"".join(fillers)[:take]), point_rows(b"".join(expected)[:take])
 
     def _stream_at(self, index: int) -> _Stream:
         if not 0 <= index < len(self._streams):
@@ -364,17 +364,8 @@ def _chunk(rows: np.ndarray, blinded: Future | None, fillers: np.ndarray) -> byt
     real = rows >= 0
     points = np.empty((len(rows), group.ELEMENT_SIZE), dtype=np.uint8)
     if blinded is not None:
-        points[real] = _rows(blinded.result())
+        points[real] = point_rows(blinded.result())
     if not real.all():
         points[~real] = fillers[-1 - rows[~real]]
     return points.tobytes()
 
-
-def _done(value) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
-
-
-def _rows(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.uint8).reshape(-1, group.ELEMENT_SIZE)

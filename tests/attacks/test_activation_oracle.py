@@ -9,7 +9,7 @@ from matcher import policy as policy_mod
 from matcher.errors import PolicyRefused, ProtocolError
 from matcher_client import api
 from tests.attacks._adversary import accuracy_bound, fakes, hostile_room
-from tests.conftest import SEGMENTS, phone
+from tests.conftest import SEGMENTS
 
 K = 50
 SEGMENT = "paid_with_platform"
