@@ -1,7 +1,14 @@
 """End-to-end benchmark: one full match job over real gRPC on localhost, JSON out.
 
     python -m bench.e2e --platform 100000 --merchant 100000 --overlap 0.5 --segments 60 \
+        [--protocol {secure,semi_honest,both}] [--segments-asked N] \
         [--peer openmined] [--peer secretflow] [--out FILE.json] [--workdir DIR] [--pyspy PREFIX] [--cprofile FILE]
+
+``--protocol both`` (the default) runs the semi-honest job, then the secure one, against the same
+server and the same sets; the JSON has one section per protocol under ``protocols`` (the secure
+one with per-stream phases) and ``secure_over_semi_honest`` ratios. ``--segments-asked N``: the
+secure job asks for the first N segments (default all: one stream each); the semi-honest job
+always counts all of them. The policy enables ``semi_honest_match`` for the comparison.
 
 What it does, in order (each step timed separately):
 
@@ -14,7 +21,7 @@ What it does, in order (each step timed separately):
    a large ε budget, and adds a merchant;
 3. starts the real server as a subprocess (``<venv>/bin/matcher serve``) and waits for gRPC
    health SERVING;
-4. runs the merchant job in this process with ``matcher_client.api.run_job`` (list preparation,
+4. runs the merchant job(s) in this process with ``matcher_client.api.run_job`` (list preparation,
    i.e. normalization with ``phonenumbers``, is timed separately as ``prepare``), recording a
    timestamp for every gRPC message and every progress callback;
 5. checks every count of the report against the plaintext ground truth;
@@ -132,6 +139,17 @@ def _cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def _machine_busy_s() -> float | None:
+    """CPU-seconds the whole machine has been busy (all cores, /proc/stat), to tell a job's own CPU
+    from other people's on a shared machine."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _children(pid: int, skip: set[int] = frozenset()) -> list[int]:
     """All descendants of ``pid`` except the subtrees rooted at ``skip`` (scan of /proc)."""
     parents: dict[int, list[int]] = {}
@@ -180,7 +198,11 @@ class TreeSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> "TreeSampler":
+        # Every process alive at the first sample (the root, and a server's pool workers that
+        # outlive one job) counts its CPU from here; one that appears later, from its start.
+        self._first = True
         self.sample()
+        self._first = False
         self._thread.start()
         return self
 
@@ -210,7 +232,7 @@ class TreeSampler:
             cpu = _cpu_seconds(pid)
             if cpu is not None:
                 self.cpu[pid] = cpu
-                self.cpu_start.setdefault(pid, cpu if pid == self.root else 0.0)
+                self.cpu_start.setdefault(pid, cpu if pid == self.root or getattr(self, "_first", False) else 0.0)
             if pid not in self.names:
                 self.names[pid] = _cmdline(pid)
         self.peak_tree_rss_kib = max(self.peak_tree_rss_kib, total)
@@ -241,8 +263,12 @@ def _reset_own_hwm() -> bool:
 class WireLog:
     """Counts MatchService messages (protobuf size + 5-byte gRPC prefix) and timestamps each kind."""
 
-    def __init__(self, t0: float):
+    def __init__(self, t0: float, per_stream: bool = False):
         self.t0 = t0
+        # Secure protocol: each message names its stream; mark "direction:kind:stream" too and
+        # count bytes per (direction, stream).
+        self.per_stream = per_stream
+        self.bytes_by_stream: dict[str, int] = {}
         self.sent = 0
         self.received = 0
         self.sent_by_kind: dict[str, int] = {}
@@ -268,6 +294,16 @@ class WireLog:
                 self.received += size
                 self.received_by_kind[kind] = self.received_by_kind.get(kind, 0) + size
         self.mark(f"{direction}:{kind}")
+        if self.per_stream and kind != "?":
+            inner = getattr(message, kind)
+            stream = getattr(inner, "stream", None)
+            if stream is not None:
+                key = f"{direction}:{kind}:{stream}"
+                points = len(getattr(inner, "points", b"")) // 32
+                with self._lock:
+                    self.bytes_by_stream[key] = self.bytes_by_stream.get(key, 0) + size
+                    self.bytes_by_stream["values:" + key] = self.bytes_by_stream.get("values:" + key, 0) + points
+                self.mark(key)
 
 
 def _counting_grpc_module(real_module, wire: WireLog):
@@ -373,9 +409,15 @@ def build_operator_db(workdir: Path, platform_ids: list[str], masks: np.ndarray,
     # The bench's platform keys must be the library's keys for the same numbers.
     assert ids.match_key(platform_ids[0], "phone") == hashlib.sha256(platform_ids[0].encode()).hexdigest()
     for key, value in (("noise", "none"), ("k", "0"), ("dummies", "off"), ("min_list_size", "1"),
-                       ("epsilon_per_job", "1"), ("epsilon_budget", "1000000"), ("jobs_per_hour", "1000")):
+                       ("epsilon_per_job", "1"), ("epsilon_budget", "1000000"), ("jobs_per_hour", "1000"),
+                       # The semi-honest protocol runs beside the secure one (issue 13); off by default.
+                       ("semi_honest_match", "on")):
         store.set_policy(key, value)
     _, token = store.add_principal("merchant", "bench")
+    policy = store.effective_policy("bench")
+    timings["policy"] = {key: getattr(policy, key) for key in (
+        "noise", "k", "dummies", "dummy_epsilon_share", "epsilon_per_job", "epsilon_budget", "budget_period",
+        "jobs_per_hour", "audit_rows", "semi_honest_match") if hasattr(policy, key)}
     store.close()
     timings["db_bytes"] = db.stat().st_size
     return db, token, timings
@@ -383,7 +425,7 @@ def build_operator_db(workdir: Path, platform_ids: list[str], masks: np.ndarray,
 
 def run_job(address: str, token: str, merchant_ids: list[str], cprofile: str | None, pyspy: str | None,
             pyspy_prefix: str | None, rate: int, server_pid: int, cache: str | None = None,
-            count_only: bool = False) -> dict:
+            count_only: bool = False, protocol: str = "secure", segments: list[str] | None = None) -> dict:
     """The client's job; ``cache`` is a warm merchant hash cache (the repeat-customer scenario)."""
     import matcher_client.api as api
     from matcher.v1 import match_pb2_grpc
@@ -403,7 +445,7 @@ def run_job(address: str, token: str, merchant_ids: list[str], cprofile: str | N
     rss_before = _status_kib(os.getpid(), "VmRSS") or 0
 
     t0 = time.perf_counter()
-    wire = WireLog(t0)
+    wire = WireLog(t0, per_stream=protocol == "secure")
     marks: dict[str, list[float]] = {}
 
     def progress(phase: str, done: int, total) -> None:
@@ -421,7 +463,12 @@ def run_job(address: str, token: str, merchant_ids: list[str], cprofile: str | N
         with sampler:
             if profiler:
                 profiler.enable()
-            report = api.run_job(address, token, merchant_list, progress=progress, cache=cache, count_only=count_only)
+            if protocol == "secure":
+                report = api.run_job(address, token, merchant_list, progress=progress, cache=cache,
+                                     count_only=count_only, segments=segments, protocol=protocol)
+            else:  # every segment; the client has no count-only semi-honest job any more
+                report = api.run_job(address, token, merchant_list, progress=progress, cache=cache,
+                                     protocol=protocol)
             if profiler:
                 profiler.disable()
     finally:
@@ -441,6 +488,7 @@ def run_job(address: str, token: str, merchant_ids: list[str], cprofile: str | N
     usage = resource.getrusage(resource.RUSAGE_SELF)
     tree = sampler.report()
     return {
+        "protocol": protocol,
         "report": report,
         "prepare_s": prepare_s,
         "total_s": total_s,
@@ -500,13 +548,68 @@ def _phases(job: dict) -> dict:
             "progress_marks_s": {k: [round(a, 3), round(b, 3)] for k, (a, b) in job["marks"].items()}}
 
 
-def check(report: dict, truth: dict, n_segments: int) -> dict:
+def _secure_phases(job: dict) -> dict:
+    """The secure job's timeline, stream by stream (client's clock, seconds since run_job began).
+
+    Per stream s the phases tile the job: *list* (from the end of stream s-1, or from accepted:
+    the merchant hashes (s = 0 only) and blinds its copy s, the server computes T_s as chunks
+    arrive), *server_prep* (list end -> first stream chunk: the server collects T_s, de-duplicates
+    it, builds the filler grid, blinds its first chunk), *stream* (the server blinds b_s·H(y) and
+    streams it with the fillers; the merchant blinds every value as it comes), *return* (the
+    merchant collects the last a·v, shuffles, sends back). The server's audit and count of stream
+    s (finish_stream) overlaps the list of stream s+1; the last one is in *finish*.
+    """
+    w: WireLog = job["wire"]
+    first, last = w.first, w.last
+    n_streams = 1 + len(job["report"].get("segments", []))
+    accepted = first.get("received:accepted")
+    streams, previous = [], accepted
+    for index in range(n_streams):
+        at = lambda where, kind: where.get(f"{kind}:{index}")
+        list_end, first_chunk = at(first, "sent:list_end"), at(first, "received:audience")
+        stream_end, returned_end = at(first, "received:audience_end"), at(first, "sent:returned_end")
+
+        def span(a, b):
+            return round(b - a, 3) if a is not None and b is not None else None
+
+        down = w.bytes_by_stream.get(f"received:audience:{index}", 0)
+        streams.append({"list_s": span(previous, list_end), "server_prep_s": span(list_end, first_chunk),
+                        "stream_s": span(first_chunk, stream_end), "return_s": span(stream_end, returned_end),
+                        # 32 B per value + a few bytes of framing per 65,536-value message
+                        "values": w.bytes_by_stream.get(f"values:received:audience:{index}", 0), "bytes_down": down,
+                        "bytes_up": w.bytes_by_stream.get(f"sent:blinded:{index}", 0)
+                        + w.bytes_by_stream.get(f"sent:returned:{index}", 0)})
+        previous = returned_end
+    report_at = first.get("received:report")
+    sums = {key: round(sum(s[key] or 0 for s in streams), 3) for key in ("list_s", "server_prep_s", "stream_s", "return_s")}
+    phases = {
+        "start_to_accepted_s": round(accepted, 3) if accepted is not None else None,
+        # summed over every stream
+        **{f"streams_{key}": value for key, value in sums.items()},
+        # the last stream's audit and count, the policy, the audit-log entry
+        "finish_s": round(report_at - previous, 3) if report_at is not None and previous is not None else None,
+        "total_s": round(job["total_s"], 3),
+    }
+    segment_streams = streams[1:]
+    return {"phases": phases, "n_streams": n_streams,
+            "stream_0": streams[0],
+            "segment_stream_mean": {key: round(sum(s[key] or 0 for s in segment_streams) / len(segment_streams), 3)
+                                    for key in ("list_s", "server_prep_s", "stream_s", "return_s", "values")}
+            if segment_streams else None,
+            "streams": streams,
+            "progress_marks_s": {k: [round(a, 3), round(b, 3)] for k, (a, b) in job["marks"].items()}}
+
+
+def check(report: dict, truth: dict, segment_names: list[str]) -> dict:
+    """Exact comparison with the plaintext ground truth: the matched count and every segment asked."""
     label = report["labels"].get("all", {})
-    got_segments = [label.get("segments", {}).get(f"seg{i:02d}") for i in range(n_segments)]
-    wrong = [i for i, (a, b) in enumerate(zip(got_segments, truth["segments"])) if a != b]
-    ok = label.get("matched") == truth["matched"] and not wrong
+    got = label.get("segments", {}) or {}
+    wrong = [name for name in segment_names if got.get(name) != truth["segments"][int(name[3:])]]
+    unexpected = sorted(set(got) - set(segment_names))
+    ok = label.get("matched") == truth["matched"] and not wrong and not unexpected
     return {"ok": ok, "matched": label.get("matched"), "expected_matched": truth["matched"],
-            "segments_wrong": wrong[:10], "segments_checked": n_segments}
+            "segments_wrong": wrong[:10], "segments_unexpected": unexpected[:10],
+            "segments_checked": len(segment_names)}
 
 
 # -- peers (each in its own interpreter: they pin their own protobuf, jax, numpy) ---------------------
@@ -554,6 +657,55 @@ def _peer_times(name: str, peer: dict) -> dict[str, tuple[float, int]]:
             for protocol, run in peer.get("protocols", {}).items() if run.get("finished", True) and "total_s" in run}
 
 
+def _protocol_result(job: dict, args) -> dict:
+    """One job's numbers: correctness, phases, rates, memory, CPU, bytes."""
+    protocol = job["protocol"]
+    phases = _phases(job) if protocol == "semi_honest" else _secure_phases(job)
+    wire: WireLog = job["wire"]
+    list_size = job["report"]["list_size"]
+    n_cipher = 512  # 2048-bit n: ciphertexts mod n^2 are 4096 bits
+    if protocol == "semi_honest":
+        estimate_name = "estimate_32B_per_point_512B_per_ciphertext"
+        estimate = {"client_to_server": 32 * list_size + n_cipher,
+                    "server_to_client": 32 * list_size + args.platform * (32 + n_cipher)}
+    else:
+        # per stream: the list copy up (33 B an element), the stream down and back (32 B a value)
+        values = sum(s["values"] for s in phases["streams"])
+        estimate_name = "estimate_33B_per_list_element_per_stream_32B_per_stream_value_each_way"
+        estimate = {"client_to_server": 33 * list_size * phases["n_streams"] + 32 * values,
+                    "server_to_client": 32 * values}
+    matching = phases["phases"].get("matching_s") or phases["phases"].get("streams_stream_s")
+    server_cpu = job["server_cpu"]
+    machine = dict(job["machine_during_job"])
+    ours = sum(server_cpu.values()) + sum(p["cpu_s"] for p in job["client_memory"]["processes"])
+    if machine["busy_cpu_s_all_processes"] is not None:
+        # What other processes (another engineer's tests) took from the 2 cores during the job
+        machine["others_cpu_s"] = round(max(0.0, machine["busy_cpu_s_all_processes"] - ours), 2)
+    return {
+        "machine_during_job": machine,
+        "protocol": protocol,
+        "segments_counted": len(job["report"].get("segments", [])),
+        "correct": check(job["report"], job["truth"], job["segments_checked"]),
+        "prepare_s": round(job["prepare_s"], 3),
+        **phases,
+        "rates": {
+            "job_platform_rows_per_s": round(args.platform / job["total_s"], 1),
+            "job_merchant_rows_per_s": round(args.merchant / job["total_s"], 1),
+            "matching_platform_rows_per_s": round(args.platform / matching, 1) if matching else None,
+        },
+        "wall_incl_prepare_s": round(job["prepare_s"] + job["total_s"], 3),
+        "memory": {"server": job["server_memory"], "client": job["client_memory"]},
+        "cpu_s_during_job": {"server_tree": round(sum(server_cpu.values()), 2), "client_main_process": job["client_cpu_s"],
+                             "client_tree": round(sum(p["cpu_s"] for p in job["client_memory"]["processes"]), 2)},
+        "wire_bytes": {
+            "method": "measured: protobuf ByteSize + 5-byte gRPC prefix per message, counted in the client stub",
+            "client_to_server": wire.sent, "server_to_client": wire.received,
+            "sent_by_kind": wire.sent_by_kind, "received_by_kind": wire.received_by_kind,
+            estimate_name: estimate,
+        },
+    }
+
+
 # -- main -------------------------------------------------------------------------------------------
 
 def _wait_pool(db: Path, values: int, timeout: float = 3600) -> float:
@@ -595,7 +747,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--overlap", type=float, default=0.5, help="fraction of the merchant list on the platform")
     parser.add_argument("--segments", type=int, default=60, help="boolean segments per platform member (0..64)")
     parser.add_argument("--count-only", action="store_true",
-                        help="cardinality only (matcher-client match --count-only): no segments, no ciphertexts")
+                        help="cardinality only (matcher-client match --count-only): the secure job asks for no segment; "
+                             "the semi-honest job has no count-only form in the client any more and runs in full")
+    parser.add_argument("--protocol", choices=["secure", "semi_honest", "both"], default="both",
+                        help="which protocol's job to run; both: semi-honest, then secure, on the same server and sets")
+    parser.add_argument("--segments-asked", type=int, default=None, metavar="N",
+                        help="segments the secure job asks for (the first N; default: all, one stream each); "
+                             "the semi-honest job always counts all")
     parser.add_argument("--peer", choices=["none", *_PEERS], action="append", default=[],
                         help="run a peer on the same sets in the same run (repeat for several)")
     parser.add_argument("--peer-python", default=None,
@@ -621,9 +779,15 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--segments must be in 0..64")
     if not 0 <= args.overlap <= 1:
         parser.error("--overlap must be in 0..1")
+    if args.segments_asked is not None and not 0 <= args.segments_asked <= args.segments:
+        parser.error("--segments-asked must be in 0..--segments")
+    if args.count_only and args.segments_asked:
+        parser.error("--count-only asks for no segments")
+    protocols = ["semi_honest", "secure"] if args.protocol == "both" else [args.protocol]
 
     result: dict = {"benchmark": "e2e", "params": {k: v for k, v in vars(args).items()
-                                                   if k in ("platform", "merchant", "overlap", "segments", "count_only", "peer", "seed")},
+                                                   if k in ("platform", "merchant", "overlap", "segments", "count_only", "peer", "seed",
+                                                            "protocol", "segments_asked")},
                     "machine": machine_info(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     temp = None
     if args.workdir:
@@ -673,11 +837,38 @@ def main(argv: list[str] | None = None) -> dict:
             if pyspy:  # the server is py-spy's child; measure the server, not the profiler
                 kids = [p for p in _children(server.pid) if "serve" in _cmdline(p)]
                 server_root = kids[0] if kids else server.pid
-            with TreeSampler(server_root) as server_sampler:
-                job = run_job(address, token, merchant_ids, args.cprofile, pyspy, args.pyspy, args.pyspy_rate,
-                              server.pid, cache=cache, count_only=args.count_only)
-            server_cpu = {pid: server_sampler.cpu[pid] - server_sampler.cpu_start.get(pid, 0.0)
-                          for pid in server_sampler.cpu}
+            all_names = [f"seg{i:02d}" for i in range(args.segments)]
+            asked = None if args.segments_asked is None else all_names[:args.segments_asked]
+            jobs = {}
+            for protocol in protocols:
+                tag = (lambda path: path) if len(protocols) == 1 else \
+                    (lambda path, protocol=protocol: f"{Path(path).with_suffix('')}-{protocol}{Path(path).suffix}")
+                if pool_values and jobs:  # the previous job took the stream slot: let the server refill first
+                    result.setdefault("pool_refill_s", {})[protocol] = round(_wait_pool(db, pool_values), 3)
+                    print(f"pool and stream slot refilled in {result['pool_refill_s'][protocol]} s", file=sys.stderr)
+                print(f"running the {protocol} job", file=sys.stderr)
+                load_before, busy_before = os.getloadavg(), _machine_busy_s()
+                with TreeSampler(server_root) as server_sampler:
+                    job = run_job(address, token, merchant_ids, tag(args.cprofile) if args.cprofile else None,
+                                  pyspy, f"{args.pyspy}-{protocol}" if args.pyspy and len(protocols) > 1 else args.pyspy,
+                                  args.pyspy_rate, server.pid, cache=cache,
+                                  count_only=args.count_only and protocol == "secure", protocol=protocol,
+                                  segments=asked if protocol == "secure" else None)
+                busy_after = _machine_busy_s()
+                job["machine_during_job"] = {"load_average_before": [round(v, 2) for v in load_before],
+                                             "load_average_after": [round(v, 2) for v in os.getloadavg()],
+                                             "busy_cpu_s_all_processes": round(busy_after - busy_before, 2)
+                                             if busy_after is not None and busy_before is not None else None}
+                job["server_memory"] = server_sampler.report()
+                job["server_cpu"] = {pid: server_sampler.cpu[pid] - server_sampler.cpu_start.get(pid, 0.0)
+                                     for pid in server_sampler.cpu}
+                if protocol == "secure":
+                    job["segments_checked"] = [] if args.count_only else (all_names if asked is None else asked)
+                else:
+                    job["segments_checked"] = all_names
+                job["truth"] = truth
+                jobs[protocol] = job
+                print(f"{protocol} job: {round(job['total_s'], 3)} s", file=sys.stderr)
         finally:
             if server.poll() is None:
                 # Stop the server itself (graceful SIGTERM, which also shuts its pool down); under
@@ -691,40 +882,32 @@ def main(argv: list[str] | None = None) -> dict:
                     server.kill()
             server_log.close()
 
-        phases = _phases(job)
-        wire: WireLog = job["wire"]
-        list_size = job["report"]["list_size"]
-        n_cipher = 512  # 2048-bit n: ciphertexts mod n^2 are 4096 bits
-        estimate = {
-            "client_to_server": 32 * list_size + n_cipher,
-            "server_to_client": 32 * list_size + args.platform * (32 + n_cipher),
-        } if not args.count_only else {
-            "client_to_server": 32 * list_size + 32 * args.platform,
-            "server_to_client": 32 * args.platform,
-        }
-        result.update({
-            "correct": check(job["report"], truth, 0 if args.count_only else args.segments),
-            "prepare_s": round(job["prepare_s"], 3),
-            **phases,
-            "rates": {
-                "job_platform_rows_per_s": round(args.platform / job["total_s"], 1),
-                "job_merchant_rows_per_s": round(args.merchant / job["total_s"], 1),
-                "matching_platform_rows_per_s": round(args.platform / phases["phases"]["matching_s"], 1)
-                if phases["phases"].get("matching_s") else None,
-            },
-            "wall_incl_prepare_s": round(job["prepare_s"] + job["total_s"], 3),
-            "memory": {"server": server_sampler.report(), "client": job["client_memory"]},
-            "cpu_s_during_job": {"server_tree": round(sum(server_cpu.values()), 2), "client_main_process": job["client_cpu_s"],
-                      "client_tree": round(sum(p["cpu_s"] for p in job["client_memory"]["processes"]), 2)},
-            "wire_bytes": {
-                "method": "measured: protobuf ByteSize + 5-byte gRPC prefix per message, counted in the client stub",
-                "client_to_server": wire.sent, "server_to_client": wire.received,
-                "sent_by_kind": wire.sent_by_kind, "received_by_kind": wire.received_by_kind,
-                "estimate_32B_per_point_512B_per_ciphertext": estimate,
-            },
-        })
-        print(f"matcher job: {phases['phases']['total_s']} s (+ prepare {result['prepare_s']} s), "
-              f"correct={result['correct']['ok']}", file=sys.stderr)
+        result["protocols"] = {protocol: _protocol_result(job, args) for protocol, job in jobs.items()}
+        result["correct"] = {"ok": all(r["correct"]["ok"] for r in result["protocols"].values()),
+                             **{protocol: r["correct"]["ok"] for protocol, r in result["protocols"].items()}}
+        if len(jobs) == 2:
+            secure, semi = result["protocols"]["secure"], result["protocols"]["semi_honest"]
+
+            def ratio(a, b):
+                return round(a / b, 3) if a and b else None
+
+            result["secure_over_semi_honest"] = {
+                "job_s": ratio(secure["phases"]["total_s"], semi["phases"]["total_s"]),
+                "wall_incl_prepare_s": ratio(secure["wall_incl_prepare_s"], semi["wall_incl_prepare_s"]),
+                "bytes_total": ratio(secure["wire_bytes"]["client_to_server"] + secure["wire_bytes"]["server_to_client"],
+                                     semi["wire_bytes"]["client_to_server"] + semi["wire_bytes"]["server_to_client"]),
+                "cpu_s_server_tree": ratio(secure["cpu_s_during_job"]["server_tree"], semi["cpu_s_during_job"]["server_tree"]),
+                "cpu_s_client_tree": ratio(secure["cpu_s_during_job"]["client_tree"], semi["cpu_s_during_job"]["client_tree"]),
+                "note": "the semi-honest job counts every segment; the secure job counts the segments asked",
+            }
+        # Earlier results had one job at the top level; keep its headline fields there.
+        headline = result["protocols"][protocols[-1]]
+        result["phases"] = headline["phases"]
+        for protocol, r in result["protocols"].items():
+            print(f"{protocol} job: {r['phases']['total_s']} s (+ prepare {r['prepare_s']} s), "
+                  f"correct={r['correct']['ok']}", file=sys.stderr)
+        if "secure_over_semi_honest" in result:
+            print(f"secure / semi_honest: {result['secure_over_semi_honest']['job_s']}x", file=sys.stderr)
 
         peers = list(dict.fromkeys(p for p in args.peer if p != "none"))
         with peer_inputs(workdir, platform_ids, merchant_ids) if peers else contextlib.nullcontext() as inputs:
@@ -736,12 +919,14 @@ def main(argv: list[str] | None = None) -> dict:
                     print(f"{name} peer unavailable: {peer.get('reason')}", file=sys.stderr)
                     continue
                 for protocol, (seconds, size) in _peer_times(name, peer).items():
-                    ratio = round(seconds / phases["phases"]["total_s"], 2)
+                    ratios = {ours: round(seconds / r["phases"]["total_s"], 2) for ours, r in result["protocols"].items()}
                     correct = abs(size - truth["matched"]) <= max(2, truth["matched"] * 1e-6)
-                    peer.setdefault("ratios_over_matcher", {})[protocol] = ratio
+                    # ratio over the last protocol run (as before: one number), and over each
+                    peer.setdefault("ratios_over_matcher", {})[protocol] = ratios[protocols[-1]]
+                    peer.setdefault("ratios_over_matcher_by_protocol", {})[protocol] = ratios
                     peer.setdefault("correct", {})[protocol] = correct
                     print(f"{protocol}: {seconds} s (intersection {size}, correct={correct}); "
-                          f"ratio {protocol}/matcher = {ratio}x", file=sys.stderr)
+                          f"ratio {protocol}/matcher = {ratios}", file=sys.stderr)
     finally:
         if temp:
             temp.cleanup()

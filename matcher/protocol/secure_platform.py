@@ -213,9 +213,9 @@ class SecurePlatformSession:
         stream.received_labels.append(labels.copy())
 
     def finish_list(self, index: int, merchant_base: bytes) -> None:
-        """The copy for stream ``index`` is complete; ``merchant_base`` is a_s·G. De-duplicates T_s:
-        equal a_s·H(x) (or points that differ by a small-order component) give equal b_s·a_s·H(x)
-        and count once, under their first label."""
+        """The copy for stream ``index`` is complete; ``merchant_base`` is a_s·G. Indexes T_s for the
+        count: equal a_s·H(x) (or points that differ by a small-order component) give equal
+        b_s·a_s·H(x) and count once, under their first label."""
         self._expect(_State.STREAMING)
         stream = self._stream_at(index)
         if stream.list_done or any(not s.finished for s in self._streams[:index]):
@@ -231,9 +231,10 @@ class SecurePlatformSession:
         table = np.concatenate([point_rows(f.result()) for f in stream.table]) if stream.table else \
             np.empty((0, group.ELEMENT_SIZE), np.uint8)
         labels = np.concatenate(stream.received_labels) if stream.received_labels else np.empty(0, np.uint8)
-        _, first = np.unique(table.view(f"V{group.ELEMENT_SIZE}").ravel(), return_index=True)
-        stream.index = PointIndex([table[first]], [labels[first]])
-        stream.duplicates_dropped = len(table) - len(first)
+        # Equal values (a copy, or a torsion twin: X25519 clears the cofactor) are one person: the
+        # index's stable sort answers every lookup with the first of them, so each counts once,
+        # under its first label, and no explicit de-duplication pass is needed.
+        stream.index = PointIndex([table], [labels])
         stream.table = stream.received_labels = []
         stream.list_done = True
 
@@ -246,7 +247,8 @@ class SecurePlatformSession:
         stream.sent = True
         fillers, stream.expected = self._filler_grid(stream)
         stream.order = self._order(stream)
-        feed = _StreamFeed(stream.slot.pieces, 0) if stream.slot is not None else None
+        # A slot made while the semi-honest protocol was on also holds ciphertexts: not needed here.
+        feed = _StreamFeed(((points, None) for points, _ in stream.slot.pieces), 0) if stream.slot else None
         pending: deque[tuple[np.ndarray, Future | None]] = deque()
         for lo in range(0, len(stream.order), self._chunk_rows):
             rows = stream.order[lo:lo + self._chunk_rows]
