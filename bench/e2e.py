@@ -708,8 +708,9 @@ def _protocol_result(job: dict, args) -> dict:
 
 # -- main -------------------------------------------------------------------------------------------
 
-def _wait_pool(db: Path, values: int, timeout: float = 3600) -> float:
-    """Seconds until the server's randomness pool holds ``values`` and a job stream is ready."""
+def _wait_pool(db: Path, values: int, streams: int = 1, timeout: float = 3600) -> float:
+    """Seconds until the server's randomness pool holds ``values`` and a slot is ready for each of
+    ``streams`` streams (every member, then one per segment: the secure protocol's)."""
     import sqlite3
 
     from matcher.crypto import pool
@@ -719,7 +720,8 @@ def _wait_pool(db: Path, values: int, timeout: float = 3600) -> float:
     while time.perf_counter() - started < timeout:
         with contextlib.closing(sqlite3.connect(str(db), timeout=30)) as conn:
             if (conn.execute("SELECT count(*) FROM randomness_pool").fetchone()[0] >= wanted
-                    and conn.execute("SELECT count(*) FROM stream_slots WHERE taken = 0 AND ready = 1").fetchone()[0] >= 1):
+                    and conn.execute("SELECT count(DISTINCT segment) FROM stream_slots WHERE taken = 0 "
+                                     "AND ready = 1").fetchone()[0] >= streams):
                 return time.perf_counter() - started
         time.sleep(0.5)
     raise TimeoutError("the randomness pool did not fill")
@@ -827,7 +829,7 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             result["server_start_s"] = round(_wait_serving(address, server), 3)
             if pool_values:
-                result["pool_fill_s"] = round(_wait_pool(db, pool_values), 3)
+                result["pool_fill_s"] = round(_wait_pool(db, pool_values, 1 + args.segments), 3)
                 print(f"randomness pool filled in {result['pool_fill_s']} s", file=sys.stderr)
             cache = None
             if args.warm_cache:
@@ -844,7 +846,8 @@ def main(argv: list[str] | None = None) -> dict:
                 tag = (lambda path: path) if len(protocols) == 1 else \
                     (lambda path, protocol=protocol: f"{Path(path).with_suffix('')}-{protocol}{Path(path).suffix}")
                 if pool_values and jobs:  # the previous job took the stream slot: let the server refill first
-                    result.setdefault("pool_refill_s", {})[protocol] = round(_wait_pool(db, pool_values), 3)
+                    result.setdefault("pool_refill_s", {})[protocol] = round(_wait_pool(db, pool_values,
+                                                                                       1 + args.segments), 3)
                     print(f"pool and stream slot refilled in {result['pool_refill_s'][protocol]} s", file=sys.stderr)
                 print(f"running the {protocol} job", file=sys.stderr)
                 load_before, busy_before = os.getloadavg(), _machine_busy_s()

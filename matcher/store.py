@@ -447,6 +447,10 @@ class Store:
             "audit_log_entries": self.log_size(),
             "randomness_pool_batches": q("SELECT count(*) FROM randomness_pool")[0][0],
             "stream_slots_ready": self.stream_slots(version),
+            # The secure protocol's segment streams: ready slots per segment.
+            "segment_stream_slots_ready": dict(q(
+                "SELECT segment, count(*) FROM stream_slots WHERE audience_version = ? AND segment != '' "
+                "AND taken = 0 AND ready = 1 GROUP BY segment", version)),
             # Being written while the server is idle (minutes for a large audience: its ciphertexts).
             "stream_slot_rows_in_progress": q(
                 "SELECT coalesce(sum(length(p.points)), 0) / 32 FROM stream_slots s "

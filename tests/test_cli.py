@@ -241,6 +241,7 @@ def test_status_reports_what_the_operator_has(operator):
     assert shown["audience"]["members"] == 12 and shown["audience"]["id_kind"] == "phone"
     assert shown["merchants"] == {"active": 1, "disabled": 1} and shown["auditors"] == 1
     assert shown["jobs"] == {} and shown["randomness_pool_batches"] == 0 and shown["stream_slots_ready"] == 0
+    assert shown["segment_stream_slots_ready"] == {}
 
 
 def test_merchant_disable_and_enable_revoke_and_restore_the_token_and_are_logged(operator):

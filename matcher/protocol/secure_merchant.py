@@ -178,5 +178,7 @@ class SecureMerchantSession:
         """The whole blinded stream, about to go back: shuffled in place unless ordered. (The one
         place a modified client would tamper; tests/attacks/ does exactly that.)"""
         if not self.ordered:
-            np.random.default_rng(int.from_bytes(self._rng(32), "big")).shuffle(values)
+            # A 1-D view of 32-byte records shuffles ~15x faster than the rows of the 2-D array.
+            records = values.view(f"V{group.ELEMENT_SIZE}").ravel()
+            np.random.default_rng(int.from_bytes(self._rng(32), "big")).shuffle(records)
         return values
