@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from matcher import activations
+from matcher import activations, faults
 from matcher import policy as policy_mod
 from matcher import where
 from matcher.crypto import paillier, pool
@@ -97,10 +97,15 @@ class JobRunner:
         self.pool_key_id = pool.key_id(keys.paillier.public_key)
         self._active = 0
         self._active_lock = threading.Lock()
+        self._running: dict[str, "MatchJob"] = {}  # admitted and not yet ended
 
     @property
     def active_jobs(self) -> int:
         return self._active
+
+    def running(self) -> list["MatchJob"]:
+        with self._active_lock:
+            return list(self._running.values())
 
     def _job_started(self) -> None:
         """Count the job in, or refuse it when the server is at its limit (memory and cores are
@@ -127,6 +132,22 @@ class JobRunner:
         except BaseException:
             slot.release()  # idempotent: a job that already ended released it itself
             raise
+
+    def recover_interrupted(self, reason: str) -> int:
+        """Jobs a crash (or a shutdown past its grace) left running end now, each with its 'failed'
+        log entry carrying its charge, in the same transaction that marks it failed: every job the
+        ledger saw start ends in the log. Reserved ε goes back; ε committed at acceptance stays."""
+        running = self.store.running_jobs()
+        if not running:
+            return 0
+        now = self.store.now()
+        entries = [_interrupted_entry(job, now, reason) for job in running]
+        self.audit_log.append(entries, then=lambda conn, first: self.store.fail_jobs_in(
+            conn, [job["job_id"] for job in running], reason))
+        for job in running:
+            log.warning("job %s for %s failed: %s (ε %s)", job["job_id"], job["merchant"], reason,
+                        "spent" if job["budget_state"] == "committed" else "refunded")
+        return len(running)
 
     def suspend(self, merchant: Principal, reason: str) -> None:
         """A merchant caught deviating from the protocol loses its access until the operator restores it."""
@@ -155,7 +176,7 @@ class JobRunner:
                                      n_segments=len(audience.segments))
             epsilon = policy_mod.job_epsilon(pol)
             self.store.open_job(job_id, merchant, pol=pol, epsilon=epsilon, list_size=start.list_size,
-                                labels=len(start.labels))
+                                labels=len(start.labels), label_sizes=start.label_sizes, protocol=protocol)
         except PolicyRefused as refused:
             log.info("job %s for %s refused: %s", job_id, merchant.name, refused.reason)
             self.store.record_refusal(job_id, merchant, refused.reason, start.list_size, len(start.labels))
@@ -163,6 +184,9 @@ class JobRunner:
                                           reason=refused.reason, protocol=protocol)])
             raise
         job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression, slot, protocol=protocol)
+        with self._active_lock:
+            self._running[job_id] = job
+        faults.point("job.opened")
         try:
             if protocol == SECURE:
                 job.session = SecurePlatformSession(
@@ -174,6 +198,7 @@ class JobRunner:
                 # JobAccepted carries the (noisy) stream sizes: from here on the job's ε is spent.
                 self.store.commit_budget(job_id)
                 job.charged = True
+                faults.point("job.accepted")
                 return job
             # Dummies hide the overlap from the merchant's own count.
             dummies = [policy_mod.dummy_count(pol, self.noise) for _ in start.labels] if pol.dummies else []
@@ -287,8 +312,12 @@ class MatchJob:
                        started=self.started, protocol=self.protocol,
                        epsilon=self.epsilon, report_digest=digest, released=released)
         self._claim_end()
-        leaf_index, checkpoint = runner.audit_log.append([entry])
-        runner.store.finish_job(self.job_id, released=True, report_json=report_json, leaf_index=leaf_index)
+        faults.point("release.before_log")
+        # The log entry, the job's state and its ε ledger row land in one transaction: a crash
+        # leaves either all of them or none (then the job is recovered as failed at restart).
+        leaf_index, checkpoint = runner.audit_log.append([entry], then=lambda conn, first: runner.store.finish_job_in(
+            conn, self.job_id, released=True, report_json=report_json, leaf_index=first))
+        faults.point("release.after_log")
         log.info("job %s for %s released: %d ids, %d labels, ε %g, leaf %d", self.job_id, self.merchant.name,
                  self.start.list_size, len(self.start.labels), self.epsilon, leaf_index)
         return Report(self.job_id, report_json, checkpoint, leaf_index, canonical_json(entry))
@@ -317,6 +346,8 @@ class MatchJob:
             if self._ended.is_set():
                 return False
             self._ended.set()
+        with self._runner._active_lock:
+            self._runner._running.pop(self.job_id, None)
         if self._slot:
             self._slot.release()
         for slot_id in self._stream_slots:
@@ -339,18 +370,23 @@ class MatchJob:
                                 hint="widen the --where expression or the label")
         handle = f"act_{self.job_id[:16]}"
         self._claim_end()
-        expires = runner.store.create_activation(
-            handle, self.merchant, job_id=self.job_id, name=activation.name, where=str(self._expression),
-            label=activation.label, row_ids=audience.row_ids[chosen].tolist(), noisy_size=released,
-            ttl_seconds=self.policy.activation_ttl_seconds)
-        entry = _entry("activated", self.job_id, self.merchant, self.policy, self.start, runner.store.now(),
+        now = runner.store.now()
+        expires = now + self.policy.activation_ttl_seconds
+        entry = _entry("activated", self.job_id, self.merchant, self.policy, self.start, now,
                        started=self.started, protocol=self.protocol,
                        epsilon=self.epsilon)
         entry.update({"activation": handle, "name": activation.name, "where": str(self._expression),
                       "label": activation.label, "released": {"slice": {"matched": released, "segments": {}}},
                       "expires": round(expires, 3)})
-        leaf_index, checkpoint = runner.audit_log.append([entry])
-        runner.store.finish_job(self.job_id, released=True, leaf_index=leaf_index)
+
+        def store_slice(conn, first: int) -> None:
+            runner.store.create_activation_in(
+                conn, handle, self.merchant, job_id=self.job_id, name=activation.name, where=str(self._expression),
+                label=activation.label, row_ids=audience.row_ids[chosen].tolist(), noisy_size=released,
+                ttl_seconds=self.policy.activation_ttl_seconds, created=now)
+            runner.store.finish_job_in(conn, self.job_id, released=True, leaf_index=first)
+
+        leaf_index, checkpoint = runner.audit_log.append([entry], then=store_slice)
         log.info("activation %s (job %s) for %s stored: %d rows, expires %s", handle, self.job_id, self.merchant.name,
                  len(chosen), round(expires))
         return ActivationResult(handle, released, expires, checkpoint, leaf_index)
@@ -367,11 +403,26 @@ class MatchJob:
             return
         runner = self._runner
         log.info("job %s for %s failed: %s", self.job_id, self.merchant.name, reason[:200])
-        runner.store.finish_job(self.job_id, released=False, reason=reason[:500])
-        runner.audit_log.append([_entry("failed", self.job_id, self.merchant, self.policy, self.start,
-                                        runner.store.now(), started=self.started, reason=reason[:500],
-                                        protocol=self.protocol, epsilon=self.epsilon if self.charged else 0.0,
-                                        charged=self.charged)])
+        entry = _entry("failed", self.job_id, self.merchant, self.policy, self.start, runner.store.now(),
+                       started=self.started, reason=reason[:500], protocol=self.protocol,
+                       epsilon=self.epsilon if self.charged else 0.0, charged=self.charged)
+        faults.point("fail.before_log")
+        runner.audit_log.append([entry], then=lambda conn, first: runner.store.finish_job_in(
+            conn, self.job_id, released=False, reason=reason[:500]))
+
+
+def _interrupted_entry(job: dict, now: float, reason: str) -> dict:
+    """The 'failed' entry of a job found running at start-up, from what the store kept of it."""
+    pol = policy_mod.Policy.from_dict(json.loads(job["policy_json"])) if job["policy_json"] else \
+        policy_mod.Policy()
+    charged = job["budget_state"] == "committed"
+    sizes = json.loads(job["label_sizes"]) if job["label_sizes"] else [job["list_size"] or 0]
+    start = JobStart(id_kind="", labels=tuple(f"l{i}" for i in range(len(sizes))), label_sizes=tuple(sizes),
+                     merchant_base=b"")
+    merchant = Principal(id=-1, role="merchant", name=job["merchant"])
+    return _entry("failed", job["job_id"], merchant, pol, start, now, started=job["created"], reason=reason,
+                  protocol=job["protocol"] or SEMI_HONEST, epsilon=float(job["epsilon"]) if charged else 0.0,
+                  charged=charged)
 
 
 def _entry(decision: str, job_id: str, merchant: Principal, pol: policy_mod.Policy, start: JobStart, now: float, *,

@@ -213,7 +213,9 @@ class MatcherServer:
         self.grpc_server.stop(grace).wait()
         if self.filler and self.filler.is_alive():
             self.filler.stop()
-        self.store.fail_running_jobs("server shut down during the job")
+        for job in self.runner.running():  # past the grace: each ends as failed, logged with its charge
+            job.abort("server shut down during the job")
+        self.runner.recover_interrupted("server shut down during the job")
         self.runner.kernels.close()
         self.store.close()
 
@@ -221,9 +223,6 @@ class MatcherServer:
 def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     store = Store(config.db, clock=config.clock)
     keys = keys_mod.load(keys_mod.key_path_for(config.db))
-    recovered = store.fail_running_jobs("server restarted during the job")
-    if recovered:
-        log.warning("marked %d interrupted jobs failed; ε not yet committed was refunded", recovered)
     # Read the audience into memory now, not during the first merchant's job.
     log.info("audience loaded: %d members", len(store.load_audience()))
     audit_log = AuditLog.for_store(store, keys.signer)
@@ -231,6 +230,9 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     runner = JobRunner(store, keys, audit_log, kernels=kernels, noise=config.noise,
                        max_concurrent_jobs=config.max_concurrent_jobs,
                        rng=config.rng)
+    recovered = runner.recover_interrupted("server restarted during the job")
+    if recovered:
+        log.warning("%d jobs interrupted by the last stop ended as failed (logged with their charge)", recovered)
     auth = Authenticator(store)
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

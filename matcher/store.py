@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import sqlite_utils
 
+from matcher import faults
 from matcher import policy as policy_mod
 from matcher.errors import InputError, LimitExceeded, NotFound, StoreError
 from matcher.protocol.platform import Audience
@@ -140,6 +141,12 @@ _MIGRATIONS: list[str] = [
     # 6: slots for the secure protocol's segment streams (the members holding one segment)
     """
     ALTER TABLE stream_slots ADD COLUMN segment TEXT NOT NULL DEFAULT '';  -- '' = every member
+    """,
+    # 7: what a restarted server needs to log a job a crash interrupted
+    """
+    ALTER TABLE jobs ADD COLUMN policy_json TEXT;   -- the policy the job was admitted under
+    ALTER TABLE jobs ADD COLUMN label_sizes TEXT;   -- JSON list, as the log records them
+    ALTER TABLE jobs ADD COLUMN protocol TEXT;
     """,
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -365,7 +372,7 @@ class Store:
         return float(row[0])
 
     def open_job(self, job_id: str, merchant: Principal, *, pol: policy_mod.Policy, epsilon: float,
-                 list_size: int, labels: int) -> None:
+                 list_size: int, labels: int, label_sizes: Sequence[int] = (), protocol: str = "") -> None:
         """Record the job and reserve its ε in one IMMEDIATE transaction: two concurrent jobs can
         never both see the same remaining budget. Raises LimitExceeded (nothing written) when the
         rate or the budget would be exceeded."""
@@ -384,8 +391,10 @@ class Store:
                     f"privacy budget exhausted: {spent:g} of {pol.epsilon_budget:g} spent in the last "
                     f"{pol.budget_period}, this job needs {epsilon:g}",
                     reason="budget_exhausted", hint="the budget returns as old jobs leave the period")
-            conn.execute("INSERT INTO jobs (id, merchant_id, state, created, list_size, labels) VALUES (?, ?, 'running', ?, ?, ?)",
-                         [job_id, merchant.id, now, list_size, labels])
+            conn.execute("INSERT INTO jobs (id, merchant_id, state, created, list_size, labels, policy_json, label_sizes, "
+                         "protocol) VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?)",
+                         [job_id, merchant.id, now, list_size, labels, json.dumps(pol.to_dict(), sort_keys=True),
+                          json.dumps(sorted(int(n) for n in label_sizes)), protocol])
             conn.execute("INSERT INTO budget (job_id, merchant_id, epsilon, state, at) VALUES (?, ?, ?, 'reserved', ?)",
                          [job_id, merchant.id, epsilon, now])
 
@@ -399,10 +408,16 @@ class Store:
                    leaf_index: int | None = None) -> None:
         """Commit the reserved ε when something was released, refund it otherwise."""
         with self.transaction() as conn:
-            conn.execute("UPDATE jobs SET state = ?, reason = ?, finished = ?, report_json = ?, leaf_index = ? WHERE id = ?",
-                         ["released" if released else "failed", reason, self._clock(), report_json, leaf_index, job_id])
-            conn.execute("UPDATE budget SET state = ? WHERE job_id = ? AND state = 'reserved'",
-                         ["committed" if released else "refunded", job_id])
+            self.finish_job_in(conn, job_id, released=released, report_json=report_json, reason=reason,
+                               leaf_index=leaf_index)
+
+    def finish_job_in(self, conn: sqlite3.Connection, job_id: str, *, released: bool, report_json: str | None = None,
+                      reason: str | None = None, leaf_index: int | None = None) -> None:
+        """:meth:`finish_job` inside the caller's transaction (the one that logs the job's end)."""
+        conn.execute("UPDATE jobs SET state = ?, reason = ?, finished = ?, report_json = ?, leaf_index = ? WHERE id = ?",
+                     ["released" if released else "failed", reason, self._clock(), report_json, leaf_index, job_id])
+        conn.execute("UPDATE budget SET state = ? WHERE job_id = ? AND state = 'reserved'",
+                     ["committed" if released else "refunded", job_id])
 
     def commit_budget(self, job_id: str) -> None:
         """Spend a running job's reserved ε now, whatever happens next: called before anything that
@@ -421,15 +436,22 @@ class Store:
             raise NotFound(f"no job '{job_id}'")
         return dict(zip(("job_id", "state", "reason", "report_json", "budget_state"), row))
 
-    def fail_running_jobs(self, reason: str) -> int:
-        """On start-up: jobs left running by a crash released nothing, so their reserved ε goes back
-        (ε a secure job committed before its data left the server stays spent)."""
-        with self.transaction() as conn:
-            ids = [r[0] for r in conn.execute("SELECT id FROM jobs WHERE state = 'running'")]
-            conn.execute("UPDATE jobs SET state = 'failed', reason = ?, finished = ? WHERE state = 'running'",
-                         [reason, self._clock()])
-            conn.execute("UPDATE budget SET state = 'refunded' WHERE state = 'reserved'")
-        return len(ids)
+    def running_jobs(self) -> list[dict]:
+        """Jobs still marked running (at start-up: the ones a crash interrupted), with what their
+        log entry needs: merchant, sizes, policy, protocol, start time and the ε state."""
+        columns = ("job_id", "merchant", "list_size", "label_sizes", "policy_json", "protocol", "created",
+                   "epsilon", "budget_state")
+        rows = self.db.execute(
+            "SELECT j.id, p.name, j.list_size, j.label_sizes, j.policy_json, j.protocol, j.created, b.epsilon, b.state "
+            "FROM jobs j JOIN principals p ON p.id = j.merchant_id LEFT JOIN budget b ON b.job_id = j.id "
+            "WHERE j.state = 'running' ORDER BY j.created").fetchall()
+        return [dict(zip(columns, row)) for row in rows]
+
+    def fail_jobs_in(self, conn: sqlite3.Connection, job_ids: Sequence[str], reason: str) -> None:
+        """Mark jobs a crash interrupted failed: reserved ε goes back (nothing was released), ε a
+        secure job committed before its data left the server stays spent."""
+        for job_id in job_ids:
+            self.finish_job_in(conn, job_id, released=False, reason=reason)
 
     # -- status -------------------------------------------------------------------------------
 
@@ -463,14 +485,22 @@ class Store:
     def create_activation(self, handle: str, merchant: Principal, *, job_id: str, name: str, where: str,
                           label: str | None, row_ids: Sequence[int], noisy_size: int, ttl_seconds: float) -> float:
         """Store an activated slice (platform row ids only); returns its expiry time."""
-        now = self._clock()
-        expires = now + ttl_seconds
         with self.transaction() as conn:
-            conn.execute("INSERT INTO activations (handle, merchant_id, job_id, name, where_expr, label, size, "
-                         "noisy_size, created, expires, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active')",
-                         [handle, merchant.id, job_id, name, where, label, len(row_ids), noisy_size, now, expires])
-            conn.executemany("INSERT INTO activation_members (handle, row_id) VALUES (?, ?)",
-                             [(handle, int(r)) for r in row_ids])
+            return self.create_activation_in(conn, handle, merchant, job_id=job_id, name=name, where=where,
+                                             label=label, row_ids=row_ids, noisy_size=noisy_size,
+                                             ttl_seconds=ttl_seconds)
+
+    def create_activation_in(self, conn: sqlite3.Connection, handle: str, merchant: Principal, *, job_id: str,
+                             name: str, where: str, label: str | None, row_ids: Sequence[int], noisy_size: int,
+                             ttl_seconds: float, created: float | None = None) -> float:
+        """:meth:`create_activation` inside the caller's transaction (the one that logs it)."""
+        now = self._clock() if created is None else created
+        expires = now + ttl_seconds
+        conn.execute("INSERT INTO activations (handle, merchant_id, job_id, name, where_expr, label, size, "
+                     "noisy_size, created, expires, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'active')",
+                     [handle, merchant.id, job_id, name, where, label, len(row_ids), noisy_size, now, expires])
+        conn.executemany("INSERT INTO activation_members (handle, row_id) VALUES (?, ?)",
+                         [(handle, int(r)) for r in row_ids])
         return expires
 
     def list_activations(self, merchant: Principal | None = None) -> list[dict]:
@@ -632,8 +662,10 @@ class Store:
         return found
 
     def append_log(self, entries: Sequence[bytes], nodes: Mapping[tuple[int, int], bytes], first_index: int,
-                   checkpoint: tuple[int, str]) -> None:
-        """Entries, their new Merkle nodes and the checkpoint that covers them land together or not at all."""
+                   checkpoint: tuple[int, str],
+                   then: Callable[[sqlite3.Connection, int], None] | None = None) -> None:
+        """Entries, their new Merkle nodes and the checkpoint that covers them land together or not at all,
+        and with them whatever ``then(conn, first_index)`` writes (a job's state and ε ledger)."""
         with self.transaction() as conn:
             if conn.execute("SELECT count(*) FROM log_entries").fetchone()[0] != first_index:
                 raise StoreError("the audit log changed underneath this writer")
@@ -643,6 +675,10 @@ class Store:
                              [(lvl, idx, h) for (lvl, idx), h in nodes.items()])
             conn.execute("INSERT INTO checkpoints (size, note, at) VALUES (?, ?, ?)",
                          [checkpoint[0], checkpoint[1], self._clock()])
+            faults.point("log.append.before_commit")
+            if then is not None:
+                then(conn, first_index)
+                faults.point("log.append.after_then")
 
     def checkpoints(self, min_size: int = 0) -> list[tuple[int, str]]:
         return [(r[0], r[1]) for r in self.db.execute(

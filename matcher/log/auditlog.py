@@ -7,7 +7,7 @@ different history without contradicting a checkpoint it already published.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from matcher.log.checkpoint import Checkpoint, Signer
 from matcher.log.merkle import MerkleTree, NodeID
@@ -48,8 +48,11 @@ class AuditLog:
         """Append one operator event, stamped with the store's clock."""
         return self.append([{**entry, "time": round(self._store.now(), 3)}])
 
-    def append(self, entries: Sequence[Mapping[str, Any]]) -> tuple[int, str]:
-        """Log entries; returns the index of the first and the signed checkpoint that covers them."""
+    def append(self, entries: Sequence[Mapping[str, Any]],
+               then: Callable[[Any, int], None] | None = None) -> tuple[int, str]:
+        """Log entries; returns the index of the first and the signed checkpoint that covers them.
+        ``then(conn, first_index)`` writes, in the same transaction, what must never disagree with
+        the log (a job's state, its ε ledger row, a stored activation)."""
         data = [canonical_json(e) for e in entries]
         with self._store.lock:
             first = self._store.log_size()
@@ -57,5 +60,5 @@ class AuditLog:
             tree = MerkleTree(pending, first)
             size = tree.append(data)
             note = self._signer.sign(Checkpoint(self.origin, size, tree.root(size)).body())
-            self._store.append_log(data, pending.written, first, (size, note))
+            self._store.append_log(data, pending.written, first, (size, note), then=then)
         return first, note
