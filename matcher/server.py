@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from matcher import keys as keys_mod
+from matcher.errors import InputError
 from matcher.crypto import pool
 from matcher.crypto.kernels import EncryptionContext, Kernels, local_kernels
 from matcher.jobs import STREAM_SCALAR, JobRunner
@@ -220,6 +221,17 @@ class MatcherServer:
         self.store.close()
 
 
+def _bind(add_port: Callable[[], int], listen: str) -> int:
+    try:
+        port = add_port()
+    except RuntimeError:  # grpcio raises where older versions returned 0
+        port = 0
+    if port == 0:
+        raise InputError(f"cannot listen on {listen}: the address is in use or not this machine's",
+                         hint="stop the other server, or pick another --listen HOST:PORT")
+    return port
+
+
 def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     store = Store(config.db, clock=config.clock)
     keys = keys_mod.load(keys_mod.key_path_for(config.db))
@@ -230,11 +242,10 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     runner = JobRunner(store, keys, audit_log, kernels=kernels, noise=config.noise,
                        max_concurrent_jobs=config.max_concurrent_jobs,
                        rng=config.rng)
-    recovered = runner.recover_interrupted("server restarted during the job")
-    if recovered:
-        log.warning("%d jobs interrupted by the last stop ended as failed (logged with their charge)", recovered)
     auth = Authenticator(store)
-    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # No SO_REUSEPORT: a second server on a port in use must fail, not take part of the traffic.
+    options = [("grpc.so_reuseport", 0),
+               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.keepalive_time_ms", 60_000)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
@@ -249,15 +260,24 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
         (_MATCH_SERVICE, _AUDIT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    if config.tls_cert or config.tls_key:
-        if not (config.tls_cert and config.tls_key):
-            raise ValueError("TLS needs both --tls-cert and --tls-key")
-        creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
-        port = server.add_secure_port(config.listen, creds)
-    else:
-        port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise OSError(f"could not listen on {config.listen}")
+    try:
+        if config.tls_cert or config.tls_key:
+            if not (config.tls_cert and config.tls_key):
+                raise ValueError("TLS needs both --tls-cert and --tls-key")
+            creds = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+            port = _bind(lambda: server.add_secure_port(config.listen, creds), config.listen)
+        else:
+            port = _bind(lambda: server.add_insecure_port(config.listen), config.listen)
+    except (InputError, ValueError, OSError):
+        if config.kernels is None:
+            kernels.close()
+        store.close()
+        raise
+    # Only once the port is ours: a second server started by mistake on the same database must not
+    # fail the first one's running jobs.
+    recovered = runner.recover_interrupted("server restarted during the job")
+    if recovered:
+        log.warning("%d jobs interrupted by the last stop ended as failed (logged with their charge)", recovered)
     # Slots taken by jobs a crash interrupted are spent; slots of an older audience are useless.
     store.drop_stream_slots(keep_version=store.load_audience().version, at_startup=True)
     filler = (_Precomputer(runner, config.randomness_pool, config.stream_slots)

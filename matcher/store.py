@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import os
 import secrets
 import sqlite3
 import threading
@@ -170,6 +171,10 @@ class Store:
         self.path = Path(path)
         if not create and not self.path.exists():
             raise StoreError(f"no database at {self.path}", hint="run `matcher init --db PATH` first")
+        if create and not self.path.exists():
+            # It holds member IDs: readable by the operator only, like the key file (SQLite gives the
+            # -wal and -shm files the database file's permissions).
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         self._clock = clock
         self._lock = threading.RLock()
         # One connection per thread (gRPC serves calls on a pool of threads): WAL lets them read

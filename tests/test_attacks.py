@@ -28,9 +28,9 @@ class CountingKernels(Kernels):
         self.calls += 1
         return super().hash_to_curve(msgs, dst)
 
-    def blind(self, scalar, points):
+    def blind(self, scalar, points, **options):
         self.calls += 1
-        return super().blind(scalar, points)
+        return super().blind(scalar, points, **options)
 
     def submit_encrypt(self, context, plaintexts):
         self.calls += 1

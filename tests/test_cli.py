@@ -28,7 +28,7 @@ from matcher import keys as keys_mod
 from matcher.cli import main
 from matcher.store import Store
 from matcher_client import api
-from tests.conftest import exact_policy, phone
+from tests.conftest import exact_policy, phone, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -254,3 +254,47 @@ def test_merchant_disable_and_enable_revoke_and_restore_the_token_and_are_logged
     assert types[-2:] == ["merchant_disabled", "merchant_enabled"]
     unknown = invoke("merchant", "enable", "--db", str(operator.db), "nobody")
     assert unknown.exit_code != 0 and "no merchant named 'nobody'" in unknown.output
+
+
+def test_the_database_is_created_readable_by_the_operator_only(tmp_path):
+    db = tmp_path / "op.db"
+    invoke("init", "--db", str(db))
+    assert db.stat().st_mode & 0o777 == 0o600
+    wal = db.with_name(db.name + "-wal")
+    assert not wal.exists() or wal.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_second_server_on_a_port_in_use_refuses_to_start(operator, serve):
+    from matcher.errors import InputError as ListenError
+    from matcher.server import ServerConfig, build_server
+
+    first = serve()
+    port = int(first.address.rsplit(":", 1)[1])
+    with pytest.raises(ListenError, match=f"cannot listen on 127.0.0.1:{port}"):
+        build_server(ServerConfig(db=operator.db, listen=f"127.0.0.1:{port}", parallel=False))
+    # ... and the first one still serves.
+    with grpc.insecure_channel(first.address) as chan:
+        wait_serving(chan)
+
+
+def test_pool_workers_exit_when_the_server_is_killed(operator, tmp_path):
+    """kill -9 runs no cleanup: the workers notice their parent is gone and exit on their own."""
+    operator.add_members({phone(i): 1 for i in range(200)})
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "matcher"), "serve", "--db", str(operator.db), "--listen", f"127.0.0.1:{port}",
+                               "--stream-slots", "1", "--randomness-pool", "0"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as chan:
+            wait_serving(chan)
+        # Every thread's children: the pool is started by whichever thread first submits to it.
+        children = lambda pid: [int(c) for task in Path(f"/proc/{pid}/task").iterdir()  # noqa: E731
+                                for c in (task / "children").read_text().split()]
+        assert wait_until(lambda: len(children(server.pid)) >= 2)  # the slot maker started the pool
+        workers = children(server.pid)
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    alive = lambda: [w for w in workers if Path(f"/proc/{w}").exists()  # noqa: E731
+                     and "zombie" not in Path(f"/proc/{w}/status").read_text().lower()]
+    assert wait_until(lambda: not alive(), timeout=15), alive()

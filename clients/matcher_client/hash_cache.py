@@ -114,14 +114,14 @@ class CachingKernels(Kernels):
             self._cache.put(self._pending_msgs, b"".join(self._pending_points), self._pending_dst)
         self._pending_msgs, self._pending_points, self._pending_dst = [], [], None
 
-    def blind(self, scalar: bytes, points: bytes) -> bytes:
-        return self._inner.blind(scalar, points)
+    def blind(self, scalar: bytes, points: bytes, *, chosen: bool = True) -> bytes:
+        return self._inner.blind(scalar, points, chosen=chosen)
 
     def submit_encrypt(self, context, plaintexts):
         return self._inner.submit_encrypt(context, plaintexts)
 
-    def submit_blind(self, scalar: bytes, points: bytes):
-        return self._inner.submit_blind(scalar, points)
+    def submit_blind(self, scalar: bytes, points: bytes, *, chosen: bool = True):
+        return self._inner.submit_blind(scalar, points, chosen=chosen)
 
     def close(self) -> None:
         self.flush()

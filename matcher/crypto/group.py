@@ -29,6 +29,7 @@ ID_KINDS = ("phone", "email", "opaque")
 
 _BACKENDS = ("mb8", "openssl")
 _BASE_POINT = (9).to_bytes(ELEMENT_SIZE, "little")
+_P = 2**255 - 19
 # p = 2^255 - 19 as the 64-bit words (w3, w2, w1, w0) of a little-endian u, most significant first.
 _P_WORDS = (0x7FFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFED)
 
@@ -64,11 +65,17 @@ def random_scalar(rng: Callable[[int], bytes] = os.urandom) -> bytes:
     return bytes(scalar)
 
 
-def blind(scalar: bytes, points: bytes | bytearray | memoryview, *, backend: str | None = None) -> bytes:
+def blind(scalar: bytes, points: bytes | bytearray | memoryview, *, backend: str | None = None,
+          chosen: bool = True) -> bytes:
     """X25519(scalar, u) for every consecutive 32-byte u in ``points``, concatenated in order.
 
     Raises InvalidPoint, naming the element, for a wrong scalar length, a length that is not a
     multiple of 32, a non-canonical u (top bit set, or u >= 2^255 - 19) and an all-zero result.
+
+    ``chosen=False`` says the points are our own hash-to-curve outputs (or blindings of them), so
+    nobody chose them: mb8's outputs are then not cross-checked (see :func:`_mb_checked`; the inputs
+    it gets wrong are structured, and a hash output is one only with negligible probability). Every
+    point another party sent must keep the default.
     """
     if len(scalar) != ELEMENT_SIZE:
         raise InvalidPoint(f"scalar has {len(scalar)} bytes, expected {ELEMENT_SIZE}")
@@ -78,22 +85,10 @@ def blind(scalar: bytes, points: bytes | bytearray | memoryview, *, backend: str
     name = _choose(backend)
     if name == "openssl":
         return _openssl_blind(bytes(scalar), rows.tobytes())
-    out, low_order = _mb.x25519(bytes(scalar), rows)
-    # libcrypto_mb miscomputes u in [2^255 - 1412, p) (measured: its input reduction is
-    # incomplete there), so that sliver -- unreachable by honest input -- goes to OpenSSL.
-    near_p = np.flatnonzero(_near_p(words))
-    if near_p.size:
-        low_order = sorted(set(low_order) - set(near_p.tolist()))
-        key = X25519PrivateKey.from_private_bytes(bytes(scalar))
-        for index in near_p.tolist():
-            try:
-                out[index] = np.frombuffer(key.exchange(X25519PublicKey.from_public_bytes(rows[index].tobytes())),
-                                           dtype=np.uint8)
-            except ValueError:
-                out[index] = 0
+    out = _mb_checked(bytes(scalar), rows, words) if chosen else _mb_unchecked(bytes(scalar), rows, words)
     zero = np.flatnonzero(~out.any(axis=1))
-    if low_order or zero.size:
-        _reject_low_order(min(low_order + zero[:1].tolist()))
+    if zero.size:
+        _reject_low_order(int(zero[0]))
     return out.tobytes()
 
 
@@ -145,6 +140,69 @@ def _near_p(words: np.ndarray) -> np.ndarray:
     """Mask of u >= 2^255 - 2^32 (top bit already known clear), a wide margin around mb8's bad range."""
     w0, w1, w2, w3 = words.T
     return (w3 == _P_WORDS[0]) & (w2 == _P_WORDS[1]) & (w1 == _P_WORDS[2]) & (w0 >= np.uint64(0xFFFFFFFF00000000))
+
+
+def _mb_checked(scalar: bytes, rows: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """mb8's X25519 of every row, each output confirmed by a second, independent mb8 computation.
+
+    libcrypto_mb's field subtraction adds p back only once, so when a partially reduced operand
+    (its representatives reach past 2^255) is subtracted from a small one the difference stays
+    negative; its top limb is then -1, which IFMA reads as 2^52 - 1 (a Python emulation of
+    crypto_mb's ladder reproduced mb8's outputs, wrong ones included, bit for bit on every case tried). Structured u trigger it in the
+    first ladder steps -- runs of ones (2^k - 1 for k in 85..93, 2^a - 2^b), u just below 2^254
+    (Wycheproof tcId 139), u within ~1400 of p -- often depending on the top scalar bits, but it
+    can arise at any step, so no rule on u is complete. Instead every output is checked against
+    X25519(scalar, 1/u): 1/u is the u of P + (0, 0), and the clamped scalar is a multiple of 8,
+    so both give the same point, through unrelated intermediates. Rows where the two disagree,
+    and the sliver u in [2^255 - 2^32, p), are recomputed with OpenSSL.
+    """
+    out, _ = _mb.x25519(scalar, rows)
+    check, _ = _mb.x25519(scalar, _inverses(rows))
+    redo = np.flatnonzero((out != check).any(axis=1) | _near_p(words))
+    if redo.size:
+        key = X25519PrivateKey.from_private_bytes(scalar)
+        for index in redo.tolist():
+            try:
+                out[index] = np.frombuffer(key.exchange(X25519PublicKey.from_public_bytes(rows[index].tobytes())),
+                                           dtype=np.uint8)
+            except ValueError:   # OpenSSL refuses exactly the all-zero shared secret
+                out[index] = 0
+    return out
+
+
+def _mb_unchecked(scalar: bytes, rows: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """mb8's X25519 of points nobody chose, with only the near-p sliver sent to OpenSSL."""
+    out, _ = _mb.x25519(scalar, rows)
+    near_p = np.flatnonzero(_near_p(words))
+    if near_p.size:
+        key = X25519PrivateKey.from_private_bytes(scalar)
+        for index in near_p.tolist():
+            try:
+                out[index] = np.frombuffer(key.exchange(X25519PublicKey.from_public_bytes(rows[index].tobytes())),
+                                           dtype=np.uint8)
+            except ValueError:
+                out[index] = 0
+    return out
+
+
+def _inverses(rows: np.ndarray) -> np.ndarray:
+    """1/u mod p of each canonical u (0 for u = 0), by Montgomery's batch inversion."""
+    data, from_bytes = rows.tobytes(), int.from_bytes
+    values = [from_bytes(data[i:i + ELEMENT_SIZE], "little") for i in range(0, len(data), ELEMENT_SIZE)]
+    prefix, acc = [0] * len(values), 1
+    for index, value in enumerate(values):
+        prefix[index] = acc
+        if value:
+            acc = acc * value % _P
+    inverse = pow(acc, -1, _P)
+    out = [0] * len(values)
+    for index in range(len(values) - 1, -1, -1):
+        value = values[index]
+        if value:
+            out[index] = inverse * prefix[index] % _P
+            inverse = inverse * value % _P
+    joined = b"".join(value.to_bytes(ELEMENT_SIZE, "little") for value in out)
+    return np.frombuffer(joined, dtype=np.uint8).reshape(-1, ELEMENT_SIZE)
 
 
 def _reject_low_order(index: int) -> None:

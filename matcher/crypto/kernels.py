@@ -12,6 +12,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import secrets
+import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -61,6 +63,15 @@ def _encrypt_in_worker(key_bytes: bytes, nonce: bytes, plaintexts: Sequence[int]
     return _serialize(encryptor, plaintexts)
 
 
+def _blind_own(scalar: bytes, points: bytes) -> bytes:
+    """group.blind of points nobody else chose (module-level, so worker processes can run it)."""
+    return group.blind(scalar, points, chosen=False)
+
+
+def _blinder(chosen: bool) -> Callable[[bytes, bytes], bytes]:
+    return group.blind if chosen else _blind_own
+
+
 def _done(value) -> Future:
     future: Future = Future()
     future.set_result(value)
@@ -85,15 +96,17 @@ class Kernels:
         """Fresh encryptions of ``plaintexts``, serialized (fixed-size big-endian), as a future of bytes."""
         return _done(_serialize(context.local_encryptor(), plaintexts))
 
-    def submit_blind(self, scalar: bytes, points: bytes) -> Future:
+    def submit_blind(self, scalar: bytes, points: bytes, *, chosen: bool = True) -> Future:
         """:meth:`blind` as a future, so the caller can overlap it with its own work."""
-        return _done(group.blind(scalar, points))
+        return _done(_blinder(chosen)(scalar, points))
 
     def hash_to_curve(self, msgs: Sequence[bytes], dst: bytes) -> bytes:
         return group.hash_to_curve_batch(msgs, dst)
 
-    def blind(self, scalar: bytes, points: bytes) -> bytes:
-        return group.blind(scalar, points)
+    def blind(self, scalar: bytes, points: bytes, *, chosen: bool = True) -> bytes:
+        """X25519 of every point (matcher.crypto.group.blind); ``chosen=False`` only for points of
+        our own making (hash outputs and their blindings), which need no check against crafted input."""
+        return _blinder(chosen)(scalar, points)
 
     def close(self) -> None:
         pass
@@ -129,24 +142,24 @@ class _SplittingKernels(Kernels):
         pieces = [list(msgs[a:b]) for a, b in self._pieces(len(msgs))]
         return b"".join(self._map(group.hash_to_curve_batch, pieces, [dst] * len(pieces)))
 
-    def blind(self, scalar: bytes, points: bytes) -> bytes:
+    def blind(self, scalar: bytes, points: bytes, *, chosen: bool = True) -> bytes:
         size = group.ELEMENT_SIZE
         n = len(points) // size
         if n < 2 * _MIN_PIECE or len(points) % size:
-            return group.blind(scalar, points)  # small, or ragged: group.blind names the error
+            return _blinder(chosen)(scalar, points)  # small, or ragged: group.blind names the error
         pieces = [bytes(points[a * size:b * size]) for a, b in self._pieces(n)]
-        return b"".join(self._map(group.blind, [scalar] * len(pieces), pieces))
+        return b"".join(self._map(_blinder(chosen), [scalar] * len(pieces), pieces))
 
     def submit_encrypt(self, context: EncryptionContext, plaintexts: Sequence[int]):
         pieces = [list(plaintexts[a:b]) for a, b in self._pieces(len(plaintexts), minimum=256)]
         return self._submit_joined(_encrypt_in_worker, pieces, context.key.to_bytes(), context.nonce)
 
-    def submit_blind(self, scalar: bytes, points: bytes):
+    def submit_blind(self, scalar: bytes, points: bytes, *, chosen: bool = True):
         size = group.ELEMENT_SIZE
         if len(points) % size:
-            return _done_or_raise(group.blind, scalar, points)  # group.blind names the error
+            return _done_or_raise(_blinder(chosen), scalar, points)  # group.blind names the error
         pieces = [bytes(points[a * size:b * size]) for a, b in self._pieces(len(points) // size, minimum=1024)]
-        return self._submit_joined(group.blind, pieces, scalar)
+        return self._submit_joined(_blinder(chosen), pieces, scalar)
 
 
 class PoolKernels(_SplittingKernels):
@@ -156,7 +169,7 @@ class PoolKernels(_SplittingKernels):
         self.workers = workers or os.cpu_count() or 1
         # spawn, not fork: the server process holds gRPC threads, which do not survive a fork.
         self._executor = executor or ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent)
 
     def _map(self, fn, *columns) -> list:
         return list(self._executor.map(fn, *columns))
@@ -180,6 +193,19 @@ class PoolKernels(_SplittingKernels):
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _die_with_parent() -> None:
+    """Pool worker start-up: exit as soon as the process that started the pool is gone, so a kill -9
+    of the server (which runs no cleanup) leaves no workers behind holding memory and keys."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="matcher-watch-parent", daemon=True).start()
 
 
 def _join(pieces: Sequence[bytes]) -> bytes:

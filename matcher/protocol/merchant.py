@@ -117,7 +117,8 @@ class MerchantSession:
         for lo in range(0, len(self._keys), self._chunk_size):
             hi = min(lo + self._chunk_size, len(self._keys))
             hashed = self._kernels.hash_to_curve([k.encode() for k in self._keys[lo:hi]], dst)
-            pending.append((self._kernels.submit_blind(self._scalar, hashed), self._label_idx[lo:hi].tobytes()))
+            pending.append((self._kernels.submit_blind(self._scalar, hashed, chosen=False),
+                            self._label_idx[lo:hi].tobytes()))
             if len(pending) > 1:
                 blinded, labels = pending.popleft()
                 yield BlindedChunk(points=blinded.result(), labels=labels)

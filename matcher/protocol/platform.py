@@ -108,7 +108,7 @@ def precompute_stream(audience: Audience, kernels: Kernels, *, key: paillier.Pri
     encryption = EncryptionContext(key, rng=rng) if key is not None else None
 
     def submit(rows: np.ndarray) -> tuple[Future, Future | None]:
-        blinded = kernels.submit_blind(scalar, np.ascontiguousarray(audience.points[rows]).tobytes())
+        blinded = kernels.submit_blind(scalar, np.ascontiguousarray(audience.points[rows]).tobytes(), chosen=False)
         if layout is None:
             return blinded, None
         return blinded, kernels.submit_encrypt(encryption, layout.pack_many(audience.segment_bits[rows].tolist()))
@@ -298,7 +298,7 @@ class PlatformSession:
                 blinded = completed(points)
             else:  # blinding goes to the workers first, so it runs while this thread encrypts
                 blinded = self._kernels.submit_blind(
-                    self._scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes())
+                    self._scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes(), chosen=False)
             if stored is not None and self._stored_ciphertexts:
                 encrypted = self._with_dummies(encryption, stored, real)
             else:

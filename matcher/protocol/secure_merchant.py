@@ -116,7 +116,7 @@ class SecureMerchantSession:
                 self._hashed[lo:lo + len(rows)] = np.frombuffer(hashed, np.uint8).reshape(-1, group.ELEMENT_SIZE)
             else:
                 hashed = np.ascontiguousarray(self._hashed[rows]).tobytes()
-            pending.append((self._kernels.submit_blind(scalar, hashed), self._label_idx[rows].tobytes()))
+            pending.append((self._kernels.submit_blind(scalar, hashed, chosen=False), self._label_idx[rows].tobytes()))
             if len(pending) > 1:
                 blinded, labels = pending.popleft()
                 yield BlindedChunk(points=blinded.result(), labels=labels)

@@ -259,7 +259,7 @@ class SecurePlatformSession:
                 blinded = completed(feed.take(int(real.sum()))[0])
             else:
                 blinded = self._kernels.submit_blind(
-                    stream.scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes())
+                    stream.scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes(), chosen=False)
             pending.append((rows, blinded))
             if len(pending) > 2:
                 yield _chunk(*pending.popleft(), fillers)
@@ -287,7 +287,7 @@ class SecurePlatformSession:
         fillers, expected = [], []
         for _ in range(rows):
             r = group.random_scalar(self._rng)
-            fillers.append(group.blind(r, bases))
+            fillers.append(group.blind(r, bases, chosen=False))
             expected.append(group.blind(r, shifted))
         take = stream.fillers * group.ELEMENT_SIZE
         return point_rows(b"".join(fillers)[:take]), point_rows(b"".join(expected)[:take])
