@@ -2,10 +2,24 @@
 
 H(y) is the expensive per-member work and does not depend on any job, so it is done here, at
 import, and cached in the store; each job then only blinds the cached points with a fresh scalar.
+
+Bad values, and what each does to an import:
+
+* a segment value that is not a yes/no word (``1/0``, ``true/false``, ``yes/no``, any case; also
+  ``t/f``, ``y/n``, ``on/off``, and ``x`` for yes) fails the whole import before anything is written,
+  naming how many rows and the first few lines, columns and values. A blank (or missing) value is
+  bad too: guessing "no" would silently take the member out of the segment. With
+  ``skip_invalid=True`` those rows are skipped instead, counted under ``bad_segment_<column>``.
+  A row with a bad segment value counts under that reason whatever its id;
+* an id that does not normalize (see :mod:`matcher.ids`) never fails an import on its own, as
+  before: the row is skipped and counted per reason, and the first few are reported with their
+  lines. Only a file in which *no* row is valid fails (wrong ``--id-column``/``--id-type``/``--region``
+  is far likelier than a file of garbage), and then nothing is written.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -17,7 +31,22 @@ from matcher.errors import InputError
 from matcher.store import MAX_SEGMENTS, Store
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on", "x"})
-_FALSE = frozenset({"", "0", "false", "f", "no", "n", "off"})
+_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
+# How many bad rows a message or a summary spells out (line, column, value).
+EXAMPLES = 5
+# Longer values are cut in messages (an id column holding a whole JSON blob, say).
+_SHOWN_CHARS = 40
+SEGMENT_REASON = "bad_segment_"
+
+
+@dataclass
+class BadValue:
+    """One rejected value and where it is: ``line`` is the file line (CSV) or data row (Parquet)."""
+
+    line: int
+    column: str
+    value: str | None
+    reason: str
 
 
 @dataclass
@@ -25,9 +54,19 @@ class ImportSummary:
     rows: int = 0
     imported: int = 0      # new members
     duplicates: int = 0    # valid rows whose member was already there (earlier in the file, or imported before)
-    invalid: dict[str, int] = field(default_factory=dict)
+    invalid: dict[str, int] = field(default_factory=dict)  # skipped rows per reason (bad_segment_<column>, ...)
     segments: list[str] = field(default_factory=list)
     members: int = 0
+    bad_segments: list[BadValue] = field(default_factory=list)  # the first EXAMPLES rows skipped for a segment
+    bad_ids: list[BadValue] = field(default_factory=list)       # the first EXAMPLES rows skipped for their id
+
+    @property
+    def skipped_segments(self) -> int:
+        return sum(n for reason, n in self.invalid.items() if reason.startswith(SEGMENT_REASON))
+
+    @property
+    def skipped_ids(self) -> int:
+        return sum(n for reason, n in self.invalid.items() if not reason.startswith(SEGMENT_REASON))
 
 
 def parse_flag(value: str | None, column: str) -> bool:
@@ -36,36 +75,117 @@ def parse_flag(value: str | None, column: str) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise ids.InvalidId(f"bad_segment_{column}", f"segment column {column!r} holds {value!r}, not a yes/no value")
+    what = "is blank" if not text else f"holds {value!r}"
+    raise ids.InvalidId(f"{SEGMENT_REASON}{column}", f"segment column {column!r} {what}, not a yes/no value")
+
+
+def describe(path: str, bad: Sequence[BadValue], count: int) -> str:
+    """``line 4 column 'paid' 'maybe', line 9 column 'member' ''`` (``, ...`` when there are more)."""
+    shown = ", ".join(f"{tabular.location(path, b.line)} column '{b.column}' {_show(b.value)}" for b in bad)
+    return shown + (", ..." if count > len(bad) else "")
+
+
+def _show(value: str | None) -> str:
+    text = value or ""
+    return repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "...")
+
+
+def _rows(count: int) -> str:
+    return f"{count} row{'' if count == 1 else 's'}"
+
+
+def segment_problem(path: str, summary: ImportSummary) -> str:
+    """How many rows have a bad segment value, and the first few (for errors and reports)."""
+    count = summary.skipped_segments
+    verb = "has an" if count == 1 else "have"
+    value = "value" if count == 1 else "values"
+    return f"{_rows(count)} {verb} invalid segment {value}: {describe(path, summary.bad_segments, count)}"
+
+
+def id_problem(path: str, summary: ImportSummary) -> str:
+    """How many rows have an id that does not normalize, per reason, and the first few."""
+    count = summary.skipped_ids
+    reasons = ", ".join(f"{r}: {n}" for r, n in sorted(summary.invalid.items()) if not r.startswith(SEGMENT_REASON))
+    verb = "has an" if count == 1 else "have"
+    noun = "id" if count == 1 else "ids"
+    return f"{_rows(count)} {verb} invalid {noun} ({reasons}): {describe(path, summary.bad_ids, count)}"
+
+
+_SEGMENT_HINT = ("segment values must be 1/0, true/false or yes/no (blank is not 'no'); fix the file, "
+                 "or pass --skip-invalid to import the other rows")
 
 
 def import_file(store: Store, path: str, *, id_column: str, id_type: str, segments: Sequence[str] = (),
                 region: str = "CN", hashed_kind: str = "phone", kernels: Kernels | None = None,
-                progress: Callable[[int], None] | None = None) -> ImportSummary:
-    """Stream ``path`` into the store, a batch at a time. Invalid rows are counted per reason."""
+                progress: Callable[[int], None] | None = None, skip_invalid: bool = False) -> ImportSummary:
+    """Stream ``path`` into the store, a batch at a time. Invalid rows are counted per reason.
+
+    A bad segment value raises :class:`InputError` before anything is written unless
+    ``skip_invalid``; then, like a row with an invalid id, its row is skipped. A file none of whose
+    rows is valid raises too, writing nothing. See the module docstring."""
     if len(segments) > MAX_SEGMENTS:
         raise InputError(f"{len(segments)} segments; at most {MAX_SEGMENTS} are supported")
     if len(set(segments)) != len(segments):
         raise InputError("segment names must be distinct")
     kind = ids.hash_kind(id_type, hashed_kind)
+    with tabular.rereadable(path) as readable:
+        if segments and not skip_invalid:
+            checked = _check_segments(readable, path, id_column, segments)
+            if checked.skipped_segments:
+                raise InputError(f"{path}: {segment_problem(path, checked)}; nothing was imported",
+                                 hint=_SEGMENT_HINT)
+        return _import(store, readable, path, id_column=id_column, id_type=id_type, segments=segments,
+                       region=region, kind=kind, kernels=kernels or Kernels(), progress=progress)
+
+
+def _check_segments(path: str, name: str, id_column: str, segments: Sequence[str]) -> ImportSummary:
+    """A cheap first pass (no id work): every bad segment value, before the import writes anything."""
+    checked = ImportSummary(segments=list(segments))
+    invalid: Counter[str] = Counter()
+    for rows in tabular.read_columns(path, [id_column, *segments], line_numbers=True, name=name):
+        for line, _, *values in rows:
+            _bad_segment(line, segments, values, invalid, checked.bad_segments)
+    checked.invalid = dict(invalid)
+    return checked
+
+
+def _bad_segment(line: int, segments: Sequence[str], values, invalid: Counter, examples: list) -> int | None:
+    """The row's segment bits, or None (counted, and kept as an example while there are few) if one is bad."""
+    mask = 0
+    for i, (column, value) in enumerate(zip(segments, values)):
+        try:
+            if parse_flag(value, column):
+                mask |= 1 << i
+        except ids.InvalidId as bad:
+            invalid[bad.reason] += 1
+            if len(examples) < EXAMPLES:
+                examples.append(BadValue(line, column, value, bad.reason))
+            return None
+    return mask
+
+
+def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str, segments: Sequence[str],
+            region: str, kind: str, kernels: Kernels, progress: Callable[[int], None] | None) -> ImportSummary:
     dst = group.dst_for(kind)
-    kernels = kernels or Kernels()
     summary = ImportSummary(segments=list(segments))
     invalid: Counter[str] = Counter()
     before = store.audience_info()["members"]
 
     def batches():
-        for rows in tabular.read_columns(path, [id_column, *segments]):
+        for rows in tabular.read_columns(path, [id_column, *segments], line_numbers=True, name=name):
             members, keys, bits = [], [], []
-            for row in rows:
+            for line, raw, *values in rows:
+                # Segments first: a row with a bad segment value counts under that reason whatever its
+                # id, so the count matches the check that fails an import without --skip-invalid.
+                mask = _bad_segment(line, segments, values, invalid, summary.bad_segments)
+                if mask is None:
+                    continue
                 try:
-                    normalized = ids.normalize(row[0] or "", id_type, region=region)
-                    mask = 0
-                    for i, (column, value) in enumerate(zip(segments, row[1:])):
-                        if parse_flag(value, column):
-                            mask |= 1 << i
+                    normalized = ids.normalize(raw or "", id_type, region=region)
                 except ids.InvalidId as bad:
                     invalid[bad.reason] += 1
+                    if len(summary.bad_ids) < EXAMPLES:
+                        summary.bad_ids.append(BadValue(line, id_column, raw, bad.reason))
                     continue
                 key = ids.match_key(normalized, "sha256" if id_type == "sha256" else id_type, region=region)
                 members.append(normalized)
@@ -79,7 +199,17 @@ def import_file(store: Store, path: str, *, id_column: str, id_type: str, segmen
             points = kernels.hash_to_curve([k.encode() for k in keys], dst)
             yield [(m, k, points[32 * i:32 * i + 32], b) for i, (m, k, b) in enumerate(zip(members, keys, bits))]
 
-    valid = store.import_audience(batches(), id_kind=kind, segments=segments)
+    pending = batches()
+    first = next(pending, None)  # read up to the first valid row before touching the store
+    summary.invalid = dict(invalid)
+    if first is None and summary.rows:
+        problems = "; ".join(p for p in (summary.skipped_segments and segment_problem(name, summary),
+                                         summary.skipped_ids and id_problem(name, summary)) if p)
+        raise InputError(f"{name}: none of the {_rows(summary.rows)} is valid: {problems}; nothing was imported",
+                         hint=f"check --id-column ({id_column}) and --id-type ({id_type})"
+                              + (f" and --region ({region})" if id_type == "phone" else ""))
+    valid = store.import_audience(itertools.chain([first] if first else [], pending), id_kind=kind,
+                                  segments=segments)
     summary.invalid = dict(invalid)
     summary.members = store.audience_info()["members"]
     # Duplicates are left to the table's unique key (memory stays bounded by one batch): a valid row

@@ -76,31 +76,41 @@ def audience() -> None:
 @click.option("--region", default="CN", show_default=True, help="Default region for phones without a country code.")
 @click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
               help="For --id-type sha256: what was hashed.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Skip rows whose segment value is not yes/no (blank included) and import the rest; "
+                   "without it such a row fails the import and nothing is written.")
 @json_option
 def audience_import(db: Path, file: str, id_column: str, id_type: str, segments: str, region: str,
-                    hashed_kind: str, as_json: bool) -> None:
-    """Import (or update) members from a CSV/Parquet FILE; hashes each id to the group once.
+                    hashed_kind: str, skip_invalid: bool, as_json: bool) -> None:
+    """Import (or update) members from a CSV/Parquet FILE (or - for stdin); hashes each id to the group once.
 
     A member already present (earlier in the file, or from an earlier import) gets the segments of
-    its latest row."""
+    its latest row. Segment values are 1/0, true/false or yes/no (any case); any other value, blank
+    included, fails the import before anything is written (the error names the first lines), unless
+    --skip-invalid. Rows whose id is invalid are skipped and reported; a file with no valid row fails."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from matcher import tabular
-    from matcher.audience import import_file
+    from matcher.audience import id_problem, import_file, segment_problem
     from matcher.crypto.kernels import local_kernels
 
     store = Store(db)
     names = [s.strip() for s in segments.split(",") if s.strip()]
+    total = tabular.count_rows(file)  # a missing or unreadable file fails here, before any pool starts
     with local_kernels() as kernels, Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
                                               TimeRemainingColumn(), console=console) as progress:
-        task = progress.add_task("import", total=tabular.count_rows(file))
+        task = progress.add_task("import", total=total)
         summary = import_file(store, file, id_column=id_column, id_type=id_type, segments=names, region=region,
-                              hashed_kind=hashed_kind, kernels=kernels,
+                              hashed_kind=hashed_kind, kernels=kernels, skip_invalid=skip_invalid,
                               progress=lambda n: progress.advance(task, n))
     reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary.invalid.items()))
     console.print(f"read {summary.rows} rows: imported {summary.imported}, duplicates {summary.duplicates}, "
                   f"invalid {sum(summary.invalid.values())}{f' ({reasons})' if reasons else ''}; "
-                  f"audience has {summary.members} members", soft_wrap=True)
+                  f"audience has {summary.members} members", soft_wrap=True, highlight=False)
+    if summary.skipped_segments:
+        console.print(f"skipped {segment_problem(file, summary)}", soft_wrap=True, highlight=False)
+    if summary.skipped_ids:
+        console.print(f"skipped {id_problem(file, summary)}", soft_wrap=True, highlight=False)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(summary), indent=2))
 

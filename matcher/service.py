@@ -8,7 +8,7 @@ from typing import Iterator
 
 import grpc
 
-from matcher.errors import AuthenticationError, MatcherError, ProtocolError
+from matcher.errors import AuthenticationError, InputError, MatcherError, NotFound, ProtocolError
 from matcher.jobs import ActivationRequest, JobRunner, MatchJob, Report
 from matcher.log.merkle import MerkleTree
 from matcher.protocol.messages import SECURE, SEMI_HONEST, BlindedChunk, JobAccepted, JobStart, LabelSums
@@ -101,6 +101,9 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
                                     stream=index)
             if request.list_end.stream != index:
                 raise ProtocolError(f"the list of stream {request.list_end.stream} ended while stream {index}'s was due")
+            if len(request.list_end.merchant_base) != 32:
+                raise InputError(f"the list of stream {index} must end with its 32-byte a_s·G, got "
+                                 f"{len(request.list_end.merchant_base)} bytes")
             job.finish_list(stream=index, merchant_base=request.list_end.merchant_base)
             sent = 0
             for points in job.stream(index):
@@ -153,6 +156,8 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
     def GetJob(self, request, context):
         with _errors_to_status(context):
             merchant = self._auth.require(context, MERCHANT)
+            if len(request.job_id) > _MAX_JOB_ID:
+                raise NotFound("no such job (job ids are 32 hex digits)")
             job = self._runner.store.job(request.job_id, merchant)
             return match_pb2.JobStatus(job_id=job["job_id"], state=job["state"], reason=job["reason"] or "",
                                        report_json=job["report_json"] or "")
@@ -175,7 +180,21 @@ def _report(report: Report) -> match_pb2.MatchResponse:
         leaf_index=report.leaf_index, log_entry=report.log_entry))
 
 
+# Edge limits: beyond them a field is refused here, with one clear status, before anything stores it.
+_MAX_COUNT = 2**40          # list and label sizes (SQLite INTEGER holds 2^63; no list is near 2^40)
+_MAX_NAME = 200             # label, segment, activation and id-kind names
+_MAX_JOB_ID = 64            # job ids are 32 hex digits
+
+
 def _job_start(start: match_pb2.JobStart) -> JobStart:
+    """The opening message, validated field by field (a bad one is INVALID_ARGUMENT, naming it)."""
+    if len(start.merchant_base) != 32:
+        raise InputError(f"merchant_base must be one 32-byte point, got {len(start.merchant_base)} bytes")
+    if any(size > _MAX_COUNT for size in start.label_sizes) or sum(start.label_sizes) > _MAX_COUNT:
+        raise InputError(f"label sizes must each, and together, stay under {_MAX_COUNT}")
+    names = [start.id_kind, *start.labels, *start.segments]
+    if any(len(name) > _MAX_NAME for name in names):
+        raise InputError(f"names (id kind, labels, segments) must be at most {_MAX_NAME} characters")
     return JobStart(id_kind=start.id_kind, labels=tuple(start.labels), label_sizes=tuple(start.label_sizes),
                     merchant_base=start.merchant_base, protocol_version=start.protocol_version,
                     segments=tuple(start.segments), all_segments=start.all_segments)
@@ -225,7 +244,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     def ListCheckpoints(self, request, context):
         with _errors_to_status(context):
             self._auth.require(context, AUDITOR, MERCHANT)
-            for size, note in self._store.checkpoints(request.min_size):
+            for size, note in self._store.checkpoints(min(request.min_size, 2**63 - 1)):
                 yield audit_pb2.SignedCheckpoint(size=size, note=note)
 
     def GetEntries(self, request, context):

@@ -67,7 +67,7 @@ def test_audience_import_messy_csv_counts_each_reason(initialised, tmp_path):
                         "13800000004,maybe,1\n")     # a segment value that is not yes/no
     result = CliRunner().invoke(main, [
         "audience", "import", "--db", str(initialised), str(csv_path), "--id-column", "member_id",
-        "--id-type", "phone", "--segments", "member,paid", "--json"])
+        "--id-type", "phone", "--segments", "member,paid", "--json", "--skip-invalid"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert (summary["rows"], summary["imported"], summary["duplicates"], summary["members"]) == (7, 3, 1, 3)

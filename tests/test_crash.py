@@ -76,8 +76,9 @@ def agreement(store) -> None:
 
 @pytest.mark.parametrize("point, protocol, outcome", POINTS)
 def test_a_crash_at_any_point_leaves_log_ledger_and_jobs_in_agreement(operator, monkeypatch, point, protocol, outcome):
-    members, token = operator.seed(300, random.Random(3), noise="discrete_laplace", k="0",
-                                   semi_honest_match="on", audit_rows="64")
+    # Noise on, so jobs are charged; ε large, so the next job's noisy count is close to the truth.
+    members, token = operator.seed(300, random.Random(3), noise="discrete_laplace", k="0", epsilon_per_job="10",
+                                   epsilon_budget="100", semi_honest_match="on", audit_rows="64")
     auditor = operator.token("auditor", "alice")
     customers = [(phone(i), "all") for i in range(100, 400)]
     if outcome == "failed":  # a client whose return fails the audit: the job ends in job.fail
@@ -103,10 +104,9 @@ def test_a_crash_at_any_point_leaves_log_ledger_and_jobs_in_agreement(operator, 
         with GrpcLogSource(address, auditor) as source:
             verify(source)
         report = api.match(address, token, rows=customers, id_type="phone", protocol=protocol)
-        assert report["labels"]["all"]["matched"] is not None
         agreement(operator.store)
     finally:
         restarted.terminate()
         restarted.wait(timeout=30)
     exact = ground_truth(members, customers)["all"]["matched"]
-    assert abs(report["labels"]["all"]["matched"] - exact) < 200  # noisy, but about the truth
+    assert abs(report["labels"]["all"]["matched"] - exact) < 30  # noisy (scale 0.6), about the truth

@@ -253,3 +253,38 @@ def test_client_vanishing_mid_stream_fails_the_job_and_charges_it(operator, serv
     assert wait_until(lambda: any(b'"decision":"failed"' in data for _, data in store.log_entries(0, store.log_size())))
     report = api.match(address, token, rows=[(phone(i), None) for i in range(20)], id_type="phone")
     assert report["list_size"] == 20  # and the server still serves
+
+
+@pytest.mark.parametrize("start, named", [
+    (dict(merchant_base=b""), "32-byte point"),
+    (dict(merchant_base=bytes(64)), "32-byte point"),
+    (dict(label_sizes=[2**64 - 1]), "label sizes"),
+    (dict(labels=["a", "b"], label_sizes=[2**63, 2**63]), "label sizes"),
+    (dict(labels=["x" * 1000]), "at most 200 characters"),
+])
+def test_every_start_field_is_validated_at_the_edge_and_nothing_is_stored(ready, start, named):
+    """Issue 14, item 6: each bad field gets INVALID_ARGUMENT naming it, never UNKNOWN, and nothing
+    reaches the database or the log."""
+    operator, address, token = ready
+    before = snapshot(operator.store), operator.store.log_size()
+    fields = {"protocol_version": 1, "id_kind": "phone", "labels": ["all"], "label_sizes": [20],
+              "merchant_base": group.base_mult(group.random_scalar()), **start}
+    with pytest.raises(grpc.RpcError) as err:
+        raw_match(address, token, [match_pb2.MatchRequest(start=match_pb2.JobStart(**fields))])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert named in err.value.details()
+    assert (snapshot(operator.store), operator.store.log_size()) == before
+
+
+def test_a_huge_job_id_or_checkpoint_size_gets_a_short_clear_answer(ready):
+    from matcher.v1 import audit_pb2, audit_pb2_grpc
+
+    _, address, token = ready
+    with grpc.insecure_channel(address) as chan:
+        with pytest.raises(grpc.RpcError) as err:
+            match_pb2_grpc.MatchServiceStub(chan).GetJob(match_pb2.GetJobRequest(job_id="j" * 100_000),
+                                                         metadata=[("authorization", f"Bearer {token}")])
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and len(err.value.details()) < 100
+        listed = list(audit_pb2_grpc.AuditServiceStub(chan).ListCheckpoints(
+            audit_pb2.ListCheckpointsRequest(min_size=2**64 - 1), metadata=[("authorization", f"Bearer {token}")]))
+        assert listed == []

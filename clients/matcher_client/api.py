@@ -10,11 +10,14 @@ scalar that never leaves memory, and only a·H(x) goes on the wire.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import multiprocessing
 import os
 import queue
+import sys
+import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -44,19 +47,29 @@ class MerchantList:
 def read_list(file: str, *, id_column: str, id_type: str, label_column: str | None = None, region: str = "CN",
               hashed_kind: str = "phone", progress: Progress | None = None, parallel: bool = True) -> MerchantList:
     """Read and normalize a list file. Normalization (phonenumbers) is the slow part: batches are
-    prepared on every core and merged in file order, with the same result as one pass."""
+    prepared on every core and merged in file order, with the same result as one pass.
+
+    A missing or unreadable file (or a directory) is an :class:`~matcher.errors.InputError` naming it.
+    Works from any caller: a script without an ``if __name__ == "__main__":`` guard, ``python -c``
+    or ``python -`` included (see :func:`_worker_context`)."""
     notify = progress or (lambda phase, done, total: None)
-    total = tabular.count_rows(file)
     ids.hash_kind(id_type, hashed_kind)  # refuse a bad id type before reading anything
+    total = tabular.count_rows(file)     # and a missing file before starting any process
     batches = ([(r[0] if r[0] is not None else "", r[1]) for r in batch]
                for batch in tabular.read_columns(file, [id_column, label_column]))
     workers = os.cpu_count() or 1
-    if not parallel or workers == 1 or (total is not None and total <= tabular.BATCH_ROWS):
-        parts = [ids.prepare(batch, id_type, region=region) for batch in batches]
-        notify("reading", sum(p.rows for p in parts), total)
+    small = total is not None and total <= tabular.BATCH_ROWS
+    context = None if not parallel or workers == 1 or small else _worker_context()
+    if context is None:
+        parts = []
+        for batch in batches:
+            parts.append(ids.prepare(batch, id_type, region=region))
+            notify("reading", sum(p.rows for p in parts), total)
+        if not parts:
+            notify("reading", 0, total)
     else:
         parts = []
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
             futures = deque()
             for batch in batches:
                 futures.append(pool.submit(ids.prepare, batch, id_type, region=region))
@@ -69,8 +82,78 @@ def read_list(file: str, *, id_column: str, id_type: str, label_column: str | No
     return MerchantList(prepared=ids.merge(parts), id_kind=ids.hash_kind(id_type, hashed_kind))
 
 
+def _worker_context() -> multiprocessing.context.BaseContext | None:
+    """How to start the processes that normalize a big list: a multiprocessing context, or None to
+    normalize in this process.
+
+    ``spawn`` (the default here, as in the crypto pool: it inherits no threads) starts each worker
+    by re-importing ``__main__``. A script that calls us from unguarded top-level code would then run
+    again in every worker (multiprocessing refuses: RuntimeError, BrokenProcessPool), and a script
+    read from stdin (``python -``) cannot be re-read at all. Only then, ``fork`` instead (Linux, and
+    only while this is the process's one Python thread, so no lock can be inherited held; the
+    workers run pure Python and exit without running any of the parent's handlers), or else no pool:
+    slower, same result."""
+    if _spawn_is_safe():
+        return multiprocessing.get_context("spawn")
+    if sys.platform.startswith("linux") and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return None
+
+
+def _spawn_is_safe() -> bool:
+    """Whether a spawned worker can re-import ``__main__`` without failing or calling us again.
+    Mirrors what ``multiprocessing.spawn`` re-imports (by module name, else by path, else nothing)."""
+    main = sys.modules.get("__main__")
+    spec_name = getattr(getattr(main, "__spec__", None), "name", None)
+    if spec_name is not None:
+        if spec_name == "__main__" or spec_name.endswith(".__main__"):
+            return True  # spawn leaves a package's __main__ alone
+        path = getattr(main.__spec__, "origin", None)
+    else:
+        path = getattr(main, "__file__", None)
+        if path is None:
+            return True  # python -c, the REPL, a notebook: nothing is re-imported
+        if os.path.splitext(os.path.basename(path))[0] == "ipython":
+            return True  # spawn special-cases it
+    if not path or not os.path.isfile(path):
+        return False  # '<stdin>' (python -): a worker would try to open it and die
+    return _called_under_main_guard(main, path)
+
+
+def _called_under_main_guard(main, path: str) -> bool:
+    """False if ``__main__``'s top-level code is running us from outside an ``if __name__ ==
+    "__main__":`` block, i.e. a worker re-importing it would call us again."""
+    line = None
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals is main.__dict__ and frame.f_code.co_name == "<module>":
+            line = frame.f_lineno
+        frame = frame.f_back
+    if line is None:
+        return True  # called after __main__ ran (a callback, a thread, an interactive session)
+    try:
+        with open(path, "rb") as source:
+            tree = ast.parse(source.read())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, ast.If) and _is_main_test(node.test) and node.body
+               and node.body[0].lineno <= line <= (node.body[-1].end_lineno or node.body[-1].lineno)
+               for node in tree.body)
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    """``__name__ == "__main__"`` (either way round)."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s for s in sides if isinstance(s, ast.Name) and s.id == "__name__"]
+    strings = [s for s in sides if isinstance(s, ast.Constant) and s.value == "__main__"]
+    return len(names) == 1 and len(strings) == 1
+
+
 def prepare_rows(rows: Iterable[tuple[str, str | None]], *, id_type: str, region: str = "CN",
                  hashed_kind: str = "phone") -> MerchantList:
+    """Normalize in-memory ``(id, label)`` rows (in this process: no pool, so no start-up concerns)."""
     return MerchantList(prepared=ids.prepare(rows, id_type, region=region), id_kind=ids.hash_kind(id_type, hashed_kind))
 
 
@@ -104,7 +187,9 @@ def _kernels(kernels: Kernels | None, list_size: int, cache: str | None) -> Iter
     """The caller's kernels, or our own (a pool for big lists), behind the hash cache when asked.
     What we create we close; the caller's kernels stay open."""
     own = kernels is None
-    kernels = kernels or local_kernels(parallel=list_size > 20_000)
+    # A pool of spawned workers re-imports __main__: not from unguarded scripts or `python -`
+    # (see _worker_context), where the job blinds in this process instead (slower, same result).
+    kernels = kernels or local_kernels(parallel=list_size > 20_000 and _spawn_is_safe())
     caching = None
     if cache:
         from matcher_client.hash_cache import CachingKernels, HashCache
