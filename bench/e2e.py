@@ -560,7 +560,7 @@ def _secure_phases(job: dict) -> dict:
     s (finish_stream) overlaps the list of stream s+1; the last one is in *finish*.
     """
     w: WireLog = job["wire"]
-    first, last = w.first, w.last
+    first = w.first
     n_streams = 1 + len(job["report"].get("segments", []))
     accepted = first.get("received:accepted")
     streams, previous = [], accepted

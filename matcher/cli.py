@@ -325,8 +325,15 @@ def audit_key(db: Path) -> None:
                    "needs when it is enabled), each used by one job; 0 computes them during the job.")
 @click.option("--grace", default=10.0, show_default=True, type=click.FloatRange(0, 600),
               help="Seconds running jobs get to finish after SIGTERM before they are failed (an accepted job stays charged).")
+@click.option("--idle-timeout", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="A job stream that sends nothing for this many seconds is cancelled: its job fails (logged) "
+                   "and frees its slot.")
+@click.option("--streams-per-merchant", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Job streams one merchant may hold open at once (4 worker threads always stay free for health "
+                   "checks and the read-only calls).")
 def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, workers: int, executor: str,
-          randomness_pool: str, stream_slots: int, grace: float) -> None:
+          randomness_pool: str, stream_slots: int, grace: float, idle_timeout: float,
+          streams_per_merchant: int) -> None:
     """Serve MatchService and AuditService until SIGTERM or Ctrl-C, then shut down gracefully."""
     from matcher.crypto.kernels import kernels_for
     from matcher.server import ServerConfig, build_server
@@ -345,7 +352,8 @@ def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, wo
         raise click.BadParameter("a number of values, 0 or auto", param_hint="--randomness-pool")
     server, port = build_server(ServerConfig(db=db, listen=listen, tls_cert=tls_cert, tls_key=tls_key,
                                              max_workers=workers, kernels=kernels, randomness_pool=pool_values,
-                                             stream_slots=stream_slots))
+                                             stream_slots=stream_slots, idle_timeout=idle_timeout,
+                                             streams_per_merchant=streams_per_merchant))
     stopping = threading.Event()
 
     def shutdown(signum, frame):

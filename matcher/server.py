@@ -46,6 +46,10 @@ class ServerConfig:
     tls_key: Path | None = None
     max_workers: int = 16
     max_concurrent_jobs: int = 4
+    # A job stream that sends nothing for this long is cancelled (its job fails, logged, slot freed).
+    idle_timeout: float = 60.0
+    # Job streams one merchant may hold open at once.
+    streams_per_merchant: int = 2
     parallel: bool = True
     kernels: Kernels | None = None
     noise: NoiseSource | None = None
@@ -57,12 +61,75 @@ class ServerConfig:
     stream_slots: int = 0
 
 
+class _StreamGuard:
+    """Keeps job streams from starving the server: at most ``max_streams`` at once (the rest of the
+    worker threads stay free for health checks and the read-only calls), at most ``per_merchant`` for
+    one merchant, and any stream that sends nothing for ``idle_timeout`` seconds is cancelled, which
+    fails its job (logged) and frees its slot. A refusal says when to retry."""
+
+    def __init__(self, max_streams: int, per_merchant: int, idle_timeout: float):
+        self._max, self._per_merchant, self._idle = max_streams, per_merchant, idle_timeout
+        self._lock = threading.Lock()
+        self._open: dict[int, list] = {}   # id -> [merchant, context, last activity]
+        self._halt = threading.Event()
+        threading.Thread(target=self._watch, name="matcher-stream-watch", daemon=True).start()
+
+    def wrap(self, handler: grpc.RpcMethodHandler, merchant: str) -> grpc.RpcMethodHandler:
+        behavior = handler.stream_stream
+
+        def guarded(requests, context):
+            ticket = self._enter(merchant, context)
+            try:
+                yield from behavior(self._watched(ticket, requests), context)
+            finally:
+                with self._lock:
+                    self._open.pop(ticket, None)
+
+        return grpc.stream_stream_rpc_method_handler(guarded, request_deserializer=handler.request_deserializer,
+                                                     response_serializer=handler.response_serializer)
+
+    def _enter(self, merchant: str, context) -> int:
+        with self._lock:
+            mine = sum(1 for entry in self._open.values() if entry[0] == merchant)
+            if mine >= self._per_merchant:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"this merchant already has {mine} job streams open (limit {self._per_merchant}); "
+                              "retry when one has finished")
+            if len(self._open) >= self._max:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              "the server is busy with other jobs; retry in a few seconds")
+            ticket = id(context)
+            self._open[ticket] = [merchant, context, time.monotonic()]
+            return ticket
+
+    def _watched(self, ticket: int, requests):
+        for request in requests:
+            with self._lock:
+                if ticket in self._open:
+                    self._open[ticket][2] = time.monotonic()
+            yield request
+
+    def _watch(self) -> None:
+        while not self._halt.wait(min(1.0, self._idle / 4)):
+            now = time.monotonic()
+            with self._lock:
+                stalled = [entry for entry in self._open.values() if now - entry[2] > self._idle]
+            for merchant, context, _ in stalled:
+                log.warning("a job stream of %s sent nothing for %g s: cancelled", merchant, self._idle)
+                context.cancel()
+
+    def stop(self) -> None:
+        self._halt.set()
+
+
 class _AuthInterceptor(grpc.ServerInterceptor):
     """Refuses calls without a valid token for the service before any handler runs. The reply is the
-    same UNAUTHENTICATED with the same text whether the token is missing, unknown or of the wrong role."""
+    same UNAUTHENTICATED with the same text whether the token is missing, unknown or of the wrong role.
+    Job streams (MatchService's streaming calls) also pass the stream guard."""
 
-    def __init__(self, auth: Authenticator):
+    def __init__(self, auth: Authenticator, guard: _StreamGuard | None = None):
         self._auth = auth
+        self._guard = guard
 
     def intercept_service(self, continuation, details):
         service = details.method.rsplit("/", 2)[-2] if details.method.count("/") >= 2 else ""
@@ -71,9 +138,11 @@ class _AuthInterceptor(grpc.ServerInterceptor):
         if roles is None or handler is None:
             return handler
         who = self._auth.principal(details.invocation_metadata)
-        if who is not None and who.role in roles:
-            return handler
-        return _refusal(handler)
+        if who is None or who.role not in roles:
+            return _refusal(handler)
+        if self._guard is not None and service == _MATCH_SERVICE and handler.request_streaming:
+            return self._guard.wrap(handler, who.name)
+        return handler
 
 
 def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -212,6 +281,8 @@ class MatcherServer:
             self._stopped = True
         self.health.enter_graceful_shutdown()
         self.grpc_server.stop(grace).wait()
+        if getattr(self, "guard", None) is not None:
+            self.guard.stop()
         if self.filler and self.filler.is_alive():
             self.filler.stop()
         for job in self.runner.running():  # past the grace: each ends as failed, logged with its charge
@@ -248,8 +319,10 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                ("grpc.keepalive_time_ms", 60_000)]
+    # Job streams may take all but 4 worker threads; those stay for health checks and unary calls.
+    guard = _StreamGuard(max(1, config.max_workers - 4), config.streams_per_merchant, config.idle_timeout)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers),
-                         interceptors=[_AuthInterceptor(auth)], options=options,
+                         interceptors=[_AuthInterceptor(auth, guard)], options=options,
                          maximum_concurrent_rpcs=config.max_workers)
     match_pb2_grpc.add_MatchServiceServicer_to_server(MatchServicer(runner, auth), server)
     audit_pb2_grpc.add_AuditServiceServicer_to_server(
@@ -282,4 +355,6 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     store.drop_stream_slots(keep_version=store.load_audience().version, at_startup=True)
     filler = (_Precomputer(runner, config.randomness_pool, config.stream_slots)
               if config.randomness_pool > 0 or config.stream_slots > 0 else None)
-    return MatcherServer(server, store, runner, health_servicer, filler), port
+    matcher_server = MatcherServer(server, store, runner, health_servicer, filler)
+    matcher_server.guard = guard
+    return matcher_server, port

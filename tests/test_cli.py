@@ -297,4 +297,4 @@ def test_pool_workers_exit_when_the_server_is_killed(operator, tmp_path):
         server.wait(timeout=30)
     alive = lambda: [w for w in workers if Path(f"/proc/{w}").exists()  # noqa: E731
                      and "zombie" not in Path(f"/proc/{w}/status").read_text().lower()]
-    assert wait_until(lambda: not alive(), timeout=15), alive()
+    assert wait_until(lambda: not alive(), timeout=30), alive()

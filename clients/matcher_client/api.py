@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import itertools
 import json
 import multiprocessing
 import os
 import queue
+import re
 import sys
 import threading
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -25,13 +28,15 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 from matcher import ids, tabular
 from matcher.crypto.kernels import Kernels, local_kernels
-from matcher.errors import ProtocolError
+from matcher.errors import LimitExceeded, ProtocolError
 from matcher.protocol.merchant import MerchantSession
 from matcher.protocol.messages import SECURE, SEMI_HONEST, AudienceChunk, BlindedChunk, JobAccepted
 from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher.v1 import match_pb2, match_pb2_grpc
 from matcher_client._rpc import channel, rpc_errors
 
+# Refusals that say the server (or this merchant's share of it) is busy: retried, since nothing was charged.
+_BUSY = re.compile(r"already running \d+ jobs|server is busy|job streams open")
 # Called as progress(phase, done, total); total may be None.
 Progress = Callable[[str, int, "int | None"], None]
 
@@ -162,13 +167,14 @@ def match(server: str, token: str, file: str | None = None, *, id_column: str | 
           region: str = "CN", hashed_kind: str = "phone", tls_ca: str | None = None,
           progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
           rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
-          segments: Iterable[str] | None = None, protocol: str = SECURE) -> dict:
+          segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 4) -> dict:
     """Run a match job on ``file`` (or on in-memory ``rows`` of (id, label)) and return the report dict.
 
     Every segment is counted unless ``segments`` names some (each costs one more pass over the
     platform members that hold it); ``count_only``: per-label overlap counts only, the fastest job.
     ``protocol="semi_honest"``: the older protocol, which a server runs only when its operator
-    enabled it (see docs/threat-model.md)."""
+    enabled it (see docs/threat-model.md). A server too busy to take the job refuses it before
+    anything is charged; the job is retried up to ``retries`` times, with backoff."""
     if (file is None) == (rows is None):
         raise ValueError("give exactly one of file= or rows=")
     if file is not None:
@@ -179,7 +185,8 @@ def match(server: str, token: str, file: str | None = None, *, id_column: str | 
     else:
         merchant_list = prepare_rows(rows, id_type=id_type, region=region, hashed_kind=hashed_kind)
     return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
-                   timeout=timeout, rng=rng, cache=cache, count_only=count_only, segments=segments, protocol=protocol)
+                   timeout=timeout, rng=rng, cache=cache, count_only=count_only, segments=segments, protocol=protocol,
+                   retries=retries)
 
 
 @contextlib.contextmanager
@@ -207,7 +214,7 @@ def _kernels(kernels: Kernels | None, list_size: int, cache: str | None) -> Iter
 def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str | None = None,
             progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
             rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
-            segments: Iterable[str] | None = None, protocol: str = SECURE) -> dict:
+            segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 4) -> dict:
     if protocol not in (SECURE, SEMI_HONEST):
         raise ValueError(f"protocol must be {SECURE!r} or {SEMI_HONEST!r}")
     if count_only and segments:
@@ -217,17 +224,29 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
     with _kernels(kernels, len(prepared.keys), cache) as kernels:
-        with rpc_errors(), channel(server, tls_ca) as chan:
-            stub = match_pb2_grpc.MatchServiceStub(chan)
-            if protocol == SECURE:
-                session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind,
-                                                rng=rng, kernels=kernels)
-                start = session.start(segments=tuple(segments or ()), all_segments=not count_only and segments is None)
-                report = _secure_exchange(stub.Count, token, session, start, len(prepared.keys), notify, timeout)
-            else:
-                session = MerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
-                                          kernels=kernels)
-                report = _semi_honest_exchange(stub, token, session, len(prepared.keys), notify, timeout)
+        for attempt in itertools.count():
+            try:
+                with rpc_errors(), channel(server, tls_ca) as chan:
+                    stub = match_pb2_grpc.MatchServiceStub(chan)
+                    if protocol == SECURE:
+                        session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind,
+                                                        rng=rng, kernels=kernels)
+                        start = session.start(segments=tuple(segments or ()),
+                                              all_segments=not count_only and segments is None)
+                        report = _secure_exchange(stub.Count, token, session, start, len(prepared.keys), notify,
+                                                  timeout)
+                    else:
+                        session = MerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind,
+                                                  rng=rng, kernels=kernels)
+                        report = _semi_honest_exchange(stub, token, session, len(prepared.keys), notify, timeout)
+                break
+            except LimitExceeded as busy:
+                if attempt >= retries or not _BUSY.search(str(busy)):
+                    raise
+                # Refused before anything was charged: wait (1, 2, 4, ... s, with jitter) and try again.
+                delay = min(30.0, 2.0 ** attempt) * (0.75 + 0.5 * int.from_bytes(rng(1), "big") / 255)
+                notify("waiting for the server", attempt + 1, retries)
+                time.sleep(delay)
     released = json.loads(report.report_json)
     return {
         "job_id": report.job_id,

@@ -169,7 +169,8 @@ class PoolKernels(_SplittingKernels):
         self.workers = workers or os.cpu_count() or 1
         # spawn, not fork: the server process holds gRPC threads, which do not survive a fork.
         self._executor = executor or ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent)
+            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
+            initargs=(os.getpid(),))
 
     def _map(self, fn, *columns) -> list:
         return list(self._executor.map(fn, *columns))
@@ -195,10 +196,11 @@ class PoolKernels(_SplittingKernels):
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _die_with_parent() -> None:
-    """Pool worker start-up: exit as soon as the process that started the pool is gone, so a kill -9
-    of the server (which runs no cleanup) leaves no workers behind holding memory and keys."""
-    parent = os.getppid()
+def _die_with_parent(parent: int) -> None:
+    """Pool worker start-up: exit as soon as the process that started the pool (``parent``) is gone,
+    so a kill -9 of the server (which runs no cleanup) leaves no workers behind holding memory and
+    keys. The pid comes from the parent itself: a worker still starting up when it died has already
+    been handed to another process, and would take that one for its parent."""
 
     def watch() -> None:
         while os.getppid() == parent:
