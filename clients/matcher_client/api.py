@@ -167,7 +167,7 @@ def match(server: str, token: str, file: str | None = None, *, id_column: str | 
           region: str = "CN", hashed_kind: str = "phone", tls_ca: str | None = None,
           progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
           rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
-          segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 4) -> dict:
+          segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 10) -> dict:
     """Run a match job on ``file`` (or on in-memory ``rows`` of (id, label)) and return the report dict.
 
     Every segment is counted unless ``segments`` names some (each costs one more pass over the
@@ -214,7 +214,7 @@ def _kernels(kernels: Kernels | None, list_size: int, cache: str | None) -> Iter
 def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str | None = None,
             progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
             rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
-            segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 4) -> dict:
+            segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 10) -> dict:
     if protocol not in (SECURE, SEMI_HONEST):
         raise ValueError(f"protocol must be {SECURE!r} or {SEMI_HONEST!r}")
     if count_only and segments:
@@ -244,7 +244,7 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
                 if attempt >= retries or not _BUSY.search(str(busy)):
                     raise
                 # Refused before anything was charged: wait (1, 2, 4, ... s, with jitter) and try again.
-                delay = min(30.0, 2.0 ** attempt) * (0.75 + 0.5 * int.from_bytes(rng(1), "big") / 255)
+                delay = min(10.0, 2.0 ** attempt) * (0.75 + 0.5 * int.from_bytes(rng(1), "big") / 255)
                 notify("waiting for the server", attempt + 1, retries)
                 time.sleep(delay)
     released = json.loads(report.report_json)
