@@ -386,7 +386,9 @@ class MatchJob:
                 ttl_seconds=self.policy.activation_ttl_seconds, created=now)
             runner.store.finish_job_in(conn, self.job_id, released=True, leaf_index=first)
 
+        faults.point("release.before_log")
         leaf_index, checkpoint = runner.audit_log.append([entry], then=store_slice)
+        faults.point("release.after_log")
         log.info("activation %s (job %s) for %s stored: %d rows, expires %s", handle, self.job_id, self.merchant.name,
                  len(chosen), round(expires))
         return ActivationResult(handle, released, expires, checkpoint, leaf_index)

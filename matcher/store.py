@@ -585,6 +585,7 @@ class Store:
                 with self.transaction() as conn:
                     conn.executemany("INSERT INTO stream_slot_pieces (slot_id, idx, points, ciphertexts) "
                                      "VALUES (?, ?, ?, ?)", ((slot, i, p, c) for i, (p, c) in batch))
+                faults.point("slot.pieces_written")
             with self.transaction() as conn:
                 conn.execute("UPDATE stream_slots SET ready = 1 WHERE id = ?", [slot])
         except BaseException:
