@@ -64,10 +64,11 @@ def fuzz_target(tmp_path_factory):
     operator.add_members({phone(i): random.Random(i).getrandbits(5) for i in range(30)})
     exact_policy(store, jobs_per_hour="100000", audit_rows="4")
     token = operator.token("merchant", "fuzzer")
+    auditor = operator.token("auditor", "fuzz-auditor")
     server, port = build_server(ServerConfig(db=db, listen="127.0.0.1:0", parallel=False, streams_per_merchant=64,
                                              idle_timeout=30))
     server.start()
-    yield f"127.0.0.1:{port}", token
+    yield f"127.0.0.1:{port}", token, auditor
     server.stop(grace=1)
     store.close()
 
@@ -89,7 +90,7 @@ sequences = st.one_of(
                                                                    HealthCheck.function_scoped_fixture])
 @given(sequence=sequences, rpc=st.sampled_from(["Count", "Activate", "Match"]))
 def test_any_request_sequence_gets_a_documented_status(fuzz_target, sequence, rpc):
-    address, token = fuzz_target
+    address, token, _ = fuzz_target
     if rpc == "Activate" and sequence[0].WhichOneof("msg") == "start":
         sequence[0] = match_pb2.MatchRequest(activation=match_pb2.ActivationStart(job=sequence[0].start, name="x",
                                                                                   where="member"))
@@ -106,3 +107,30 @@ def test_any_request_sequence_gets_a_documented_status(fuzz_target, sequence, rp
             assert code in DOCUMENTED, (code, details)
             assert len(details) < 2_000
     assert code in DOCUMENTED
+
+
+big = st.one_of(st.integers(0, 50), st.sampled_from([2**31, 2**32, 2**63 - 1, 2**63, 2**64 - 1]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(call=st.sampled_from(["GetEntries", "GetInclusionProof", "GetConsistencyProof", "ListCheckpoints"]),
+       a=big, b=big)
+def test_audit_calls_with_any_numbers_get_a_documented_status(fuzz_target, call, a, b):
+    from matcher.v1 import audit_pb2, audit_pb2_grpc
+
+    address, merchant, auditor = fuzz_target
+    token = auditor if call == "GetEntries" else merchant  # merchants may not read entries
+    request = {"GetEntries": lambda: audit_pb2.GetEntriesRequest(start=a, end=b),
+               "GetInclusionProof": lambda: audit_pb2.InclusionProofRequest(index=a, tree_size=b),
+               "GetConsistencyProof": lambda: audit_pb2.ConsistencyProofRequest(old_size=a, new_size=b),
+               "ListCheckpoints": lambda: audit_pb2.ListCheckpointsRequest(min_size=a)}[call]()
+    with grpc.insecure_channel(address) as chan:
+        method = getattr(audit_pb2_grpc.AuditServiceStub(chan), call)
+        try:
+            answer = method(request, metadata=[("authorization", f"Bearer {token}")], timeout=20)
+            if call in ("GetEntries", "ListCheckpoints"):
+                list(answer)
+        except grpc.RpcError as err:
+            assert err.code() in DOCUMENTED, (err.code(), err.details())
+            assert len(err.details() or "") < 2_000
