@@ -27,25 +27,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from matcher import keys as keys_mod
     from matcher.errors import MatcherError
-    from matcher.log.checkpoint import Signer
-    from matcher.store import Store
     from matcher_client import api
     from matcher_client.audit import GrpcLogSource, verify
-    from tests.conftest import Operator, exact_policy, phone, test_private_key
+    from tests.conftest import exact_policy, new_operator, phone
     from tests.test_cli import wait_serving
     from tests.test_crash import agreement
 
     import grpc
 
     rng = random.Random(args.seed)
-    work = Path(tempfile.mkdtemp(prefix="matcher-soak-"))
-    db = work / "op.db"
-    keys = keys_mod.OperatorKeys(paillier=test_private_key(), signer=Signer.generate("matcher.soak"))
-    keys_mod.write(keys_mod.key_path_for(db), keys)
-    store = Store(db, create=True)
-    operator = Operator(db=db, store=store, keys=keys)
+    db = Path(tempfile.mkdtemp(prefix="matcher-soak-")) / "op.db"
+    operator = new_operator(db, origin="matcher.soak")
+    store = operator.store
     operator.add_members({phone(i): rng.getrandbits(5) for i in range(args.members)})
     exact_policy(store, noise="discrete_laplace", k="0", epsilon_per_job="0.001", epsilon_budget="1000000",
                  jobs_per_hour="1000000", audit_rows="64", semi_honest_match="on")

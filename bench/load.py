@@ -43,18 +43,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from matcher import keys as keys_mod
-    from matcher.log.checkpoint import Signer
-    from matcher.store import Store
     from matcher_client import api
-    from tests.conftest import Operator, exact_policy, ground_truth, phone, test_private_key
+    from tests.conftest import exact_policy, ground_truth, new_operator, phone
 
-    work = Path(tempfile.mkdtemp(prefix="matcher-load-"))
-    db = work / "op.db"
-    keys = keys_mod.OperatorKeys(paillier=test_private_key(), signer=Signer.generate("matcher.load"))
-    keys_mod.write(keys_mod.key_path_for(db), keys)
-    store = Store(db, create=True)
-    operator = Operator(db=db, store=store, keys=keys)
+    db = Path(tempfile.mkdtemp(prefix="matcher-load-")) / "op.db"
+    operator = new_operator(db, origin="matcher.load")
+    store = operator.store
     rng = random.Random(14)
     members = {phone(i): rng.getrandbits(5) for i in range(args.members)}
     operator.add_members(members)

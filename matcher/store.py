@@ -487,18 +487,11 @@ class Store:
 
     # -- activations --------------------------------------------------------------------------
 
-    def create_activation(self, handle: str, merchant: Principal, *, job_id: str, name: str, where: str,
-                          label: str | None, row_ids: Sequence[int], noisy_size: int, ttl_seconds: float) -> float:
-        """Store an activated slice (platform row ids only); returns its expiry time."""
-        with self.transaction() as conn:
-            return self.create_activation_in(conn, handle, merchant, job_id=job_id, name=name, where=where,
-                                             label=label, row_ids=row_ids, noisy_size=noisy_size,
-                                             ttl_seconds=ttl_seconds)
-
     def create_activation_in(self, conn: sqlite3.Connection, handle: str, merchant: Principal, *, job_id: str,
                              name: str, where: str, label: str | None, row_ids: Sequence[int], noisy_size: int,
                              ttl_seconds: float, created: float | None = None) -> float:
-        """:meth:`create_activation` inside the caller's transaction (the one that logs it)."""
+        """Store an activated slice (platform row ids only) inside the caller's transaction (the one
+        that logs it); returns its expiry time."""
         now = self._clock() if created is None else created
         expires = now + ttl_seconds
         conn.execute("INSERT INTO activations (handle, merchant_id, job_id, name, where_expr, label, size, "

@@ -97,16 +97,20 @@ class Operator:
         return members, self.token("merchant", "shop")
 
 
-@pytest.fixture
-def operator(tmp_path: Path) -> Operator:
-    db = tmp_path / "operator.db"
-    keys = keys_mod.OperatorKeys(paillier=test_private_key(), signer=Signer.generate("matcher.test"))
+def new_operator(db: Path, origin: str = "matcher.test") -> Operator:
+    """A fresh operator database at ``db``: the fixed test Paillier key, a new signer, the schema."""
+    keys = keys_mod.OperatorKeys(paillier=test_private_key(), signer=Signer.generate(origin))
     keys_mod.write(keys_mod.key_path_for(db), keys)
     store = Store(db, create=True)
-    store.set_meta({"origin": "matcher.test"})
-    op = Operator(db=db, store=store, keys=keys)
+    store.set_meta({"origin": origin})
+    return Operator(db=db, store=store, keys=keys)
+
+
+@pytest.fixture
+def operator(tmp_path: Path) -> Operator:
+    op = new_operator(tmp_path / "operator.db")
     yield op
-    store.close()
+    op.store.close()
 
 
 def random_audience(rng: random.Random, size: int, n_segments: int = len(SEGMENTS)) -> dict[str, int]:

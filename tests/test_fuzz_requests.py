@@ -50,17 +50,12 @@ def requests():
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory):
     """One real server for the whole fuzz run (a server per example would dominate the time)."""
-    from matcher import keys as keys_mod
-    from matcher.log.checkpoint import Signer
     from matcher.server import ServerConfig, build_server
-    from matcher.store import Store
-    from tests.conftest import Operator, exact_policy, test_private_key
+    from tests.conftest import exact_policy, new_operator
 
     db = tmp_path_factory.mktemp("fuzz") / "op.db"
-    keys = keys_mod.OperatorKeys(paillier=test_private_key(), signer=Signer.generate("matcher.test"))
-    keys_mod.write(keys_mod.key_path_for(db), keys)
-    store = Store(db, create=True)
-    operator = Operator(db=db, store=store, keys=keys)
+    operator = new_operator(db)
+    store = operator.store
     operator.add_members({phone(i): random.Random(i).getrandbits(5) for i in range(30)})
     exact_policy(store, jobs_per_hour="100000", audit_rows="4")
     token = operator.token("merchant", "fuzzer")

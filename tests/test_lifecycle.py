@@ -15,17 +15,14 @@ import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from matcher import keys as keys_mod
 from matcher import policy as policy_mod
 from matcher.crypto.kernels import Kernels
 from matcher.errors import MatcherError
 from matcher.jobs import JobRunner
 from matcher.log.auditlog import AuditLog
-from matcher.log.checkpoint import Signer
 from matcher.protocol.messages import SECURE, JobStart
 from matcher.protocol.secure_merchant import SecureMerchantSession
-from matcher.store import Store
-from tests.conftest import Operator, exact_policy, match_key, phone, test_private_key
+from tests.conftest import exact_policy, match_key, new_operator, phone
 
 MERCHANTS = ("m0", "m1")
 BUDGET, PER_JOB = 0.3, 0.1
@@ -66,11 +63,8 @@ class JobLifecycle(RuleBasedStateMachine):
     @initialize()
     def open_store(self):
         self._dir = tempfile.TemporaryDirectory()
-        db = Path(self._dir.name) / "op.db"
-        self.keys = keys_mod.OperatorKeys(paillier=test_private_key(), signer=Signer.generate("matcher.test"))
-        keys_mod.write(keys_mod.key_path_for(db), self.keys)
-        self.store = Store(db, create=True)
-        operator = Operator(db=db, store=self.store, keys=self.keys)
+        operator = new_operator(Path(self._dir.name) / "op.db")
+        self.keys, self.store = operator.keys, operator.store
         operator.add_members({phone(i): i % 4 for i in range(40)})
         exact_policy(self.store, noise="discrete_laplace", epsilon_per_job=str(PER_JOB), epsilon_budget=str(BUDGET),
                      jobs_per_hour="1000", audit_rows="4", dummies="off")

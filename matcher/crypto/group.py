@@ -158,25 +158,22 @@ def _mb_checked(scalar: bytes, rows: np.ndarray, words: np.ndarray) -> np.ndarra
     """
     out, _ = _mb.x25519(scalar, rows)
     check, _ = _mb.x25519(scalar, _inverses(rows))
-    redo = np.flatnonzero((out != check).any(axis=1) | _near_p(words))
-    if redo.size:
-        key = X25519PrivateKey.from_private_bytes(scalar)
-        for index in redo.tolist():
-            try:
-                out[index] = np.frombuffer(key.exchange(X25519PublicKey.from_public_bytes(rows[index].tobytes())),
-                                           dtype=np.uint8)
-            except ValueError:   # OpenSSL refuses exactly the all-zero shared secret
-                out[index] = 0
-    return out
+    return _with_openssl(scalar, rows, out, (out != check).any(axis=1) | _near_p(words))
 
 
 def _mb_unchecked(scalar: bytes, rows: np.ndarray, words: np.ndarray) -> np.ndarray:
     """mb8's X25519 of points nobody chose, with only the near-p sliver sent to OpenSSL."""
     out, _ = _mb.x25519(scalar, rows)
-    near_p = np.flatnonzero(_near_p(words))
-    if near_p.size:
+    return _with_openssl(scalar, rows, out, _near_p(words))
+
+
+def _with_openssl(scalar: bytes, rows: np.ndarray, out: np.ndarray, redo: np.ndarray) -> np.ndarray:
+    """``out`` with the rows marked in ``redo`` recomputed by OpenSSL (all zeros where OpenSSL
+    refuses: it refuses exactly the all-zero shared secret, which the caller then rejects)."""
+    indices = np.flatnonzero(redo)
+    if indices.size:
         key = X25519PrivateKey.from_private_bytes(scalar)
-        for index in near_p.tolist():
+        for index in indices.tolist():
             try:
                 out[index] = np.frombuffer(key.exchange(X25519PublicKey.from_public_bytes(rows[index].tobytes())),
                                            dtype=np.uint8)

@@ -128,14 +128,15 @@ def precompute_stream(audience: Audience, kernels: Kernels, *, key: paillier.Pri
 
 class _StreamFeed:
     """Hands out a precomputed stream's points and ciphertexts a chunk at a time, whatever the
-    pieces they were stored in."""
+    pieces they were stored in. ``ciphertext_size`` None: points only (stored ciphertexts are
+    dropped as they are read, never buffered)."""
 
-    def __init__(self, pieces: Iterator[tuple[bytes, bytes | None]], ciphertext_size: int):
+    def __init__(self, pieces: Iterator[tuple[bytes, bytes | None]], ciphertext_size: int | None):
         self._pieces = pieces
-        self._sizes = (group.ELEMENT_SIZE, ciphertext_size)
+        self._sizes = (group.ELEMENT_SIZE, ciphertext_size or 0)
         self._buffers = [b"", b""]
         self._rows = 0  # rows buffered
-        self._has_ciphertexts = True
+        self._has_ciphertexts = ciphertext_size is not None
 
     def take(self, count: int) -> tuple[bytes, bytes | None]:
         while self._rows < count:
@@ -144,7 +145,8 @@ class _StreamFeed:
                 raise ProtocolError("the precomputed stream ended early")
             points, ciphertexts = piece
             self._has_ciphertexts &= ciphertexts is not None
-            self._buffers = [self._buffers[0] + points, self._buffers[1] + (ciphertexts or b"")]
+            kept = ciphertexts if self._has_ciphertexts else b""
+            self._buffers = [self._buffers[0] + points, self._buffers[1] + kept]
             self._rows += len(points) // group.ELEMENT_SIZE
         out = []
         for i, size in enumerate(self._sizes):

@@ -194,9 +194,7 @@ class SecurePlatformSession:
     def receive_blinded(self, index: int, chunk: BlindedChunk) -> None:
         """A chunk of the merchant's copy ``index`` of its list, a_s·H(x) with a label each."""
         self._expect(_State.STREAMING)
-        stream = self._stream_at(index)
-        if stream.list_done or any(not s.finished for s in self._streams[:index]):
-            raise ProtocolError(f"the list for stream {index} is not the one expected now")
+        stream = self._list_due(index)
         labels = np.frombuffer(chunk.labels, dtype=np.uint8)
         points = as_point_array(chunk.points, len(labels), self._max_chunk)
         n_labels = len(self._start.labels)
@@ -220,9 +218,7 @@ class SecurePlatformSession:
         count: equal a_s·H(x) (or points that differ by a small-order component) give equal
         b_s·a_s·H(x) and count once, under their first label."""
         self._expect(_State.STREAMING)
-        stream = self._stream_at(index)
-        if stream.list_done or any(not s.finished for s in self._streams[:index]):
-            raise ProtocolError(f"the list for stream {index} is not the one expected now")
+        stream = self._list_due(index)
         received = stream.received_per_label if stream.received_per_label is not None else 0
         if list(np.broadcast_to(received, len(self._start.labels))) != list(self._start.label_sizes):
             raise ProtocolError(f"the list for stream '{stream.name}' ended after {int(np.sum(received))} of "
@@ -251,7 +247,7 @@ class SecurePlatformSession:
         fillers, stream.expected = self._filler_grid(stream)
         stream.order = self._order(stream)
         # A slot made while the semi-honest protocol was on also holds ciphertexts: not needed here.
-        feed = _StreamFeed(((points, None) for points, _ in stream.slot.pieces), 0) if stream.slot else None
+        feed = _StreamFeed(stream.slot.pieces, None) if stream.slot else None
         pending: deque[tuple[np.ndarray, Future | None]] = deque()
         for lo in range(0, len(stream.order), self._chunk_rows):
             rows = stream.order[lo:lo + self._chunk_rows]
@@ -294,6 +290,13 @@ class SecurePlatformSession:
             expected.append(group.blind(r, shifted))
         take = stream.fillers * group.ELEMENT_SIZE
         return point_rows(b"".join(fillers)[:take]), point_rows(b"".join(expected)[:take])
+
+    def _list_due(self, index: int) -> _Stream:
+        """Stream ``index``, whose copy of the list may arrive now: every earlier stream is done."""
+        stream = self._stream_at(index)
+        if stream.list_done or any(not s.finished for s in self._streams[:index]):
+            raise ProtocolError(f"the list for stream {index} is not the one expected now")
+        return stream
 
     def _stream_at(self, index: int) -> _Stream:
         if not 0 <= index < len(self._streams):
