@@ -78,6 +78,11 @@ def test_precomputed_stream_slot_is_used_once_and_matches_ground_truth(operator,
     scalars = lambda: [r[0] for r in store.db.execute(  # noqa: E731
         "SELECT sealed_scalar FROM stream_slots WHERE segment = ''")]
     assert wait_until(lambda: len(scalars()) == 1 and scalars()[0] != first_scalar)
+    if semi_honest:  # a secure job on a slot that carries ciphertexts uses its points alone, exactly
+        assert wait_until(lambda: store.stream_slots(version) == 1)
+        secure = api.match(served.address, token, rows=customers, id_type="phone", segments=[])
+        assert secure["labels"]["all"]["matched"] == ground_truth(members, customers)["all"]["matched"]
+        assert wait_until(lambda: len(scalars()) == 1 and scalars()[0] != first_scalar)
     # A new import makes the old snapshot's slot useless: it is dropped and replaced.
     operator.add_members({phone(10_000): 1})
     new_version = store.get_meta("audience_version")
@@ -95,6 +100,7 @@ def test_segment_streams_come_from_idle_time_slots_once(operator, serve):
     version = store.load_audience().version
     segments = store.load_audience().segments
     assert wait_until(lambda: all(store.stream_slots(version, s) == 1 for s in ("", *segments)))
+    assert store.status()["segment_stream_slots_ready"] == {s: 1 for s in segments}
     rows = store.db.execute("SELECT segment, length(stream_order) / 8 FROM stream_slots").fetchall()
     audience = store.load_audience()
     assert dict(rows) == {"": 2_000, **{s: len(audience.segment_rows(s)) for s in segments}}
