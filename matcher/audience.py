@@ -19,10 +19,13 @@ Bad values, and what each does to an import:
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections import Counter
+import multiprocessing
+from collections import Counter, deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from matcher import ids, tabular
 from matcher.crypto import group
@@ -54,6 +57,7 @@ class ImportSummary:
     rows: int = 0
     imported: int = 0      # new members
     duplicates: int = 0    # valid rows whose member was already there (earlier in the file, or imported before)
+    unchanged: int = 0     # of those, rows already in the audience with the same segments: not written again
     invalid: dict[str, int] = field(default_factory=dict)  # skipped rows per reason (bad_segment_<column>, ...)
     segments: list[str] = field(default_factory=list)
     members: int = 0
@@ -117,8 +121,10 @@ _SEGMENT_HINT = ("segment values must be 1/0, true/false or yes/no (blank is not
 
 def import_file(store: Store, path: str, *, id_column: str, id_type: str, segments: Sequence[str] = (),
                 region: str = "CN", hashed_kind: str = "phone", kernels: Kernels | None = None,
-                progress: Callable[[int], None] | None = None, skip_invalid: bool = False) -> ImportSummary:
-    """Stream ``path`` into the store, a batch at a time. Invalid rows are counted per reason.
+                progress: Callable[[int], None] | None = None, skip_invalid: bool = False,
+                workers: int = 1) -> ImportSummary:
+    """Stream ``path`` into the store, a batch at a time. Invalid rows are counted per reason;
+    ``workers`` processes normalize the ids (start-up costs a second or two: for large files).
 
     A bad segment value raises :class:`InputError` before anything is written unless
     ``skip_invalid``; then, like a row with an invalid id, its row is skipped. A file none of whose
@@ -135,7 +141,7 @@ def import_file(store: Store, path: str, *, id_column: str, id_type: str, segmen
                 raise InputError(f"{path}: {segment_problem(path, checked)}; nothing was imported",
                                  hint=_SEGMENT_HINT)
         return _import(store, readable, path, id_column=id_column, id_type=id_type, segments=segments,
-                       region=region, kind=kind, kernels=kernels or Kernels(), progress=progress)
+                       region=region, kind=kind, kernels=kernels or Kernels(), progress=progress, workers=workers)
 
 
 def _check_segments(path: str, name: str, id_column: str, segments: Sequence[str]) -> ImportSummary:
@@ -164,45 +170,96 @@ def _bad_segment(line: int, segments: Sequence[str], values, invalid: Counter, e
     return mask
 
 
+@dataclass
+class _Normalized:
+    """One batch of rows, normalized (in a worker process, when the import has several)."""
+
+    rows: int
+    members: list[str]
+    keys: list[str]
+    bits: list[int]
+    invalid: Counter
+    bad_segments: list[BadValue]
+    bad_ids: list[BadValue]
+
+
+def _normalize(rows: Sequence, segments: Sequence[str], id_column: str, id_type: str, region: str) -> _Normalized:
+    batch = _Normalized(len(rows), [], [], [], Counter(), [], [])
+    for line, raw, *values in rows:
+        # Segments first: a row with a bad segment value counts under that reason whatever its
+        # id, so the count matches the check that fails an import without --skip-invalid.
+        mask = _bad_segment(line, segments, values, batch.invalid, batch.bad_segments)
+        if mask is None:
+            continue
+        try:
+            normalized = ids.normalize(raw or "", id_type, region=region)
+        except ids.InvalidId as bad:
+            batch.invalid[bad.reason] += 1
+            if len(batch.bad_ids) < EXAMPLES:
+                batch.bad_ids.append(BadValue(line, id_column, raw, bad.reason))
+            continue
+        batch.members.append(normalized)
+        batch.keys.append(ids.match_key(normalized, "sha256" if id_type == "sha256" else id_type, region=region))
+        batch.bits.append(mask)
+    return batch
+
+
+def _normalized_batches(path: str, name: str, columns: Sequence[str], workers: int, work) -> Iterator[_Normalized]:
+    """``work(rows)`` of each batch of the file, in file order: on ``workers`` processes (reading
+    ahead a little), since phonenumbers is the import's slowest step, or here when there is one."""
+    batches = tabular.read_columns(path, list(columns), line_numbers=True, name=name)
+    if workers <= 1:
+        yield from map(work, batches)
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque[Future] = deque()
+        for rows in batches:
+            pending.append(pool.submit(work, rows))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str, segments: Sequence[str],
-            region: str, kind: str, kernels: Kernels, progress: Callable[[int], None] | None) -> ImportSummary:
+            region: str, kind: str, kernels: Kernels, progress: Callable[[int], None] | None,
+            workers: int = 1) -> ImportSummary:
     dst = group.dst_for(kind)
     summary = ImportSummary(segments=list(segments))
     invalid: Counter[str] = Counter()
     before = store.audience_info()["members"]
+    work = functools.partial(_normalize, segments=tuple(segments), id_column=id_column, id_type=id_type,
+                             region=region)
 
     def batches():
-        for rows in tabular.read_columns(path, [id_column, *segments], line_numbers=True, name=name):
-            members, keys, bits = [], [], []
-            for line, raw, *values in rows:
-                # Segments first: a row with a bad segment value counts under that reason whatever its
-                # id, so the count matches the check that fails an import without --skip-invalid.
-                mask = _bad_segment(line, segments, values, invalid, summary.bad_segments)
-                if mask is None:
-                    continue
-                try:
-                    normalized = ids.normalize(raw or "", id_type, region=region)
-                except ids.InvalidId as bad:
-                    invalid[bad.reason] += 1
-                    if len(summary.bad_ids) < EXAMPLES:
-                        summary.bad_ids.append(BadValue(line, id_column, raw, bad.reason))
-                    continue
-                key = ids.match_key(normalized, "sha256" if id_type == "sha256" else id_type, region=region)
-                members.append(normalized)
-                keys.append(key)
-                bits.append(mask)
-            summary.rows += len(rows)
+        for batch in _normalized_batches(path, name, [id_column, *segments], workers, work):
+            members, keys, bits = batch.members, batch.keys, batch.bits
+            invalid.update(batch.invalid)
+            summary.bad_segments += batch.bad_segments[:EXAMPLES - len(summary.bad_segments)]
+            summary.bad_ids += batch.bad_ids[:EXAMPLES - len(summary.bad_ids)]
+            summary.rows += batch.rows
             if progress:
-                progress(len(rows))
-            if not keys:
-                continue
-            points = kernels.hash_to_curve([k.encode() for k in keys], dst)
-            yield [(m, k, points[32 * i:32 * i + 32], b) for i, (m, k, b) in enumerate(zip(members, keys, bits))]
+                progress(batch.rows)
+            # Members already imported keep their H(y) (hashing is the import's main cost); those
+            # whose segments did not change are not written at all (nor touch the unbalanced
+            # protocol's history, so a re-import of a mostly unchanged file costs little downstream).
+            known = store.known_members(keys)
+            fresh = [i for i, k in enumerate(keys) if k not in known]
+            hashed = kernels.hash_to_curve([keys[i].encode() for i in fresh], dst) if fresh else b""
+            points = {i: hashed[32 * j:32 * j + 32] for j, i in enumerate(fresh)}
+            batch = []
+            for i, (m, k, b) in enumerate(zip(members, keys, bits)):
+                if k in known and known[k][0] == b:
+                    summary.unchanged += 1
+                    continue
+                batch.append((m, k, points[i] if i in points else known[k][1], b))
+            if batch:
+                yield batch
 
     pending = batches()
     first = next(pending, None)  # read up to the first valid row before touching the store
     summary.invalid = dict(invalid)
-    if first is None and summary.rows:
+    if first is None and summary.rows and not summary.unchanged:
         problems = "; ".join(p for p in (summary.skipped_segments and segment_problem(name, summary),
                                          summary.skipped_ids and id_problem(name, summary)) if p)
         raise InputError(f"{name}: none of the {_rows(summary.rows)} is valid: {problems}; nothing was imported",
@@ -215,5 +272,5 @@ def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str,
     # Duplicates are left to the table's unique key (memory stays bounded by one batch): a valid row
     # that did not add a member repeated one seen earlier in this file or in an earlier import.
     summary.imported = summary.members - before
-    summary.duplicates = valid - summary.imported
+    summary.duplicates = valid + summary.unchanged - summary.imported
     return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -102,9 +103,11 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
         task = progress.add_task("import", total=total)
         summary = import_file(store, file, id_column=id_column, id_type=id_type, segments=names, region=region,
                               hashed_kind=hashed_kind, kernels=kernels, skip_invalid=skip_invalid,
-                              progress=lambda n: progress.advance(task, n))
+                              progress=lambda n: progress.advance(task, n),
+                              workers=(os.cpu_count() or 1) if (total or 0) > 200_000 else 1)
     reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary.invalid.items()))
-    console.print(f"read {summary.rows} rows: imported {summary.imported}, duplicates {summary.duplicates}, "
+    console.print(f"read {summary.rows} rows: imported {summary.imported}, duplicates {summary.duplicates} "
+                  f"({summary.unchanged} unchanged, not written again), "
                   f"invalid {sum(summary.invalid.values())}{f' ({reasons})' if reasons else ''}; "
                   f"audience has {summary.members} members", soft_wrap=True, highlight=False)
     if summary.skipped_segments:

@@ -45,9 +45,20 @@ from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError, LimitExceeded, MatcherError, PolicyRefused, ProtocolDeviation, ProtocolError
 from matcher.keys import OperatorKeys
 from matcher.log.auditlog import AuditLog, canonical_json
-from matcher.protocol.messages import SECURE, SEMI_HONEST, AudienceChunk, BlindedChunk, JobAccepted, JobStart, LabelSums
-from matcher.protocol.platform import PlatformSession, PrecomputedStream
+from matcher import unbalanced
+from matcher.protocol.messages import (
+    SECURE,
+    SEMI_HONEST,
+    UNBALANCED,
+    AudienceChunk,
+    BlindedChunk,
+    JobAccepted,
+    JobStart,
+    LabelSums,
+)
+from matcher.protocol.platform import Audience, PlatformSession, PrecomputedStream
 from matcher.protocol.secure_platform import SecurePlatformSession
+from matcher.protocol.unbalanced_platform import StoredCopy, UnbalancedPlatformSession
 from matcher.store import Principal, Store
 
 Rng = Callable[[int], bytes]
@@ -133,6 +144,13 @@ class JobRunner:
             slot.release()  # idempotent: a job that already ended released it itself
             raise
 
+    def _one_copy_user(self, merchant: Principal) -> None:
+        """Two jobs of one merchant would patch the same stored copies: the second waits its turn."""
+        with self._active_lock:
+            if any(job.merchant.id == merchant.id and job.protocol == UNBALANCED for job in self._running.values()):
+                raise LimitExceeded("this merchant is already running 1 jobs on its stored copies (unbalanced "
+                                    "protocol)", reason="merchant_busy", hint="retry when it ends")
+
     def recover_interrupted(self, reason: str) -> int:
         """Jobs a crash (or a shutdown past its grace) left running end now, each with its 'failed'
         log entry carrying its charge, in the same transaction that marks it failed: every job the
@@ -159,21 +177,27 @@ class JobRunner:
                slot: "_Slot", protocol: str) -> "MatchJob":
         job_id = uuid.UUID(bytes=self.rng(16), version=4).hex
         pol = self.store.effective_policy(merchant.name)
-        audience = self.store.load_audience()
+        info = self.store.audience_info()
+        segments = tuple(info["segments"])
         sizes = dict(zip(start.labels, start.label_sizes))
         expression = None
         if activation is not None:
             activations.expire(self.store, self.audit_log.record)
             if not activation.name or len(activation.name) > 200:
                 raise InputError("an activation needs a --name of 1-200 characters")
-            expression = where.parse(activation.where, audience.segments)
+            expression = where.parse(activation.where, segments)
         try:
             if protocol == SEMI_HONEST and not pol.semi_honest_match:
                 raise PolicyRefused("this server runs only the protocol that is secure against modified clients; "
                                     "the semi-honest Match call is switched off", reason="protocol_disabled",
                                     hint="upgrade matcher-client: it uses the secure protocol by default")
             policy_mod.check_request(pol, list_size=start.list_size, label_sizes=sizes,
-                                     n_segments=len(audience.segments))
+                                     n_segments=len(segments))
+            if protocol == SECURE and activation is None and policy_mod.choose_protocol(
+                    pol, requested=start.protocol, audience_size=info["members"], list_size=start.list_size,
+                    client_can_enroll=bool(start.enrollment_key_id)) == "unbalanced":
+                protocol = UNBALANCED
+                self._one_copy_user(merchant)
             epsilon = policy_mod.job_epsilon(pol)
             self.store.open_job(job_id, merchant, pol=pol, epsilon=epsilon, list_size=start.list_size,
                                 labels=len(start.labels), label_sizes=start.label_sizes, protocol=protocol)
@@ -187,13 +211,21 @@ class JobRunner:
         with self._active_lock:
             self._running[job_id] = job
         faults.point("job.opened")
+        # The unbalanced protocol reads the members from its copies and history, never all of them.
+        audience = Audience(id_kind=info["id_kind"] or "", points=np.empty((0, 32), np.uint8),
+                            segment_bits=np.empty(0, np.uint64), segments=segments) \
+            if protocol == UNBALANCED else self.store.load_audience()
         try:
-            if protocol == SECURE:
+            secure = dict(job_id=job_id, rng=self.rng, kernels=self.kernels, audit_rows=pol.audit_rows,
+                          padding=lambda n_streams: policy_mod.stream_padding(pol, n_streams=n_streams, noise=self.noise))
+            if protocol == UNBALANCED:
+                job.session = UnbalancedPlatformSession(audience, **secure, **job.stored_copies(audience))
+            elif protocol == SECURE:
                 job.session = SecurePlatformSession(
-                    audience, job_id=job_id, rng=self.rng, kernels=self.kernels, audit_rows=pol.audit_rows,
-                    padding=lambda n_streams: policy_mod.stream_padding(pol, n_streams=n_streams, noise=self.noise),
+                    audience, **secure,
                     ordered=activation is not None, activation_label=activation.label if activation else None,
                     precomputed=lambda segment: job.take_stream_slot(audience, segment))
+            if protocol != SEMI_HONEST:
                 job.accepted = job.session.start(start)
                 # JobAccepted carries the (noisy) stream sizes: from here on the job's ε is spent.
                 self.store.commit_budget(job_id)
@@ -256,13 +288,13 @@ class MatchJob:
 
     def receive_blinded(self, chunk: BlindedChunk, stream: int | None = None) -> None:
         """A chunk of the list (secure protocol: of the merchant's copy for ``stream``)."""
-        if self.protocol == SECURE:
+        if self.protocol != SEMI_HONEST:
             self.session.receive_blinded(stream or 0, chunk)
         else:
             self.session.receive_blinded(chunk)
 
     def finish_list(self, stream: int | None = None, merchant_base: bytes = b"") -> None:
-        if self.protocol == SECURE:
+        if self.protocol != SEMI_HONEST:
             self.session.finish_list(stream or 0, merchant_base)
         else:
             self.session.finish_list()
@@ -321,6 +353,30 @@ class MatchJob:
         log.info("job %s for %s released: %d ids, %d labels, ε %g, leaf %d", self.job_id, self.merchant.name,
                  self.start.list_size, len(self.start.labels), self.epsilon, leaf_index)
         return Report(self.job_id, report_json, checkpoint, leaf_index, canonical_json(entry))
+
+    def stored_copies(self, audience) -> dict:
+        """The unbalanced session's access to this merchant's stored copies (matcher.unbalanced), as of
+        the last whole import."""
+        store, merchant, key_id = self._runner.store, self.merchant, self.start.enrollment_key_id
+        upto = unbalanced.audience_seq(store)
+        read: dict[str, unbalanced.Enrollment | None] = {}
+
+        def copies(key: str) -> StoredCopy:
+            was = unbalanced.enrollment(store, merchant.id, key)
+            if was is not None and was.key_id != key_id:
+                was = None  # the merchant has a new key: a new copy, in full
+            read[key] = was
+            bit = None if key == "" else audience.segments.index(key)
+            return StoredCopy(scalar=unbalanced.stream_scalar(store, self._runner.keys.pool_key, key),
+                              delta=unbalanced.delta(store, bit, since=was.synced if was else -1, upto=upto),
+                              pieces=lambda: unbalanced.pieces(store, was.id) if was else [],
+                              merchant_base=was.merchant_base if was else None)
+
+        def synced(key: str, merchant_base: bytes, toggles: np.ndarray) -> None:
+            unbalanced.save_sync(store, merchant.id, key, key_id=key_id, merchant_base=merchant_base,
+                                 was=read[key], synced=upto, toggles=toggles)
+
+        return dict(copies=copies, synced=synced, key_changed=lambda key: unbalanced.drop(store, merchant.id, key))
 
     def take_stream_slot(self, audience, segment: str = "") -> PrecomputedStream | None:
         """The member half of this job's stream (of every member, or of ``segment``'s), if the server

@@ -34,6 +34,7 @@ from functools import lru_cache
 from typing import Any, Callable, Mapping, Protocol
 
 from matcher.errors import InputError, PolicyRefused
+from matcher.protocol.messages import PROTOCOL_CHOICES
 
 NOISE_KINDS = ("none", "discrete_laplace", "gaussian")
 PROTOCOL_MAX_LABELS = 32  # labels ride in the stream as small integers; see design.md
@@ -67,6 +68,8 @@ class Policy:
     audit_rows: int = 4096
     # The older protocol in which the merchant matches and sums: safe only against honest clients.
     semi_honest_match: bool = False
+    # Which protocol a job runs: auto (by the sizes, UNBALANCED_RULE), balanced or unbalanced.
+    protocol: str = "auto"
 
     def __post_init__(self) -> None:
         for key, rule in _RULES.items():
@@ -207,9 +210,35 @@ _RULES: dict[str, _Rule] = {
     "max_list_size": _Rule(int, "an integer >= 1", lambda v: v >= 1),
     "audit_rows": _Rule(int, "an integer from 1 to 1000000", lambda v: 1 <= v <= 1_000_000),
     "semi_honest_match": _Rule(bool, "on or off", lambda v: True),
+    "protocol": _Rule(str, f"one of {', '.join(PROTOCOL_CHOICES)}", lambda v: v in PROTOCOL_CHOICES),
 }
 
 SETTABLE_KEYS: tuple[str, ...] = tuple(_RULES)
+
+
+# protocol "auto": the unbalanced protocol once the audience is this large and this many times the list.
+UNBALANCED_MIN_AUDIENCE = 1_000_000
+UNBALANCED_MIN_RATIO = 10
+
+
+def choose_protocol(policy: Policy, *, requested: str, audience_size: int, list_size: int,
+                    client_can_enroll: bool) -> str:
+    """"balanced" or "unbalanced" for a secure job. The operator's fixed choice wins; under "auto" the
+    merchant's wish does, else the sizes (UNBALANCED_MIN_AUDIENCE, UNBALANCED_MIN_RATIO). A client
+    without an enrollment key runs balanced unless the operator requires unbalanced (then refused)."""
+    wish = requested or "auto"
+    if policy.protocol != "auto" and wish not in ("auto", policy.protocol):
+        raise PolicyRefused(f"this server runs the {policy.protocol} protocol only (policy 'protocol'); the job "
+                            f"asked for {wish}", reason="protocol_not_allowed",
+                            hint=f"run the job with --protocol auto or {policy.protocol}")
+    chosen = policy.protocol if policy.protocol != "auto" else wish
+    if chosen == "auto":
+        big = audience_size >= UNBALANCED_MIN_AUDIENCE and audience_size >= UNBALANCED_MIN_RATIO * list_size
+        chosen = "unbalanced" if big and client_can_enroll else "balanced"
+    if chosen == "unbalanced" and not client_can_enroll:
+        raise PolicyRefused("this server runs the unbalanced protocol, and this client sent no enrollment key",
+                            reason="protocol_not_allowed", hint="upgrade matcher-client")
+    return chosen
 
 
 def check_request(

@@ -11,7 +11,7 @@ import grpc
 from matcher.errors import AuthenticationError, InputError, MatcherError, NotFound, ProtocolError
 from matcher.jobs import ActivationRequest, JobRunner, MatchJob, Report
 from matcher.log.merkle import MerkleTree
-from matcher.protocol.messages import SECURE, SEMI_HONEST, BlindedChunk, JobAccepted, JobStart, LabelSums
+from matcher.protocol.messages import PROTOCOL_CHOICES, SECURE, SEMI_HONEST, BlindedChunk, JobAccepted, JobStart, LabelSums
 from matcher.store import Principal, Store
 from matcher.v1 import audit_pb2, audit_pb2_grpc, match_pb2, match_pb2_grpc
 
@@ -195,9 +195,14 @@ def _job_start(start: match_pb2.JobStart) -> JobStart:
     names = [start.id_kind, *start.labels, *start.segments]
     if any(len(name) > _MAX_NAME for name in names):
         raise InputError(f"names (id kind, labels, segments) must be at most {_MAX_NAME} characters")
+    if start.protocol not in ("", *PROTOCOL_CHOICES):
+        raise InputError(f"protocol must be one of {', '.join(PROTOCOL_CHOICES)}, not {start.protocol[:_MAX_NAME]!r}")
+    if len(start.enrollment_key_id) not in (0, 16):
+        raise InputError(f"enrollment_key_id must be 16 bytes, got {len(start.enrollment_key_id)}")
     return JobStart(id_kind=start.id_kind, labels=tuple(start.labels), label_sizes=tuple(start.label_sizes),
                     merchant_base=start.merchant_base, protocol_version=start.protocol_version,
-                    segments=tuple(start.segments), all_segments=start.all_segments)
+                    segments=tuple(start.segments), all_segments=start.all_segments,
+                    protocol=start.protocol, enrollment_key_id=bytes(start.enrollment_key_id))
 
 
 def _accepted(accepted: JobAccepted) -> match_pb2.MatchResponse:

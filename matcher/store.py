@@ -35,7 +35,7 @@ from matcher.protocol.platform import Audience
 
 Clock = Callable[[], float]
 
-_MIGRATIONS: list[str] = [
+_MIGRATIONS: list[str | tuple[str, ...]] = [
     # 1: the initial schema
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -149,6 +149,57 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE jobs ADD COLUMN label_sizes TEXT;   -- JSON list, as the log records them
     ALTER TABLE jobs ADD COLUMN protocol TEXT;
     """,
+    # 8: the unbalanced protocol (matcher.unbalanced): each member's stream memberships over time,
+    # and each merchant's blinded copy of them. Updates and deletes are recorded by triggers,
+    # whatever writes the audience; inserts by import_audience, in bulk (a trigger per row made an
+    # import of 10^7 members three times slower).
+    # An import writes its rows under audience_seq + 1 and makes them visible by bumping audience_seq
+    # when it ends, so a job never syncs a merchant to half an import.
+    (
+        """CREATE TABLE audience_history (
+            row_id INTEGER NOT NULL,
+            point BLOB NOT NULL,             -- H(y): a member who has left can still be taken out
+            bits INTEGER NOT NULL,           -- its segments while the record is open
+            since INTEGER NOT NULL,          -- the import (audience_seq) that opened it
+            until INTEGER                    -- the import that closed it; NULL while current
+        )""",
+        "CREATE UNIQUE INDEX audience_history_current ON audience_history (row_id) WHERE until IS NULL",
+        "CREATE INDEX audience_history_since ON audience_history (since)",
+        "CREATE INDEX audience_history_until ON audience_history (until) WHERE until IS NOT NULL",
+        "INSERT INTO audience_history (row_id, point, bits, since) SELECT row_id, point, segments, 0 FROM audience",
+        "INSERT INTO meta (key, value) VALUES ('audience_seq', '0') ON CONFLICT(key) DO NOTHING",
+        """CREATE TRIGGER audience_history_update AFTER UPDATE OF segments, point ON audience
+        WHEN OLD.segments != NEW.segments OR OLD.point != NEW.point BEGIN
+            UPDATE audience_history SET until = (SELECT CAST(value AS INTEGER) + 1 FROM meta WHERE key = 'audience_seq')
+            WHERE row_id = OLD.row_id AND until IS NULL;
+            INSERT INTO audience_history (row_id, point, bits, since)
+            VALUES (NEW.row_id, NEW.point, NEW.segments,
+                    (SELECT CAST(value AS INTEGER) + 1 FROM meta WHERE key = 'audience_seq'));
+        END""",
+        """CREATE TRIGGER audience_history_delete AFTER DELETE ON audience BEGIN
+            UPDATE audience_history SET until = (SELECT CAST(value AS INTEGER) + 1 FROM meta WHERE key = 'audience_seq')
+            WHERE row_id = OLD.row_id AND until IS NULL;
+        END""",
+        """CREATE TABLE unbalanced_keys (
+            stream TEXT PRIMARY KEY,         -- '' = every member, else a segment
+            sealed_scalar BLOB NOT NULL      -- b_s, AES-GCM sealed like the randomness pool
+        )""",
+        """CREATE TABLE enrollments (
+            id INTEGER PRIMARY KEY,
+            merchant_id INTEGER NOT NULL REFERENCES principals(id),
+            stream TEXT NOT NULL,
+            key_id BLOB NOT NULL,            -- names the merchant's long-lived key (its choice)
+            merchant_base BLOB NOT NULL,     -- a_s·G
+            synced INTEGER NOT NULL,         -- the audience_seq its copy reflects
+            UNIQUE (merchant_id, stream)
+        )""",
+        """CREATE TABLE enrollment_pieces (
+            enrollment_id INTEGER NOT NULL REFERENCES enrollments(id),
+            idx INTEGER NOT NULL,
+            tags BLOB NOT NULL,              -- sorted 16-byte prefixes of a_s·b_s·H(y)
+            PRIMARY KEY (enrollment_id, idx)
+        ) WITHOUT ROWID""",
+    ),
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
 # Segment bits live in one signed 64-bit SQLite integer.
@@ -234,8 +285,11 @@ class Store:
             raise StoreError(f"{self.path} has schema version {version}; this matcher knows up to {SCHEMA_VERSION}",
                              hint="upgrade matcher")
         for number in range(version, SCHEMA_VERSION):
+            migration = _MIGRATIONS[number]
+            # A string is split on ';'; a tuple holds statements that contain ';' themselves (triggers).
+            statements = migration if isinstance(migration, tuple) else filter(str.strip, migration.split(";"))
             with self.transaction() as conn:
-                for statement in filter(str.strip, _MIGRATIONS[number].split(";")):
+                for statement in statements:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number + 1}")
 
@@ -275,14 +329,37 @@ class Store:
         total = 0
         for batch in batches:
             with self.transaction() as conn:
+                last_row = conn.execute("SELECT coalesce(max(row_id), 0) FROM audience").fetchone()[0]
                 conn.executemany(
                     "INSERT INTO audience (member_id, match_key, point, segments) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(match_key) DO UPDATE SET member_id = excluded.member_id, "
                     "point = excluded.point, segments = excluded.segments", batch)
+                # New members have row ids above every existing one (SQLite's max + 1); one that a later
+                # row of the batch changed again already has its record, from the update trigger.
+                conn.execute("INSERT INTO audience_history (row_id, point, bits, since) "
+                             "SELECT row_id, point, segments, (SELECT CAST(value AS INTEGER) + 1 FROM meta "
+                             "WHERE key = 'audience_seq') FROM audience WHERE row_id > ? AND row_id NOT IN "
+                             "(SELECT row_id FROM audience_history WHERE row_id > ? AND until IS NULL)",
+                             [last_row, last_row])
                 conn.execute("INSERT INTO meta (key, value) VALUES ('audience_version', ?) "
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", [secrets.token_hex(8)])
             total += len(batch)
+        with self.transaction() as conn:
+            # The import's rows (audience_history since = audience_seq + 1) become visible to the
+            # unbalanced protocol at once, only now that the whole file is in.
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
         return total
+
+    def known_members(self, match_keys: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        """The segments and H(y) of those of ``match_keys`` already in the audience: a re-import
+        hashes only the new ones and writes only the changed ones."""
+        known: dict[str, tuple[int, bytes]] = {}
+        for lo in range(0, len(match_keys), 500):
+            chunk = match_keys[lo:lo + 500]
+            rows = self.db.execute(f"SELECT match_key, segments, point FROM audience WHERE match_key IN "
+                                   f"({','.join('?' * len(chunk))})", chunk)
+            known.update((key, (bits, bytes(point))) for key, bits, point in rows)
+        return known
 
     def load_audience(self) -> Audience:
         """The audience as arrays, cached until the next import changes it."""
@@ -483,7 +560,18 @@ class Store:
                 "SELECT coalesce(sum(length(p.points)), 0) / 32 FROM stream_slots s "
                 "JOIN stream_slot_pieces p ON p.slot_id = s.id WHERE s.ready = 0")[0][0],
             "activations": dict(q("SELECT state, count(*) FROM activations GROUP BY state")),
+            # The unbalanced protocol's input: every member's stream history, as of the last whole import.
+            "preprocessing_ready": self.preprocessing_ready(),
+            "unbalanced_copies": q("SELECT count(*) FROM enrollments")[0][0],
         }
+
+    def preprocessing_ready(self) -> bool:
+        """True when the unbalanced protocol's history covers every member: no import is half-done
+        (its rows wait for the import's end) and every member has an open record."""
+        seq = int(self.get_meta("audience_seq", "0"))
+        current = self.db.execute("SELECT count(*) FROM audience_history WHERE until IS NULL AND since <= ?",
+                                  [seq]).fetchone()[0]
+        return current == self.audience_info()["members"]
 
     # -- activations --------------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ test); the Ed25519 signer is fresh. Everything else is the production path.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,8 @@ from matcher.log.checkpoint import Signer
 from matcher.server import ServerConfig, build_server
 from matcher.store import Store
 
+# Merchant key files (the unbalanced protocol) of every test, and of the clients tests start, go here.
+os.environ.setdefault("MATCHER_CLIENT_HOME", tempfile.mkdtemp(prefix="matcher-client-home-"))
 VECTORS = Path(__file__).parent / "vectors"
 SEGMENTS = ("member", "paid_with_platform", "visited_shop_page", "favourited_mini_program", "holds_coupon")
 

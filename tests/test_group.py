@@ -498,3 +498,15 @@ def test_unchecked_blinding_of_our_own_points_equals_the_checked_one():
     for backend in group.available_backends():
         assert group.blind(scalar, points, backend=backend, chosen=False) == reference
         assert group.blind(scalar, points, backend=backend) == reference
+
+
+def test_masking_scalars_add_and_take_off_a_fresh_factor():
+    rng = random.Random(77)
+    points = group.hash_to_curve_batch([b"m%d" % i for i in range(20)], group.dst_for("phone"))
+    for _ in range(8):
+        scalar, x = group.random_scalar(rng.randbytes), group.random_scalar(rng.randbytes)
+        masked, unmask = group.masking_scalars(scalar, rng.randbytes)
+        assert masked != scalar
+        assert group.blind(masked, points) != group.blind(scalar, points)
+        merchant = group.blind(x, group.blind(masked, points))
+        assert group.blind(unmask, merchant) == group.blind(x, group.blind(scalar, points))

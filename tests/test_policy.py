@@ -193,7 +193,7 @@ def test_digest_changes_when_any_field_changes():
         "epsilon_per_job": 1.5, "delta_per_job": 2e-6, "epsilon_budget": 11.0,
         "budget_period": "31d", "jobs_per_hour": 11, "dummies": False,
         "dummy_epsilon_share": 0.4, "max_list_size": 9_999_999, "activation_ttl": "7d",
-        "audit_rows": 1000, "semi_honest_match": True,
+        "audit_rows": 1000, "semi_honest_match": True, "protocol": "unbalanced",
     }
     assert set(changed) == {f.name for f in dataclasses.fields(Policy)}
     digests = {base.digest()}

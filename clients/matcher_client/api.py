@@ -30,10 +30,11 @@ from matcher import ids, tabular
 from matcher.crypto.kernels import Kernels, local_kernels
 from matcher.errors import LimitExceeded, ProtocolError
 from matcher.protocol.merchant import MerchantSession
-from matcher.protocol.messages import SECURE, SEMI_HONEST, AudienceChunk, BlindedChunk, JobAccepted
+from matcher.protocol.messages import PROTOCOL_CHOICES, SECURE, SEMI_HONEST, AudienceChunk, BlindedChunk, JobAccepted
 from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher.v1 import match_pb2, match_pb2_grpc
 from matcher_client._rpc import channel, rpc_errors
+from matcher_client.enrollment_key import LazyEnrollmentKey, default_path
 
 # Refusals that say the server (or this merchant's share of it) is busy: retried, since nothing was charged.
 _BUSY = re.compile(r"already running \d+ jobs|server is busy|job streams open")
@@ -167,14 +168,20 @@ def match(server: str, token: str, file: str | None = None, *, id_column: str | 
           region: str = "CN", hashed_kind: str = "phone", tls_ca: str | None = None,
           progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
           rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
-          segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 10) -> dict:
+          segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 10,
+          mode: str = "auto", enrollment_key: str | None = None) -> dict:
     """Run a match job on ``file`` (or on in-memory ``rows`` of (id, label)) and return the report dict.
 
     Every segment is counted unless ``segments`` names some (each costs one more pass over the
     platform members that hold it); ``count_only``: per-label overlap counts only, the fastest job.
     ``protocol="semi_honest"``: the older protocol, which a server runs only when its operator
     enabled it (see docs/threat-model.md). A server too busy to take the job refuses it before
-    anything is charged; the job is retried up to ``retries`` times, with backoff."""
+    anything is charged; the job is retried up to ``retries`` times, with backoff.
+
+    ``mode``: "auto" (the server picks by the sizes), "balanced" or "unbalanced" (the platform keeps
+    this merchant's blinded copy of its audience between jobs; README "Unbalanced mode"). The
+    unbalanced protocol's long-lived key lives in ``enrollment_key`` (default: one file per server
+    and token under ~/.matcher-client, or $MATCHER_CLIENT_HOME), encrypted with the token."""
     if (file is None) == (rows is None):
         raise ValueError("give exactly one of file= or rows=")
     if file is not None:
@@ -186,7 +193,7 @@ def match(server: str, token: str, file: str | None = None, *, id_column: str | 
         merchant_list = prepare_rows(rows, id_type=id_type, region=region, hashed_kind=hashed_kind)
     return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
                    timeout=timeout, rng=rng, cache=cache, count_only=count_only, segments=segments, protocol=protocol,
-                   retries=retries)
+                   retries=retries, mode=mode, enrollment_key=enrollment_key)
 
 
 @contextlib.contextmanager
@@ -214,9 +221,15 @@ def _kernels(kernels: Kernels | None, list_size: int, cache: str | None) -> Iter
 def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str | None = None,
             progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
             rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
-            segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 10) -> dict:
+            segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 10,
+            mode: str = "auto", enrollment_key: str | None = None) -> dict:
     if protocol not in (SECURE, SEMI_HONEST):
         raise ValueError(f"protocol must be {SECURE!r} or {SEMI_HONEST!r}")
+    if mode not in PROTOCOL_CHOICES:
+        raise ValueError(f"mode must be one of {', '.join(PROTOCOL_CHOICES)}")
+    enrollment = None
+    if protocol == SECURE and mode != "balanced":
+        enrollment = LazyEnrollmentKey(enrollment_key or default_path(server, token), token)
     if count_only and segments:
         raise ValueError("count_only asks for no segments; give one or the other")
     if protocol == SEMI_HONEST and (count_only or segments is not None):
@@ -230,7 +243,7 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
                     stub = match_pb2_grpc.MatchServiceStub(chan)
                     if protocol == SECURE:
                         session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind,
-                                                        rng=rng, kernels=kernels)
+                                                        rng=rng, kernels=kernels, protocol=mode, enrollment=enrollment)
                         start = session.start(segments=tuple(segments or ()),
                                               all_segments=not count_only and segments is None)
                         report = _secure_exchange(stub.Count, token, session, start, len(prepared.keys), notify,
@@ -309,7 +322,9 @@ def _send_list(talk: _Conversation, session, list_size: int, notify: Progress) -
 def _start_message(start) -> match_pb2.JobStart:
     return match_pb2.JobStart(protocol_version=start.protocol_version, id_kind=start.id_kind, labels=start.labels,
                               label_sizes=start.label_sizes, merchant_base=start.merchant_base,
-                              segments=start.segments, all_segments=start.all_segments)
+                              segments=start.segments, all_segments=start.all_segments,
+                              protocol="" if start.protocol == "auto" else start.protocol,
+                              enrollment_key_id=start.enrollment_key_id)
 
 
 def _secure_exchange(call, token: str, session: SecureMerchantSession, start, list_size: int, notify: Progress,

@@ -71,12 +71,19 @@ def main() -> None:
 @click.option("--segments", "segment_names", default=None, metavar="A,B,...",
               help="Count only these platform segments (default: all). Each segment asked for costs one more "
                    "pass over the members that hold it.")
-@click.option("--protocol", type=click.Choice(["secure", "semi-honest"]), default="secure", show_default=True,
-              help="semi-honest: the older protocol, faster with many segments but safe only against honest "
-                   "clients; a server runs it only when its operator enabled it.")
+@click.option("--protocol", type=click.Choice(["secure", "balanced", "unbalanced", "semi-honest"]), default="secure",
+              show_default=True,
+              help="secure: the server picks balanced or unbalanced by the sizes (README, 'Unbalanced mode'); "
+                   "unbalanced: the platform keeps your blinded copy of its audience, so later jobs cost what "
+                   "your list costs; semi-honest: the older protocol, safe only against honest clients, run only "
+                   "when the operator enabled it.")
+@click.option("--enrollment-key", type=click.Path(dir_okay=False), default=None,
+              help="The unbalanced protocol's key file (default: one per server and token under "
+                   "~/.matcher-client or $MATCHER_CLIENT_HOME), encrypted with the token.")
 def match(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
           json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None, timeout: float | None,
-          cache: str | None, quiet: bool, count_only: bool, segment_names: str | None, protocol: str) -> None:
+          cache: str | None, quiet: bool, count_only: bool, segment_names: str | None, protocol: str,
+          enrollment_key: str | None) -> None:
     """Match the IDs in FILE (CSV with a header, Parquet, or - for stdin) and print the report."""
     segments = [s.strip() for s in segment_names.split(",") if s.strip()] if segment_names is not None else None
     if count_only and segments:
@@ -87,7 +94,9 @@ def match(server: str, token: str, file: str, id_column: str, id_type: str, labe
     with _progress(quiet) as notify:
         report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout,
                              cache=cache, count_only=count_only, segments=segments,
-                             protocol=protocol.replace("-", "_"))
+                             protocol="semi_honest" if protocol == "semi-honest" else "secure",
+                             mode="auto" if protocol in ("secure", "semi-honest") else protocol,
+                             enrollment_key=enrollment_key)
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     table = report_table(report)

@@ -65,6 +65,40 @@ def random_scalar(rng: Callable[[int], bytes] = os.urandom) -> bytes:
     return bytes(scalar)
 
 
+# The order of the prime-order subgroup that hash_to_curve's outputs (cofactor cleared) live in.
+_ORDER = 2**252 + 27742317777372353535851937790883648493
+
+
+def _clamped(scalar: bytes) -> int:
+    """The integer X25519 multiplies by (RFC 7748, decodeScalar25519)."""
+    k = bytearray(scalar)
+    k[0] &= 248
+    k[31] &= 127
+    k[31] |= 64
+    return int.from_bytes(k, "little")
+
+
+def _scalar_for(value: int) -> bytes | None:
+    """A scalar that X25519 clamps to a multiple of the subgroup's generator equal to ``value``
+    (mod the order), when there is one: a clamped scalar is 2^254 + 8m with m < 2^251, which covers
+    about half of the residues."""
+    m = (value - 2**254) * pow(8, -1, _ORDER) % _ORDER
+    return (2**254 + 8 * m).to_bytes(ELEMENT_SIZE, "little") if m < 2**251 else None
+
+
+def masking_scalars(scalar: bytes, rng: Callable[[int], bytes] = os.urandom) -> tuple[bytes, bytes]:
+    """(masked, unmask) for a fresh secret c: on the prime-order subgroup, blinding with ``masked``
+    is blinding with ``scalar`` then c, and blinding with ``unmask`` takes c off again, so that
+    blind(unmask, x·blind(masked, P)) == x·blind(scalar, P) for any scalar x. (About one c in four
+    has both; the others are drawn again.)"""
+    base = _clamped(scalar)
+    while True:
+        c = _clamped(random_scalar(rng))
+        masked, unmask = _scalar_for(c * base % _ORDER), _scalar_for(pow(c, -1, _ORDER))
+        if masked is not None and unmask is not None:
+            return masked, unmask
+
+
 def blind(scalar: bytes, points: bytes | bytearray | memoryview, *, backend: str | None = None,
           chosen: bool = True) -> bytes:
     """X25519(scalar, u) for every consecutive 32-byte u in ``points``, concatenated in order.

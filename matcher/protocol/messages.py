@@ -11,6 +11,10 @@ PROTOCOL_VERSION = 1
 # Names of the protocols a report and a log entry can name (docs/threat-model.md).
 SECURE = "secure"
 SEMI_HONEST = "semi_honest"
+# The secure protocol with the merchant's blinded copy of each stream kept between jobs.
+UNBALANCED = "unbalanced"
+# What a merchant may ask for (JobStart.protocol) and an operator may fix (policy "protocol").
+PROTOCOL_CHOICES = ("auto", "balanced", "unbalanced")
 # The stream of every member, which gives each label's matched count; the others are segment names.
 MATCHED_STREAM = "matched"
 MAX_CHUNK_ELEMENTS = 65_536
@@ -29,6 +33,10 @@ class JobStart:
     # Secure protocol: which segments to count (one stream each); all_segments: every one.
     segments: tuple[str, ...] = ()
     all_segments: bool = False
+    # "" / "auto": the server picks; "balanced" or "unbalanced" (PROTOCOL_CHOICES).
+    protocol: str = ""
+    # Names the merchant's long-lived key for unbalanced copies; empty: the client cannot run them.
+    enrollment_key_id: bytes = b""
 
     @property
     def list_size(self) -> int:

@@ -26,7 +26,7 @@ import enum
 import os
 from collections import deque
 from concurrent.futures import Future
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -35,10 +35,25 @@ from matcher.crypto.kernels import Kernels
 from matcher.errors import ProtocolError
 from matcher.protocol._lists import shuffled_list
 from matcher.protocol._points import as_point_array
-from matcher.protocol.messages import MAX_CHUNK_ELEMENTS, SECURE, BlindedChunk, JobAccepted, JobStart
+from matcher.protocol.messages import (
+    MAX_CHUNK_ELEMENTS,
+    SECURE,
+    UNBALANCED,
+    BlindedChunk,
+    JobAccepted,
+    JobStart,
+)
 
 Rng = Callable[[int], bytes]
 _LOOKAHEAD = 2
+
+
+class LongLivedScalars(Protocol):
+    """The merchant's key for the unbalanced protocol (matcher_client.enrollment_key.EnrollmentKey)."""
+
+    key_id: bytes
+
+    def scalar(self, stream: str) -> bytes: ...
 
 
 class _State(enum.Enum):
@@ -50,7 +65,8 @@ class _State(enum.Enum):
 
 class SecureMerchantSession:
     def __init__(self, keys: Sequence[str], labels: Sequence[str], *, id_kind: str, rng: Rng = os.urandom,
-                 kernels: Kernels | None = None, chunk_size: int = MAX_CHUNK_ELEMENTS, ordered: bool = False):
+                 kernels: Kernels | None = None, chunk_size: int = MAX_CHUNK_ELEMENTS, ordered: bool = False,
+                 protocol: str = "auto", enrollment: LongLivedScalars | None = None):
         shuffled = shuffled_list(keys, labels, rng, chunk_size)
         self.label_names = shuffled.label_names
         self._id_kind = id_kind
@@ -58,6 +74,8 @@ class SecureMerchantSession:
         self._kernels = kernels or Kernels()
         self._chunk_size = chunk_size
         self.ordered = ordered
+        self._protocol = protocol
+        self._enrollment = enrollment
         self._keys, self._label_idx = shuffled.keys, shuffled.label_idx
         self._scalars = [group.random_scalar(rng)]  # a_s, one per stream; a_0 is announced in JobStart
         self._hashed: np.ndarray | None = None       # H(x) in self._keys order, once the first copy is made
@@ -79,19 +97,27 @@ class SecureMerchantSession:
         self._state = _State.STARTED
         return JobStart(id_kind=self._id_kind, labels=self.label_names, label_sizes=tuple(int(s) for s in sizes),
                         merchant_base=group.base_mult(self._scalars[0]), segments=tuple(segments),
-                        all_segments=all_segments)
+                        all_segments=all_segments, protocol=self._protocol,
+                        enrollment_key_id=self._enrollment.key_id if self._enrollment else b"")
 
     def accept(self, accepted: JobAccepted) -> None:
         self._expect(_State.STARTED)
-        if accepted.protocol != SECURE or not accepted.stream_names or \
+        if accepted.protocol not in (SECURE, UNBALANCED) or not accepted.stream_names or \
                 len(accepted.stream_names) != len(accepted.stream_sizes):
             raise ProtocolError("the server did not accept the job for the secure protocol")
+        if accepted.protocol == UNBALANCED and (self._enrollment is None or self.ordered):
+            raise ProtocolError("the server chose the unbalanced protocol, which this session has no key for")
         self.job_id = accepted.job_id
         self.segments = tuple(accepted.segments)
         self.stream_names = tuple(accepted.stream_names)
         self.stream_sizes = tuple(int(n) for n in accepted.stream_sizes)
         self._chunk_size = min(self._chunk_size, accepted.max_chunk_elements)
-        self._scalars += [group.random_scalar(self._rng) for _ in self.stream_names[1:]]
+        if accepted.protocol == UNBALANCED:
+            # The platform keeps our copy of each stream, blinded with these: the same in every job.
+            self._scalars = [self._enrollment.scalar(name) for name in self.stream_names]
+        else:
+            self._scalars += [group.random_scalar(self._rng) for _ in self.stream_names[1:]]
+        self.protocol = accepted.protocol
         self._state = _State.ACCEPTED
 
     def blinded_chunks(self, index: int) -> Iterator[BlindedChunk]:

@@ -78,11 +78,14 @@ class _Stream:
     """One stream's secrets and bookkeeping: its scalar, its order, its audit values, what came back."""
 
     def __init__(self, name: str, rows: np.ndarray, fillers: int, scalar: bytes,
-                 slot: PrecomputedStream | None = None):
+                 slot: PrecomputedStream | None = None, points: np.ndarray | None = None,
+                 outgoing_scalar: bytes | None = None):
         self.name = name
-        self.rows = rows              # audience rows in this stream (before shuffling)
+        self.rows = rows              # rows of ``points`` in this stream (before shuffling)
+        self.points = points          # H(y) the rows index: None for the session's audience
         self.fillers = fillers
-        self.scalar = scalar
+        self.scalar = scalar          # b_s: T_s = b_s·(the list copy)
+        self.outgoing_scalar = outgoing_scalar or scalar  # what the members' H(y) go out blinded with
         self.slot = slot              # b_s, the members' order and b_s·H(y), made while the server was idle
         self.order: np.ndarray | None = None  # position -> audience row, or -1-d for filler d
         self.table: list[Future] = []          # b_s·(a_s·H(x)) of the list copy, in pieces
@@ -102,6 +105,8 @@ class _Stream:
 
 
 class SecurePlatformSession:
+    protocol = SECURE
+
     def __init__(self, audience: Audience, *, job_id: str, rng: Rng = os.urandom, kernels: Kernels | None = None,
                  audit_rows: int = 4096, padding: Callable[[int], int] = lambda n_streams: 0, ordered: bool = False,
                  activation_label: str | None = None, max_chunk: int = MAX_CHUNK_ELEMENTS,
@@ -157,20 +162,24 @@ class SecurePlatformSession:
         group.blind(group.random_scalar(self._rng), start.merchant_base)
         self._start = start
         n_streams = 1 + len(segments)
-        wanted = [(MATCHED_STREAM, "", np.arange(len(self._audience), dtype=np.int64))]
-        wanted += [(name, name, self._audience.segment_rows(name)) for name in segments]
-        for name, slot_name, rows in wanted:
-            slot = self._precomputed(slot_name)
-            if slot is not None and len(slot.order) != len(rows):
-                raise ProtocolError(f"the precomputed stream for '{name}' belongs to another audience")
-            scalar = slot.scalar if slot is not None else group.random_scalar(self._rng)
-            self._streams.append(_Stream(name, rows, self._fillers(n_streams), scalar, slot))
+        wanted = [(MATCHED_STREAM, ""), *((name, name) for name in segments)]
+        self._streams = [self._new_stream(name, key, self._fillers(n_streams)) for name, key in wanted]
         self._state = _State.STREAMING
         return JobAccepted(job_id=self._job_id, paillier_n=b"", segments=tuple(segments), layout_json="",
                            max_chunk_elements=self._max_chunk,
                            stream_elements=sum(s.size for s in self._streams),
                            stream_names=self.stream_names, stream_sizes=tuple(s.size for s in self._streams),
-                           protocol=SECURE)
+                           protocol=self.protocol)
+
+    def _new_stream(self, name: str, key: str, fillers: int) -> _Stream:
+        """Stream ``name`` (``key``: '' for every member, else the segment), with a fresh b_s or the
+        idle-time slot's."""
+        rows = np.arange(len(self._audience), dtype=np.int64) if key == "" else self._audience.segment_rows(key)
+        slot = self._precomputed(key)
+        if slot is not None and len(slot.order) != len(rows):
+            raise ProtocolError(f"the precomputed stream for '{name}' belongs to another audience")
+        scalar = slot.scalar if slot is not None else group.random_scalar(self._rng)
+        return _Stream(name, rows, fillers, scalar, slot)
 
     def _wanted_segments(self, start: JobStart) -> list[str]:
         if self.ordered:
@@ -223,19 +232,25 @@ class SecurePlatformSession:
         if list(np.broadcast_to(received, len(self._start.labels))) != list(self._start.label_sizes):
             raise ProtocolError(f"the list for stream '{stream.name}' ended after {int(np.sum(received))} of "
                                 f"{self._start.list_size} declared elements")
-        if index == 0 and merchant_base != self._start.merchant_base:
-            raise ProtocolError("stream 0's list was blinded with another scalar than the a·G the job started with")
         group.blind(group.random_scalar(self._rng), merchant_base)  # validated before anything depends on it
+        self._check_merchant_base(index, stream, bytes(merchant_base))
         stream.merchant_base = bytes(merchant_base)
         table = np.concatenate([point_rows(f.result()) for f in stream.table]) if stream.table else \
             np.empty((0, group.ELEMENT_SIZE), np.uint8)
         labels = np.concatenate(stream.received_labels) if stream.received_labels else np.empty(0, np.uint8)
+        self._index_list(stream, table, labels)
+        stream.table = stream.received_labels = []
+        stream.list_done = True
+
+    def _check_merchant_base(self, index: int, stream: _Stream, merchant_base: bytes) -> None:
+        if index == 0 and merchant_base != self._start.merchant_base:
+            raise ProtocolError("stream 0's list was blinded with another scalar than the a·G the job started with")
+
+    def _index_list(self, stream: _Stream, table: np.ndarray, labels: np.ndarray) -> None:
         # Equal values (a copy, or a torsion twin: X25519 clears the cofactor) are one person: the
         # index's stable sort answers every lookup with the first of them, so each counts once,
         # under its first label, and no explicit de-duplication pass is needed.
         stream.index = PointIndex([table], [labels])
-        stream.table = stream.received_labels = []
-        stream.list_done = True
 
     def stream(self, index: int) -> Iterator[bytes]:
         """Stream ``index``: b_s·H(y) of its members and its filler rows, in a fresh random order."""
@@ -257,8 +272,9 @@ class SecurePlatformSession:
             elif feed is not None:
                 blinded = completed(feed.take(int(real.sum()))[0])
             else:
+                source = self._audience.points if stream.points is None else stream.points
                 blinded = self._kernels.submit_blind(
-                    stream.scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes(), chosen=False)
+                    stream.outgoing_scalar, np.ascontiguousarray(source[rows[real]]).tobytes(), chosen=False)
             pending.append((rows, blinded))
             if len(pending) > 2:
                 yield _chunk(*pending.popleft(), fillers)
@@ -332,19 +348,24 @@ class SecurePlatformSession:
             audited = bool((returned[at] == stream.expected[-1 - stream.order[at]]).all())
         else:
             audit = PointIndex([stream.expected], [np.zeros(stream.fillers, np.uint8)])
-            audited = len(audit.lookup(returned)[0]) == stream.fillers
+            at = audit.lookup(returned)[0]
+            audited = len(at) == stream.fillers
         if not audited:
             raise ProtocolDeviation(f"stream '{stream.name}' failed its audit: values that a_s·(the stream) must "
                                     "contain are missing, so it was not blinded with the one scalar behind a_s·G")
-        positions, labels = stream.index.lookup(returned)
-        stream.index = None
-        stream.counts = np.bincount(labels, minlength=len(self._start.labels))
-        if self.ordered:
-            stream.matched_positions = positions
-            stream.matched_labels = labels
+        stream.counts = self._count(stream, returned, at)
         stream.finished = True
         if all(s.finished for s in self._streams):
             self._state = _State.DONE
+
+    def _count(self, stream: _Stream, returned: np.ndarray, filler_positions: np.ndarray) -> np.ndarray:
+        """Per-label counts of the list copy's values that the returned stream holds."""
+        positions, labels = stream.index.lookup(returned)
+        stream.index = None
+        if self.ordered:
+            stream.matched_positions = positions
+            stream.matched_labels = labels
+        return np.bincount(labels, minlength=len(self._start.labels))
 
     def aggregates(self) -> dict[str, LabelAggregate]:
         """True per-label counts: stream 0 is the matched count, the others one segment each."""

@@ -137,7 +137,7 @@ class ActivationList(_message.Message):
     def __init__(self, activations: _Optional[_Iterable[_Union[Activation, _Mapping]]] = ...) -> None: ...
 
 class JobStart(_message.Message):
-    __slots__ = ("protocol_version", "id_kind", "labels", "label_sizes", "merchant_base", "segments", "all_segments")
+    __slots__ = ("protocol_version", "id_kind", "labels", "label_sizes", "merchant_base", "segments", "all_segments", "protocol", "enrollment_key_id")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ID_KIND_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,8 @@ class JobStart(_message.Message):
     MERCHANT_BASE_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     ALL_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    ENROLLMENT_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     id_kind: str
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -152,7 +154,9 @@ class JobStart(_message.Message):
     merchant_base: bytes
     segments: _containers.RepeatedScalarFieldContainer[str]
     all_segments: bool
-    def __init__(self, protocol_version: _Optional[int] = ..., id_kind: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., label_sizes: _Optional[_Iterable[int]] = ..., merchant_base: _Optional[bytes] = ..., segments: _Optional[_Iterable[str]] = ..., all_segments: _Optional[bool] = ...) -> None: ...
+    protocol: str
+    enrollment_key_id: bytes
+    def __init__(self, protocol_version: _Optional[int] = ..., id_kind: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., label_sizes: _Optional[_Iterable[int]] = ..., merchant_base: _Optional[bytes] = ..., segments: _Optional[_Iterable[str]] = ..., all_segments: _Optional[bool] = ..., protocol: _Optional[str] = ..., enrollment_key_id: _Optional[bytes] = ...) -> None: ...
 
 class JobAccepted(_message.Message):
     __slots__ = ("job_id", "paillier_n", "segments", "layout_json", "max_chunk_elements", "stream_elements", "stream_names", "stream_sizes", "protocol")
