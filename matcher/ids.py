@@ -21,6 +21,7 @@ from typing import Iterable
 
 import phonenumbers
 
+from matcher._phone_fast import NOT_HANDLED, cn_mobile_e164
 from matcher.errors import InputError
 
 ID_TYPES = ("phone", "email", "sha256", "opaque")
@@ -200,7 +201,11 @@ def _strip_wrapping(value: str) -> str:
 
 
 def _normalize_phone(text: str, region: str) -> str:
-    e164 = _phone_to_e164(text, region)
+    # Common Chinese mobile spellings are answered from a table derived from phonenumbers'
+    # metadata (same answers, over 10x faster); everything else goes to phonenumbers itself.
+    e164 = cn_mobile_e164(text, region)
+    if e164 is NOT_HANDLED:
+        e164 = _phone_to_e164(text, region)
     if e164 is None:
         raise InvalidId("invalid_phone", "not a valid phone number for its country")
     return e164
