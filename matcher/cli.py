@@ -80,9 +80,11 @@ def audience() -> None:
 @click.option("--skip-invalid", is_flag=True,
               help="Skip rows whose segment value is not yes/no (blank included) and import the rest; "
                    "without it such a row fails the import and nothing is written.")
+@click.option("--executor", default="local", show_default=True,
+              help="Where the hashing runs: local (all cores), inline (this process) or dask://HOST:PORT.")
 @json_option
 def audience_import(db: Path, file: str, id_column: str, id_type: str, segments: str, region: str,
-                    hashed_kind: str, skip_invalid: bool, as_json: bool) -> None:
+                    hashed_kind: str, skip_invalid: bool, executor: str, as_json: bool) -> None:
     """Import (or update) members from a CSV/Parquet FILE (or - for stdin); hashes each id to the group once.
 
     A member already present (earlier in the file, or from an earlier import) gets the segments of
@@ -93,12 +95,16 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
 
     from matcher import tabular
     from matcher.audience import id_problem, import_file, segment_problem
-    from matcher.crypto.kernels import local_kernels
+    from matcher.crypto.kernels import kernels_for
 
     store = Store(db)
     names = [s.strip() for s in segments.split(",") if s.strip()]
     total = tabular.count_rows(file)  # a missing or unreadable file fails here, before any pool starts
-    with local_kernels() as kernels, Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
+    try:
+        kernels = kernels_for(executor)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--executor") from None
+    with kernels, Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
                                               TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("import", total=total)
         summary = import_file(store, file, id_column=id_column, id_type=id_type, segments=names, region=region,

@@ -202,6 +202,8 @@ _MIGRATIONS: list[str | tuple[str, ...]] = [
     ),
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
+# The page cache of the connection that imports (KiB).
+_IMPORT_CACHE_KIB = 262_144
 # Segment bits live in one signed 64-bit SQLite integer.
 MAX_SEGMENTS = 63
 
@@ -326,6 +328,21 @@ class Store:
                 f"{info['segments']}; this import has '{id_kind}' with {list(segments)}",
                 hint="import with the same id type and segment columns, or start a new database")
         self.set_meta({"audience_kind": id_kind, "segments": json.dumps(list(segments))})
+        # Members arrive in random key order: with SQLite's default 2 MiB page cache every insert into
+        # the unique indexes misses (10^6 members: 68 s; with 256 MiB: 26 s). This connection only.
+        previous_cache = self.db.execute("PRAGMA cache_size").fetchone()[0]
+        self.db.execute(f"PRAGMA cache_size = -{_IMPORT_CACHE_KIB}")
+        try:
+            total = self._import_batches(batches)
+        finally:
+            self.db.execute(f"PRAGMA cache_size = {previous_cache}")
+        with self.transaction() as conn:
+            # The import's rows (audience_history since = audience_seq + 1) become visible to the
+            # unbalanced protocol at once, only now that the whole file is in.
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
+        return total
+
+    def _import_batches(self, batches: Iterable[Sequence[tuple[str, str, bytes, int]]]) -> int:
         total = 0
         for batch in batches:
             with self.transaction() as conn:
@@ -344,10 +361,6 @@ class Store:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('audience_version', ?) "
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", [secrets.token_hex(8)])
             total += len(batch)
-        with self.transaction() as conn:
-            # The import's rows (audience_history since = audience_seq + 1) become visible to the
-            # unbalanced protocol at once, only now that the whole file is in.
-            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
         return total
 
     def known_members(self, match_keys: Sequence[str]) -> dict[str, tuple[int, bytes]]:

@@ -57,3 +57,25 @@ def test_precomputed_stream_and_count_only_on_the_cluster(operator, serve, clust
     assert report["labels"] == ground_truth(members, customers)
     counted = api.match(served.address, token, rows=customers, id_type="phone", count_only=True)
     assert counted["labels"] == {"all": {"matched": 1_500, "segments": {}}}
+
+
+def test_unbalanced_jobs_and_an_import_on_the_cluster(operator, serve, cluster, tmp_path):
+    """Unbalanced mode's per-job work (list copies, the delta, taking c off) and an import's hashing
+    run on the cluster; counts stay exact across an import that changes members."""
+    from matcher.audience import import_file
+
+    members, token = operator.seed(2_000, random.Random(21), protocol="unbalanced")
+    served = serve(kernels=DaskKernels(cluster))
+    customers = [(phone(i), "all") for i in range(1_000, 3_000)]
+    assert api.match(served.address, token, rows=customers, id_type="phone")["labels"] == \
+        ground_truth(members, customers)
+    changes = tmp_path / "changes.csv"
+    names = ",".join(operator.segments)
+    changes.write_text(f"phone,{names}\n" + "".join(
+        f"{phone(i)},{','.join('1' for _ in operator.segments)}\n" for i in range(1_900, 2_100)))
+    import_file(operator.store, str(changes), id_column="phone", id_type="phone", segments=operator.segments,
+                kernels=DaskKernels(cluster))
+    members.update({phone(i): 2 ** len(operator.segments) - 1 for i in range(1_900, 2_100)})
+    report = api.match(served.address, token, rows=customers, id_type="phone")
+    assert report["protocol"] == "unbalanced"
+    assert report["labels"] == ground_truth(members, customers)
