@@ -369,7 +369,7 @@ class MatchJob:
             bit = None if key == "" else audience.segments.index(key)
             return StoredCopy(scalar=unbalanced.stream_scalar(store, self._runner.keys.pool_key, key),
                               delta=unbalanced.delta(store, bit, since=was.synced if was else -1, upto=upto),
-                              pieces=lambda: unbalanced.pieces(store, was.id) if was else [],
+                              stored=lambda query: unbalanced.stored_tags(store, was, query) if was else query[:0],
                               merchant_base=was.merchant_base if was else None)
 
         def synced(key: str, merchant_base: bytes, toggles: np.ndarray) -> None:

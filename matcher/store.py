@@ -191,13 +191,15 @@ _MIGRATIONS: list[str | tuple[str, ...]] = [
             key_id BLOB NOT NULL,            -- names the merchant's long-lived key (its choice)
             merchant_base BLOB NOT NULL,     -- a_s·G
             synced INTEGER NOT NULL,         -- the audience_seq its copy reflects
+            bucket_bits INTEGER NOT NULL,    -- its tags are stored by their leading bits
             UNIQUE (merchant_id, stream)
         )""",
         """CREATE TABLE enrollment_pieces (
             enrollment_id INTEGER NOT NULL REFERENCES enrollments(id),
+            bucket INTEGER NOT NULL,
             idx INTEGER NOT NULL,
-            tags BLOB NOT NULL,              -- sorted 16-byte prefixes of a_s·b_s·H(y)
-            PRIMARY KEY (enrollment_id, idx)
+            tags BLOB NOT NULL,              -- sorted 16-byte prefixes of a_s·b_s·H(y) in this bucket
+            PRIMARY KEY (enrollment_id, bucket, idx)
         ) WITHOUT ROWID""",
     ),
 ]

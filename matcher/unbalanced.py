@@ -27,13 +27,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from matcher.crypto import group, pool
-from matcher.protocol._tags import TAG_BYTES, compact, sort_tags
+from matcher.protocol._tags import bucket_bits, buckets, compact, from_bytes, sort_tags
 from matcher.store import Store
 
 # Pieces of toggles an enrollment gathers before they are merged into one.
 COMPACT_AFTER = 8
 UNBALANCED_SCALAR = b"matcher-unbalanced-scalar-v1"
 _FETCH_ROWS = 65_536
+_IN_CHUNK = 500  # ids per IN (...) list
 
 
 def audience_seq(store: Store) -> int:
@@ -90,31 +91,39 @@ def delta(store: Store, bit: int | None, *, since: int, upto: int) -> np.ndarray
 @dataclass(frozen=True)
 class Enrollment:
     """One merchant's copy of one stream: made with a_s·G ``merchant_base`` under its key ``key_id``,
-    reflecting import ``synced``."""
+    reflecting import ``synced``, its tags stored in 2^``bucket_bits`` buckets."""
 
     id: int
     key_id: bytes
     merchant_base: bytes
     synced: int
+    bucket_bits: int
 
 
 def enrollment(store: Store, merchant_id: int, stream: str) -> Enrollment | None:
-    row = store.db.execute("SELECT id, key_id, merchant_base, synced FROM enrollments "
+    row = store.db.execute("SELECT id, key_id, merchant_base, synced, bucket_bits FROM enrollments "
                            "WHERE merchant_id = ? AND stream = ?", [merchant_id, stream]).fetchone()
-    return Enrollment(row[0], bytes(row[1]), bytes(row[2]), row[3]) if row else None
+    return Enrollment(row[0], bytes(row[1]), bytes(row[2]), row[3], row[4]) if row else None
 
 
-def pieces(store: Store, enrollment_id: int) -> list[np.ndarray]:
-    """The copy's pieces of sorted tags, each (m, TAG_BYTES)."""
-    rows = store.db.execute("SELECT tags FROM enrollment_pieces WHERE enrollment_id = ? ORDER BY idx",
-                            [enrollment_id]).fetchall()
-    return [np.frombuffer(r[0], np.uint8).reshape(-1, TAG_BYTES) for r in rows]
+def stored_tags(store: Store, copy: Enrollment, query: np.ndarray) -> np.ndarray:
+    """Every stored tag in the buckets that ``query``'s tags fall in (a tag in the copy is there an
+    odd number of times): what a job reads, about BUCKET_TAGS per tag of its list."""
+    wanted = np.unique(buckets(query, copy.bucket_bits)).tolist()
+    data = []
+    for lo in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[lo:lo + _IN_CHUNK]
+        data += [r[0] for r in store.db.execute(
+            f"SELECT tags FROM enrollment_pieces WHERE enrollment_id = ? AND bucket IN ({','.join('?' * len(chunk))})",
+            [copy.id, *chunk])]
+    return from_bytes(b"".join(data))
 
 
 def save_sync(store: Store, merchant_id: int, stream: str, *, key_id: bytes, merchant_base: bytes,
               was: Enrollment | None, synced: int, toggles: np.ndarray) -> bool:
     """Append one sync's toggles to the copy (a new copy when ``was`` is None). False, and nothing
     written, when another job moved the copy since ``was`` was read: its own sync covered this one."""
+    toggles = sort_tags(toggles)
     with store.transaction() as conn:
         row = conn.execute("SELECT id, synced FROM enrollments WHERE merchant_id = ? AND stream = ?",
                            [merchant_id, stream]).fetchone()
@@ -124,13 +133,14 @@ def save_sync(store: Store, merchant_id: int, stream: str, *, key_id: bytes, mer
             if row is not None:  # a new key: the old copy is useless
                 conn.execute("DELETE FROM enrollment_pieces WHERE enrollment_id = ?", [row[0]])
                 conn.execute("DELETE FROM enrollments WHERE id = ?", [row[0]])
+            bits = bucket_bits(len(toggles))
             enrollment_id = conn.execute(
-                "INSERT INTO enrollments (merchant_id, stream, key_id, merchant_base, synced) VALUES (?, ?, ?, ?, ?)",
-                [merchant_id, stream, key_id, merchant_base, synced]).lastrowid
+                "INSERT INTO enrollments (merchant_id, stream, key_id, merchant_base, synced, bucket_bits) "
+                "VALUES (?, ?, ?, ?, ?, ?)", [merchant_id, stream, key_id, merchant_base, synced, bits]).lastrowid
         else:
-            enrollment_id = was.id
+            enrollment_id, bits = was.id, was.bucket_bits
             conn.execute("UPDATE enrollments SET synced = ? WHERE id = ?", [synced, enrollment_id])
-        _append_piece(conn, enrollment_id, sort_tags(toggles))
+        _append_pieces(conn, enrollment_id, bits, toggles)
     return True
 
 
@@ -142,13 +152,29 @@ def drop(store: Store, merchant_id: int, stream: str) -> None:
         conn.execute("DELETE FROM enrollments WHERE merchant_id = ? AND stream = ?", [merchant_id, stream])
 
 
-def _append_piece(conn: sqlite3.Connection, enrollment_id: int, tags: np.ndarray) -> None:
-    stored = [np.frombuffer(r[0], np.uint8).reshape(-1, TAG_BYTES) for r in conn.execute(
-        "SELECT tags FROM enrollment_pieces WHERE enrollment_id = ? ORDER BY idx", [enrollment_id])]
-    if len(stored) + 1 > COMPACT_AFTER:
-        conn.execute("DELETE FROM enrollment_pieces WHERE enrollment_id = ?", [enrollment_id])
-        tags, start = compact([*stored, tags]), 0
-    else:
-        start = len(stored)
-    conn.execute("INSERT INTO enrollment_pieces (enrollment_id, idx, tags) VALUES (?, ?, ?)",
-                 [enrollment_id, start, tags.tobytes()])
+def _append_pieces(conn: sqlite3.Connection, enrollment_id: int, bits: int, toggles: np.ndarray) -> None:
+    """One piece per bucket the toggles touch; a bucket with COMPACT_AFTER pieces is merged into one."""
+    if not len(toggles):
+        return
+    of = buckets(toggles, bits)
+    starts = np.flatnonzero(np.r_[True, of[1:] != of[:-1]])  # toggles are sorted, so buckets are too
+    touched = of[starts].tolist()
+    ends = [*starts[1:].tolist(), len(toggles)]
+    counts: dict[int, tuple[int, int]] = {}
+    for lo in range(0, len(touched), _IN_CHUNK):
+        chunk = touched[lo:lo + _IN_CHUNK]
+        counts.update((b, (n, top)) for b, n, top in conn.execute(
+            f"SELECT bucket, count(*), max(idx) FROM enrollment_pieces WHERE enrollment_id = ? AND bucket IN "
+            f"({','.join('?' * len(chunk))}) GROUP BY bucket", [enrollment_id, *chunk]))
+    rows = []
+    for bucket, lo, hi in zip(touched, starts.tolist(), ends):
+        piece = toggles[lo:hi]
+        held, top = counts.get(bucket, (0, -1))
+        if held + 1 > COMPACT_AFTER:
+            stored = [from_bytes(r[0]) for r in conn.execute(
+                "SELECT tags FROM enrollment_pieces WHERE enrollment_id = ? AND bucket = ?", [enrollment_id, bucket])]
+            conn.execute("DELETE FROM enrollment_pieces WHERE enrollment_id = ? AND bucket = ?",
+                         [enrollment_id, bucket])
+            piece, top = compact([*stored, piece]), -1
+        rows.append((enrollment_id, bucket, top + 1, piece.tobytes()))
+    conn.executemany("INSERT INTO enrollment_pieces (enrollment_id, bucket, idx, tags) VALUES (?, ?, ?, ?)", rows)

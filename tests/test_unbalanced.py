@@ -18,7 +18,8 @@ from matcher import policy as policy_mod
 from matcher import unbalanced
 from matcher.crypto import group
 from matcher.errors import MatcherError, PolicyRefused, ProtocolDeviation
-from matcher.protocol._tags import compact, present, sort_tags
+from matcher.protocol import _tags
+from matcher.protocol._tags import compact, first_of_each, present, sort_tags, tags_of
 from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher.store import Store
 from matcher_client import api
@@ -132,11 +133,12 @@ def test_a_tampered_delta_is_refused_and_the_copy_is_not_changed(operator, serve
     _job(served, token, customers)
     merchant = operator.store.principal("merchant", "shop")
     before = unbalanced.enrollment(operator.store, merchant.id, "")
-    pieces_before = [p.tobytes() for p in unbalanced.pieces(operator.store, before.id)]
+    stored = "SELECT bucket, idx, tags FROM enrollment_pieces ORDER BY enrollment_id, bucket, idx"
+    pieces_before = operator.store.db.execute(stored).fetchall()
     with pytest.raises(ProtocolDeviation, match="failed its audit"):
         _job(served, token, customers)
     assert unbalanced.enrollment(operator.store, merchant.id, "") == before
-    assert [p.tobytes() for p in unbalanced.pieces(operator.store, before.id)] == pieces_before
+    assert operator.store.db.execute(stored).fetchall() == pieces_before
     assert [m["disabled"] for m in operator.store.list_principals("merchant")] == [1]
 
 
@@ -189,14 +191,38 @@ def test_delta_follows_members_in_and_out_of_a_segment(operator):
 
 def test_tags_are_in_a_copy_when_they_occur_an_odd_number_of_times():
     rng = np.random.default_rng(1)
-    tags = rng.integers(0, 256, size=(50, 16), dtype=np.uint8)
-    tags[1, :8] = tags[0, :8]  # equal first halves
+    points = rng.integers(0, 256, size=(50, 32), dtype=np.uint8)
+    points[1, :8] = points[0, :8]  # equal first halves
+    tags = tags_of(points)
     pieces = [sort_tags(tags[:30]), sort_tags(tags[20:40]), sort_tags(tags[25:28])]
     expected = np.zeros(50, bool)
     expected[:20] = expected[30:40] = True
     expected[25:28] = True
     assert (present(pieces, tags) == expected).all()
     assert (present([compact(pieces)], tags) == expected).all()
+    assert list(first_of_each(np.concatenate([tags[5:8], tags[:10]]))) == [0, 1, 2, 3, 4, 5, 6, 7, 11, 12]
+
+
+def test_a_copy_is_read_by_the_buckets_of_the_list_and_compacted(operator, serve, monkeypatch):
+    """Bucketed storage: a later job reads about BUCKET_TAGS stored tags per tag of its list, not the
+    whole copy; a bucket patched COMPACT_AFTER times is merged, and counts stay exact throughout."""
+    monkeypatch.setattr(_tags, "BUCKET_TAGS", 8)
+    members, token = operator.seed(2_000, random.Random(16), jobs_per_hour="100")
+    served = serve()
+    customers = _customers(random.Random(17), 1_950, 2_050)
+    _job(served, token, customers, count_only=True)
+    copy = unbalanced.enrollment(operator.store, operator.store.principal("merchant", "shop").id, "")
+    assert copy.bucket_bits == 8  # 2,000 + audit rows' worth of tags, 8 a bucket
+    read = unbalanced.stored_tags(operator.store, copy, tags_of(np.zeros((1, 32), np.uint8)))
+    assert 0 < len(read) < 40
+    for round_ in range(unbalanced.COMPACT_AFTER + 2):
+        operator.add_members({phone(i): round_ % 2 for i in range(2_000 + round_ * 5, 2_000 + round_ * 5 + 5)})
+        report, _ = _job(served, token, customers, count_only=True)
+        truth = ground_truth(operator.members, customers)
+        assert {k: v["matched"] for k, v in report["labels"].items()} == {k: v["matched"] for k, v in truth.items()}
+    most = operator.store.db.execute("SELECT max(n) FROM (SELECT count(*) AS n FROM enrollment_pieces "
+                                     "GROUP BY enrollment_id, bucket)").fetchone()[0]
+    assert most <= unbalanced.COMPACT_AFTER
 
 
 def test_an_import_is_invisible_to_copies_until_it_ends(operator):

@@ -1,8 +1,13 @@
-"""Tags: 16-byte prefixes of blinded points, in sorted pieces, for the unbalanced protocol's copies.
+"""Tags: 16-byte prefixes of blinded points, for the unbalanced protocol's stored copies.
 
-A copy is the set of tags that occur an odd number of times over its pieces (each sync appends the
-toggles of one delta). 16 of 32 bytes: a false match between one of 10^9 stored tags and one of
-10^7 queried ones has probability about 2^-68, and finding one on purpose would need b_s.
+A tag is one numpy ``V16`` item, so that sorting and binary search compare whole tags bytewise in
+C. A copy is the set of tags that occur an odd number of times over its pieces (each sync appends
+the toggles of one delta); tags within one piece are distinct. 16 of 32 bytes: a false match
+between one of 10^9 stored tags and one of 10^7 queried ones has probability about 2^-68, and
+finding one on purpose would need b_s.
+
+Pieces are stored per bucket (the tag's leading bits), so that a job reads only the buckets its
+own list's tags fall in, not the whole copy.
 """
 
 from __future__ import annotations
@@ -10,59 +15,55 @@ from __future__ import annotations
 import numpy as np
 
 TAG_BYTES = 16
+_TAG = f"V{TAG_BYTES}"
+# About this many tags per stored bucket (4 KiB): a job reads one bucket per tag of its list.
+BUCKET_TAGS = 256
+MAX_BUCKET_BITS = 24
 
 
 def tags_of(points: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(points[:, :TAG_BYTES])
+    """The tag of each (n, 32) point, as an (n,) array of V16."""
+    return np.ascontiguousarray(points[:, :TAG_BYTES]).view(_TAG).ravel()
+
+
+def from_bytes(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=_TAG)
 
 
 def sort_tags(tags: np.ndarray) -> np.ndarray:
-    hi, lo = _halves(tags)
-    return np.ascontiguousarray(tags[np.lexsort((lo, hi))])
-
-
-def compact(tag_pieces: list[np.ndarray]) -> np.ndarray:
-    """One sorted piece holding the tags that occur an odd number of times over ``tag_pieces``."""
-    tags = sort_tags(np.concatenate(tag_pieces)) if tag_pieces else np.empty((0, TAG_BYTES), np.uint8)
-    if not len(tags):
-        return tags
-    hi, lo = _halves(tags)
-    starts = np.flatnonzero(np.r_[True, (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])])
-    lengths = np.diff(np.r_[starts, len(tags)])
-    return np.ascontiguousarray(tags[starts[lengths % 2 == 1]])
+    return np.sort(tags)
 
 
 def present(tag_pieces: list[np.ndarray], query: np.ndarray) -> np.ndarray:
     """For each query tag, whether it is in the copy: it occurs in an odd number of the pieces."""
-    hits = np.zeros(len(query), np.int64)
-    qhi, qlo = _halves(query)
-    for piece in tag_pieces:
-        if not len(piece) or not len(query):
-            continue
-        hi, lo = _halves(piece)
-        left = np.searchsorted(hi, qhi, "left")
-        right = np.searchsorted(hi, qhi, "right")
-        span = right - left
-        one = np.flatnonzero(span == 1)
-        hits[one] += lo[left[one]] == qlo[one]
-        for i in np.flatnonzero(span > 1):  # equal first halves: about never
-            hits[i] += int((lo[left[i]:right[i]] == qlo[i]).any())
-    return hits % 2 == 1
+    stored = np.sort(np.concatenate(tag_pieces)) if tag_pieces else np.empty(0, _TAG)
+    if not len(stored) or not len(query):
+        return np.zeros(len(query), bool)
+    count = np.searchsorted(stored, query, "right") - np.searchsorted(stored, query, "left")
+    return count % 2 == 1
 
 
-def _halves(tags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Big-endian halves: sorting them sorts the tags bytewise."""
-    hi = np.ascontiguousarray(tags[:, :8]).view(">u8").ravel()
-    lo = np.ascontiguousarray(tags[:, 8:TAG_BYTES]).view(">u8").ravel()
-    return hi, lo
+def compact(tag_pieces: list[np.ndarray]) -> np.ndarray:
+    """One sorted piece holding the tags that occur an odd number of times over ``tag_pieces``."""
+    if not tag_pieces:
+        return np.empty(0, _TAG)
+    unique, counts = np.unique(np.concatenate(tag_pieces), return_counts=True)
+    return unique[counts % 2 == 1]
 
 
 def first_of_each(tags: np.ndarray) -> np.ndarray:
     """Positions of the first occurrence of each distinct tag, in increasing order."""
-    if not len(tags):
-        return np.empty(0, np.int64)
-    hi, lo = _halves(tags)
-    order = np.lexsort((np.arange(len(tags)), lo, hi))
-    hi, lo = hi[order], lo[order]
-    starts = np.r_[True, (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])]
-    return np.sort(order[starts])
+    return np.sort(np.unique(tags, return_index=True)[1])
+
+
+def bucket_bits(expected_tags: int) -> int:
+    """Leading bits that split a copy of about ``expected_tags`` into buckets of ~BUCKET_TAGS."""
+    return min(MAX_BUCKET_BITS, max(0, int(np.ceil(np.log2(max(1, expected_tags) / BUCKET_TAGS)))))
+
+
+def buckets(tags: np.ndarray, bits: int) -> np.ndarray:
+    """The bucket of each tag: its first ``bits`` bits."""
+    if bits == 0 or not len(tags):
+        return np.zeros(len(tags), np.int64)
+    lead = np.frombuffer(tags.tobytes(), ">u4").reshape(-1, TAG_BYTES // 4)[:, 0]
+    return (lead >> np.uint32(32 - bits)).astype(np.int64)

@@ -44,7 +44,7 @@ class StoredCopy:
 
     scalar: bytes                           # b_s: the same for every merchant and job
     delta: np.ndarray                       # H(y) whose presence the copy must toggle (all, for a new copy)
-    pieces: Callable[[], list[np.ndarray]]  # the copy's sorted tag pieces so far
+    stored: Callable[[np.ndarray], np.ndarray]  # the copy's stored tags in the buckets of these tags
     merchant_base: bytes | None             # a_s·G the copy was made with; None for a new copy
 
 
@@ -57,7 +57,7 @@ class _CopyStream(_Stream):
         self.unmask = unmask    # takes c off what comes back: a_s·b_s·H(y), the copy's tags
         self.key = key          # '' = every member, else the segment
         self.copy = copy
-        self.list_tags = np.empty((0, 16), np.uint8)
+        self.list_tags = tags_of(np.empty((0, 32), np.uint8))
         self.list_labels = np.empty(0, np.uint8)
 
 
@@ -106,6 +106,6 @@ class UnbalancedPlatformSession(SecurePlatformSession):
             stream.unmask, np.ascontiguousarray(returned[real]).tobytes(), chosen=False).result()) if real.any() \
             else returned[:0]
         toggles = sort_tags(tags_of(unmasked))
-        hit = present([*stream.copy.pieces(), toggles], stream.list_tags)  # read before the sync is stored
+        hit = present([stream.copy.stored(stream.list_tags), toggles], stream.list_tags)  # read before the sync is stored
         self._synced(stream.key, stream.merchant_base, toggles)
         return np.bincount(stream.list_labels[hit], minlength=len(self._start.labels))
