@@ -145,7 +145,10 @@ class JobRunner:
             raise
 
     def _one_copy_user(self, merchant: Principal) -> None:
-        """Two jobs of one merchant would patch the same stored copies: the second waits its turn."""
+        """Two jobs of one merchant would patch the same stored copies: the second is refused as busy
+        (the client retries). The check runs before the job is registered, so two jobs that start at
+        the same instant can both pass; save_sync's compare-and-set then stores only the first one's
+        sync, and each job's count stays its own consistent view."""
         with self._active_lock:
             if any(job.merchant.id == merchant.id and job.protocol == UNBALANCED for job in self._running.values()):
                 raise LimitExceeded("this merchant is already running 1 jobs on its stored copies (unbalanced "
