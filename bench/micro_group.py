@@ -1,4 +1,5 @@
-"""Per-core rates of the group primitives: hash_to_curve_batch and X25519 on each backend.
+"""Per-core rates of the group primitives: hash_to_curve_batch (with the native map and with the
+pure-Python one, side by side) and X25519 on each backend.
 
 ``python -m bench.micro_group [seconds]`` prints JSON. Rates are elements per CPU-second of this
 process (``time.process_time``), so another job sharing the machine lowers them less than it
@@ -12,7 +13,7 @@ import sys
 import time
 
 from bench.micro import cpu_model
-from matcher.crypto import group
+from matcher.crypto import _h2c, group
 
 HASH_CHUNK = 65536       # the pool's chunk size: the batch inversion is amortised over it
 BLIND_CHUNK = 65536
@@ -30,6 +31,9 @@ def run(seconds: float = 1.0) -> dict:
         "timer": "process_time",
         "chunk": {"hash_to_curve_batch": HASH_CHUNK, "x25519": BLIND_CHUNK},
         "hash_to_curve_batch_per_s": _rate(lambda: group.hash_to_curve_batch(msgs, dst), HASH_CHUNK, seconds),
+        "hash_map": "native" if _h2c.native else "python",
+        "hash_to_curve_python_map_per_s": _rate(
+            lambda: _h2c.field_pairs_to_u(_h2c.hash_to_field_batch(msgs, dst)), HASH_CHUNK, seconds),
         "x25519_per_s": {},
     }
     for backend in group.available_backends():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -188,22 +189,77 @@ def test_dst_separates_kinds():
         group.hash_to_curve(b"x", b"")
 
 
+# ---- the native (C) map against the Python one, which is the specification
+
+
+def _native_pairs_to_u(us):
+    return _h2c.native.map_to_u(b"".join(int(u).to_bytes(48, "big") for u in us))
+
+
+needs_native = pytest.mark.skipif(_h2c.native is None, reason="the C map was not built (no compiler at install)")
+PAIR_MAPS = [pytest.param(_h2c.field_pairs_to_u, id="python"),
+             pytest.param(_native_pairs_to_u, id="native", marks=needs_native)]
+
+
+def test_native_map_was_built():
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("no C compiler here, so the pure-Python map is the one in use")
+    assert _h2c.native is not None, "setup.py's extension failed to build: see the pip install output"
+
+
+@needs_native
+def test_native_map_equals_python_on_random_messages():
+    rnd = random.Random(11)
+    msgs = [rnd.randbytes(rnd.randrange(0, 80)) for _ in range(2000)]
+    for dst in (group.dst_for("phone"), b"QUUX-V01-CS02-with-curve25519_XMD:SHA-512_ELL2_RO_"):
+        fields = _h2c.hash_to_field_batch(msgs, dst)
+        assert _h2c.native.map_to_u(_h2c.uniform_bytes_batch(msgs, dst)) == _h2c.field_pairs_to_u(fields)
+
+
+@needs_native
+def test_native_reduces_48_byte_strings_mod_p():
+    edges = [0, 1, P - 1, P, P + 1, 2**255 - 1, 2**255, 2**255 + 18, 2**255 + 19, 2 * P, 2**384 - 1,
+             2**306 - 1, 2**357, 2**383 + 12345]
+    rnd = random.Random(3)
+    values = edges + [rnd.getrandbits(384) for _ in range(200)]
+    got = _h2c.native.map_to_u(b"".join(v.to_bytes(48, "big") for v in values))
+    assert got == _h2c.field_pairs_to_u([v % P for v in values])
+
+
+@needs_native
+@given(st.lists(st.binary(min_size=96, max_size=96), min_size=1, max_size=8))
+@settings(max_examples=150, deadline=None)
+def test_native_map_equals_python_on_any_uniform_bytes(blocks):
+    values = [int.from_bytes(b[i:i + 48], "big") % P for b in blocks for i in (0, 48)]
+    assert _h2c.native.map_to_u(b"".join(blocks)) == _h2c.field_pairs_to_u(values)
+
+
+def test_native_map_rejects_partial_messages():
+    if _h2c.native is None:
+        pytest.skip("the C map was not built")
+    with pytest.raises(ValueError, match="96-byte"):
+        _h2c.native.map_to_u(bytes(95))
+    assert _h2c.native.map_to_u(b"") == (b"", [])
+
+
 # ---- degenerate sums, reached through chosen field elements
 
 
-def test_equal_points_take_the_tangent():
+@pytest.mark.parametrize("pairs_to_u", PAIR_MAPS)
+def test_equal_points_take_the_tangent(pairs_to_u):
     u = 12345678901234567890
-    out, identities = _h2c.field_pairs_to_u([u, u, P - u, u])
+    out, identities = pairs_to_u([u, u, P - u, u])
     expected = _ref_clear(_ref_add(_ref_map(u), _ref_map(u)))[0]
     assert identities == []
     assert _u(out[:32]) == expected and _u(out[32:]) == expected   # map(u) == map(-u)
 
 
-def test_two_torsion_inputs():
+@pytest.mark.parametrize("pairs_to_u", PAIR_MAPS)
+def test_two_torsion_inputs(pairs_to_u):
     # u = 0 maps to the 2-torsion point (0, 0): twice it is the identity, plus Q it is a new point.
     assert _ref_map(0) == (0, 0)
     other = 987654321
-    out, identities = _h2c.field_pairs_to_u([0, 0, 0, other])
+    out, identities = pairs_to_u([0, 0, 0, other])
     assert identities == [0]
     assert out[:32] == bytes(32)
     assert _u(out[32:]) == _ref_clear(_ref_add((0, 0), _ref_map(other)))[0]
@@ -223,13 +279,17 @@ def _opposite_pair() -> tuple[int, int]:
     raise AssertionError("no opposite pair found")
 
 
-def test_opposite_points_sum_to_identity(monkeypatch):
+@pytest.mark.parametrize("pairs_to_u", PAIR_MAPS)
+def test_opposite_points_sum_to_identity(monkeypatch, pairs_to_u):
     u0, u1 = _opposite_pair()
-    out, identities = _h2c.field_pairs_to_u([5, 6, u0, u1])
+    out, identities = pairs_to_u([5, 6, u0, u1])
     assert identities == [1]
     assert out[32:] == bytes(32)
     assert _u(out[:32]) == _ref_clear(_ref_add(_ref_map(5), _ref_map(6)))[0]
+    # The chosen field elements reach group's error path through whichever map is in use.
     monkeypatch.setattr(_h2c, "hash_to_field_batch", lambda msgs, dst: [5, 6, u0, u1])
+    monkeypatch.setattr(_h2c, "uniform_bytes_batch",
+                        lambda msgs, dst: b"".join(v.to_bytes(48, "big") for v in (5, 6, u0, u1)))
     with pytest.raises(InvalidPoint, match="element 1"):
         group.hash_to_curve_batch([b"m0", b"m1"], b"dst")
 

@@ -50,7 +50,7 @@ def hash_to_curve_batch(msgs: Sequence[bytes], dst: bytes) -> bytes:
     """hash_to_curve of every message, outputs concatenated in order (one process, one thread)."""
     if not dst:
         raise InputError("empty domain-separation tag", hint="use dst_for(kind)")
-    out, identities = _h2c.field_pairs_to_u(_h2c.hash_to_field_batch(msgs, dst))
+    out, identities = _h2c.hash_to_u_batch(msgs, dst)
     if identities:
         raise InvalidPoint(f"element {identities[0]} hashes to the identity, which cannot be blinded",
                            hint="drop that identifier; this has probability about 2^-250")
