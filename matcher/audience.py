@@ -134,6 +134,9 @@ def import_file(store: Store, path: str, *, id_column: str, id_type: str, segmen
     if len(set(segments)) != len(segments):
         raise InputError("segment names must be distinct")
     kind = ids.hash_kind(id_type, hashed_kind)
+    # A segment the audience lacks becomes a new column after the existing ones, whatever order the
+    # flag lists them in: each segment keeps its bit (see Store.segments_after_import).
+    segments = store.segments_after_import(segments)
     with tabular.rereadable(path) as readable:
         if segments and not skip_invalid:
             checked = _check_segments(readable, path, id_column, segments)

@@ -324,12 +324,19 @@ class Store:
         if len(segments) > MAX_SEGMENTS:
             raise InputError(f"{len(segments)} segments; at most {MAX_SEGMENTS} are supported")
         info = self.audience_info()
-        if info["members"] and (info["id_kind"] != id_kind or info["segments"] != list(segments)):
+        current = info["segments"] if info["members"] else []
+        if info["members"] and (info["id_kind"] != id_kind or list(segments)[:len(current)] != current):
             raise InputError(
                 f"the audience already holds {info['members']} members keyed by '{info['id_kind']}' with segments "
                 f"{info['segments']}; this import has '{id_kind}' with {list(segments)}",
-                hint="import with the same id type and segment columns, or start a new database")
-        self.set_meta({"audience_kind": id_kind, "segments": json.dumps(list(segments))})
+                hint="import with the same id type and every existing segment column (new ones are added after "
+                     "them: see Store.segments_after_import), or start a new database")
+        meta = {"audience_kind": id_kind, "segments": json.dumps(list(segments))}
+        if list(segments) != info["segments"]:
+            # A new segment column changes every member's payload even when no row changes (all "no"):
+            # a new version, so cached audiences and precomputed streams of the old layout are not used.
+            meta["audience_version"] = secrets.token_hex(8)
+        self.set_meta(meta)
         # Members arrive in random key order: with SQLite's default 2 MiB page cache every insert into
         # the unique indexes misses (10^6 members: 68 s; with 256 MiB: 26 s). This connection only.
         previous_cache = self.db.execute("PRAGMA cache_size").fetchone()[0]
@@ -343,6 +350,25 @@ class Store:
             # unbalanced protocol at once, only now that the whole file is in.
             conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
         return total
+
+    def segments_after_import(self, segments: Sequence[str]) -> list[str]:
+        """The segment columns, in stored order, after an import that lists ``segments``: the
+        audience's own, then the new ones in the order given. A segment is a bit position in every
+        member's row (and in the unbalanced protocol's history), so existing ones keep theirs and new
+        ones take the next; a member the import does not list is outside the new segments. Raises
+        when ``segments`` leaves out one the audience has (removing a segment is not supported)."""
+        info = self.audience_info()
+        if not info["members"]:
+            return list(segments)
+        current = info["segments"]
+        missing = [s for s in current if s not in segments]
+        if missing:
+            raise InputError(
+                f"the audience has segment{'s' if len(missing) > 1 else ''} {', '.join(missing)}, which this import "
+                "does not list; removing a segment is not supported",
+                hint=f"list every segment the audience has ({', '.join(current)}) plus any new ones in --segments; "
+                     "to drop one, start a new database")
+        return current + [s for s in segments if s not in current]
 
     def _import_batches(self, batches: Iterable[Sequence[tuple[str, str, bytes, int]]]) -> int:
         total = 0
@@ -424,7 +450,7 @@ class Store:
     def principal(self, role: str, name: str) -> Principal:
         row = self.db.execute("SELECT id, role, name FROM principals WHERE role = ? AND name = ?", [role, name]).fetchone()
         if row is None:
-            raise NotFound(f"no {role} named '{name}'")
+            raise NotFound(f"no {role} named '{name}'", hint=f"`matcher {role} list` shows the {role}s")
         return Principal(*row)
 
     def list_principals(self, role: str) -> list[dict]:
@@ -435,7 +461,17 @@ class Store:
         with self.transaction() as conn:
             if conn.execute("UPDATE principals SET disabled = ? WHERE role = ? AND name = ?",
                             [int(disabled), role, name]).rowcount == 0:
-                raise NotFound(f"no {role} named '{name}'")
+                raise NotFound(f"no {role} named '{name}'", hint=f"`matcher {role} list` shows the {role}s")
+
+    def rotate_token(self, role: str, name: str) -> str:
+        """Give a merchant or auditor a new bearer token (stored hashed, like the first): the old
+        one stops working with this commit, since authentication looks tokens up by their hash."""
+        token = f"mt_{secrets.token_urlsafe(32)}"
+        with self.transaction() as conn:
+            if conn.execute("UPDATE principals SET token_hash = ? WHERE role = ? AND name = ?",
+                            [hash_token(token), role, name]).rowcount == 0:
+                raise NotFound(f"no {role} named '{name}'", hint=f"`matcher {role} list` shows the {role}s")
+        return token
 
     # -- policy -------------------------------------------------------------------------------
 
