@@ -122,14 +122,19 @@ def audience() -> None:
                    "without it such a row fails the import and nothing is written.")
 @click.option("--executor", default="local", show_default=True,
               help="Where the hashing runs: local (all cores), inline (this process) or dask://HOST:PORT.")
+@click.option("--drop-segment", "drop", multiple=True, metavar="NAME",
+              help="Remove segment NAME from the audience (every member; repeatable). Merchants' stored "
+                   "unbalanced copies of the streams it moves are made again by their next jobs.")
 @json_option
 def audience_import(db: Path, file: str, id_column: str, id_type: str, segments: str, region: str,
-                    hashed_kind: str, skip_invalid: bool, executor: str, as_json: bool) -> None:
+                    hashed_kind: str, skip_invalid: bool, executor: str, drop: tuple[str, ...],
+                    as_json: bool) -> None:
     """Import (or update) members from a CSV/Parquet FILE (or - for stdin); hashes each id to the group once.
 
     --segments must list every segment the audience already has; a name it lacks adds a segment
     (a new yes/no column, logged) to the existing database: keys, log and merchants stay, and jobs
-    may ask about it at once. Members this file does not list are outside the new segment.
+    may ask about it at once. Members this file does not list are outside the new segment. Leaving
+    out a segment the audience has is refused unless --drop-segment names it.
 
     A member already present (earlier in the file, or from an earlier import) gets the segments of
     its latest row. Segment values are 1/0, true/false or yes/no (any case); any other value, blank
@@ -145,7 +150,7 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
     names = [s.strip() for s in segments.split(",") if s.strip()]
     before = store.audience_info()
     segments_before = before["segments"] if before["members"] else []
-    store.segments_after_import(names)  # a segment left out fails here, before the file is read
+    store.segments_after_import(names, drop)  # a segment left out fails here, before the file is read
     total = tabular.count_rows(file)  # a missing or unreadable file fails here, before any pool starts
     try:
         kernels = kernels_for(executor)
@@ -156,7 +161,7 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
         task = progress.add_task("import", total=total)
         summary = import_file(store, file, id_column=id_column, id_type=id_type, segments=names, region=region,
                               hashed_kind=hashed_kind, kernels=kernels, skip_invalid=skip_invalid,
-                              progress=lambda n: progress.advance(task, n),
+                              progress=lambda n: progress.advance(task, n), drop_segments=drop,
                               workers=(os.cpu_count() or 1) if (total or 0) > 200_000 else 1)
     reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary.invalid.items()))
     console.print(f"read {summary.rows} rows: imported {summary.imported}, duplicates {summary.duplicates} "
@@ -170,13 +175,16 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
     segments_now = store.audience_info()["segments"]
     if segments_now != segments_before:
         # Auditors see which segments a report can name, and from which audience version on.
-        _audit(store, {"type": "audience_segments", "segments": segments_now,
-                       "added": [s for s in segments_now if s not in segments_before],
+        added = [s for s in segments_now if s not in segments_before]
+        removed = [s for s in segments_before if s not in segments_now]
+        _audit(store, {"type": "audience_segments", "segments": segments_now, "added": added, "removed": removed,
                        "audience_version": store.get_meta("audience_version")})
-        if segments_before:
-            added = ", ".join(s for s in segments_now if s not in segments_before)
-            console.print(f"added segment{'s' if ',' in added else ''} {added}: members this file does not list "
-                          "are outside them", soft_wrap=True, highlight=False)
+        if segments_before and added:
+            console.print(f"added segment{'s' if len(added) > 1 else ''} {', '.join(added)}: members this file "
+                          "does not list are outside them", soft_wrap=True, highlight=False)
+        if removed:
+            console.print(f"removed segment{'s' if len(removed) > 1 else ''} {', '.join(removed)}",
+                          soft_wrap=True, highlight=False)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(summary), indent=2))
 
@@ -556,7 +564,7 @@ def config_show(as_json: bool, serve_flags: tuple[str, ...]) -> None:
         if source == "environment":
             option = next(p for p in serve.params if p.name == name)
             source = f"environment ({option.resolve_envvar_value(ctx) and option.envvar})"
-        rows.append({"key": config_mod.flag_name(name)[2:], "value": str(value) if isinstance(value, Path) else value,
+        rows.append({"key": config_mod.dashed(name), "value": str(value) if isinstance(value, Path) else value,
                      "source": source})
     if as_json:
         click.echo(json.dumps({r["key"]: {"value": r["value"], "source": r["source"]} for r in rows}, indent=2))

@@ -33,8 +33,9 @@ def key_name(key: str) -> str:
     return key.replace("-", "_")
 
 
-def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def dashed(name: str) -> str:
+    """How a key is shown: as its flag is spelled, without the dashes in front."""
+    return name.replace("_", "-")
 
 
 def load(path: str | Path, valid: Iterable[str], *, paths: Iterable[str] = ()) -> dict[str, Any]:
@@ -59,7 +60,7 @@ def load(path: str | Path, valid: Iterable[str], *, paths: Iterable[str] = ()) -
         name = key_name(key)
         if name not in valid:
             raise InputError(f"{path}: unknown key {key!r}",
-                             hint=f"valid keys (the flags of `matcher serve`): {', '.join(k.replace('_', '-') for k in valid)}")
+                             hint=f"valid keys (the flags of `matcher serve`): {', '.join(map(dashed, valid))}")
         if isinstance(value, (dict, list)):
             raise InputError(f"{path}: key {key!r} holds a {'table' if isinstance(value, dict) else 'list'}; "
                              "it takes one value", hint="settings are top-level keys, e.g. listen = \"0.0.0.0:50051\"")

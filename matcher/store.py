@@ -351,24 +351,57 @@ class Store:
             conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
         return total
 
-    def segments_after_import(self, segments: Sequence[str]) -> list[str]:
-        """The segment columns, in stored order, after an import that lists ``segments``: the
-        audience's own, then the new ones in the order given. A segment is a bit position in every
-        member's row (and in the unbalanced protocol's history), so existing ones keep theirs and new
-        ones take the next; a member the import does not list is outside the new segments. Raises
-        when ``segments`` leaves out one the audience has (removing a segment is not supported)."""
+    def segments_after_import(self, segments: Sequence[str], drop: Sequence[str] = ()) -> list[str]:
+        """The segment columns, in stored order, after an import that lists ``segments`` and drops
+        ``drop``: the audience's own that stay, then the new ones in the order given. A segment is a
+        bit position in every member's row (and in the unbalanced protocol's history), so existing
+        ones keep their order and new ones take the next bits; a member the import does not list is
+        outside the new segments. Raises when ``segments`` leaves out one the audience has and
+        ``drop`` does not name it, or ``drop`` names one it lacks."""
         info = self.audience_info()
-        if not info["members"]:
-            return list(segments)
-        current = info["segments"]
-        missing = [s for s in current if s not in segments]
+        current = info["segments"] if info["members"] else []
+        unknown = [s for s in drop if s not in current]
+        if unknown:
+            raise InputError(f"cannot drop {', '.join(unknown)}: the audience's segments are "
+                             f"{', '.join(current) or 'none'}", hint="check --drop-segment")
+        both = [s for s in drop if s in segments]
+        if both:
+            raise InputError(f"{', '.join(both)} is both in --segments and dropped", hint="name it in one of them")
+        missing = [s for s in current if s not in segments and s not in drop]
         if missing:
             raise InputError(
                 f"the audience has segment{'s' if len(missing) > 1 else ''} {', '.join(missing)}, which this import "
-                "does not list; removing a segment is not supported",
-                hint=f"list every segment the audience has ({', '.join(current)}) plus any new ones in --segments; "
-                     "to drop one, start a new database")
-        return current + [s for s in segments if s not in current]
+                "does not list; removing a segment needs --drop-segment",
+                hint=f"list every segment the audience has ({', '.join(current)}) plus any new ones in --segments, "
+                     f"or pass --drop-segment {missing[0]} to remove it from every member")
+        return [s for s in current if s not in drop] + [s for s in segments if s not in current]
+
+    def drop_segments(self, names: Sequence[str]) -> None:
+        """Remove segments from every member, in one transaction: the remaining ones move down to
+        fill the bits (the history triggers record each member whose bits change, made visible at
+        once), and the unbalanced protocol's stored copies of every stream whose bit moved or went
+        are deleted, since their history reads bits by position: each is made again, in full, by its
+        merchant's next job."""
+        if not names:
+            return
+        old = self.audience_info()["segments"]
+        unknown = [n for n in names if n not in old]
+        if unknown:
+            raise InputError(f"cannot drop {', '.join(unknown)}: the audience's segments are "
+                             f"{', '.join(old) or 'none'}")
+        current = [s for s in old if s not in names]
+        moved = old[min(old.index(n) for n in names):]
+        remap = " | ".join(f"(((segments >> {old.index(s)}) & 1) << {j})" for j, s in enumerate(current)) or "0"
+        marks = ",".join("?" * len(moved))
+        with self.transaction() as conn:
+            conn.execute(f"UPDATE audience SET segments = {remap} WHERE segments != ({remap})")
+            conn.execute(f"DELETE FROM enrollment_pieces WHERE enrollment_id IN (SELECT id FROM enrollments "
+                         f"WHERE stream IN ({marks}))", moved)
+            conn.execute(f"DELETE FROM enrollments WHERE stream IN ({marks})", moved)
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                             "value = excluded.value", [("segments", json.dumps(current)),
+                                                        ("audience_version", secrets.token_hex(8))])
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
 
     def _import_batches(self, batches: Iterable[Sequence[tuple[str, str, bytes, int]]]) -> int:
         total = 0

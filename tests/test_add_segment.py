@@ -19,7 +19,7 @@ from tests.conftest import exact_policy, ground_truth, phone, wait_until
 AB, ABC = ("a", "b"), ("a", "b", "c")
 
 
-def _import(db, path, members: dict[str, int], segments) -> dict:
+def _import(db, path, members: dict[str, int], segments, *flags: str) -> dict:
     """Write ``members`` (phone -> bits over a, b, c) as a CSV with the columns ``segments``, in that
     order, and import it through the CLI."""
     lines = ["phone," + ",".join(segments)]
@@ -28,7 +28,7 @@ def _import(db, path, members: dict[str, int], segments) -> dict:
     path.write_text("\n".join(lines) + "\n")
     result = CliRunner().invoke(main, ["audience", "import", "--db", str(db), str(path), "--id-column", "phone",
                                        "--id-type", "phone", "--segments", ",".join(segments), "--executor", "inline",
-                                       "--json"], catch_exceptions=False)
+                                       "--json", *flags], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout[result.stdout.index("{"):])
 
@@ -75,7 +75,8 @@ def test_a_new_segment_is_counted_exactly_on_the_same_database(operator, serve, 
     assert audit.state.entry_types["audience_segments"] == 2  # the first import (a, b), then c
     entries = [json.loads(data) for _, data in operator.store.log_entries(0, operator.store.log_size())]
     added = [e for e in entries if e["type"] == "audience_segments"]
-    assert [(e["segments"], e["added"]) for e in added] == [(list(AB), list(AB)), (list(ABC), ["c"])]
+    assert [(e["segments"], e["added"], e["removed"]) for e in added] == [(list(AB), list(AB), []),
+                                                                           (list(ABC), ["c"], [])]
     assert added[1]["audience_version"] == operator.store.get_meta("audience_version")
 
 
@@ -100,7 +101,38 @@ def test_leaving_out_a_segment_is_refused_and_changes_nothing(operator, tmp_path
                                        "--id-column", "phone", "--id-type", "phone", "--segments", "a"])
     assert result.exit_code == 1
     assert "error: the audience has segment b, which this import does not list" in result.output
-    assert "--segments" in result.output and "Traceback" not in result.output
+    assert "--drop-segment b" in result.output and "Traceback" not in result.output
     assert operator.store.audience_info()["segments"] == list(AB)
-    with pytest.raises(InputError, match="start a new database"):
+    with pytest.raises(InputError, match="--drop-segment a"):
         operator.store.segments_after_import(["b"])
+    with pytest.raises(InputError, match="cannot drop z"):
+        operator.store.segments_after_import(["a", "b"], drop=["z"])
+
+
+def test_drop_segment_removes_it_and_unbalanced_copies_stay_exact(operator, serve, tmp_path):
+    """a, b, c with stored copies of every stream; then b is dropped (c moves down a bit): the copy of
+    c is made again, a's and the whole audience's are kept, and every count stays exact."""
+    from matcher import unbalanced
+
+    rng = random.Random(23)
+    members = {phone(i): rng.getrandbits(3) for i in range(200)}
+    _import(operator.db, tmp_path / "one.csv", members, ABC)
+    exact_policy(operator.store)
+    token = operator.token("merchant", "shop")
+    served = serve()
+    customers = [(phone(i), "all") for i in range(100, 260)]
+    before = api.match(served.address, token, rows=customers, id_type="phone", mode="unbalanced")
+    assert before["labels"] == ground_truth(members, customers, segments=ABC)
+    shop = operator.store.principal("merchant", "shop").id
+    kept = {s: unbalanced.enrollment(operator.store, shop, s) for s in ("", "a")}
+
+    later = {m: bits ^ (0b100 if i % 3 == 0 else 0) for i, (m, bits) in enumerate(list(members.items())[:120])}
+    summary = _import(operator.db, tmp_path / "two.csv", later, ("a", "c"), "--drop-segment", "b")
+    assert summary["segments"] == ["a", "c"]
+    assert [unbalanced.enrollment(operator.store, shop, s) for s in ("b", "c")] == [None, None]
+    assert {s: unbalanced.enrollment(operator.store, shop, s).id for s in kept} == {s: e.id for s, e in kept.items()}
+    now = {m: (bits & 1) | (bits >> 2 & 1) << 1 for m, bits in {**members, **later}.items()}  # over a, c
+    after = api.match(served.address, token, rows=customers, id_type="phone", mode="unbalanced")
+    assert after["labels"] == ground_truth(now, customers, segments=("a", "c"))
+    entries = [json.loads(data) for _, data in operator.store.log_entries(0, operator.store.log_size())]
+    assert [e for e in entries if e["type"] == "audience_segments"][-1]["removed"] == ["b"]
