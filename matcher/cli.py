@@ -48,7 +48,8 @@ def _require_db(ctx: click.Context, param: click.Parameter, value: Path | None) 
 
 DB_ENV_VAR = "MATCHER_DB"
 config_option = click.option(
-    "--config", "config_file", envvar=config_mod.ENV_VAR, show_envvar=True, is_eager=True, expose_value=False, callback=_read_config,
+    "--config", "config_file", envvar=config_mod.ENV_VAR, show_envvar=True, is_eager=True, expose_value=False,
+    callback=_read_config,
     type=click.Path(dir_okay=False, path_type=Path),
     help="TOML file of settings: top-level keys named like serve's flags (listen = \"0.0.0.0:50051\", "
          "stream-slots = 2, db = \"platform.db\"); flags and environment variables override it.")
