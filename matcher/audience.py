@@ -122,9 +122,12 @@ _SEGMENT_HINT = ("segment values must be 1/0, true/false or yes/no (blank is not
 def import_file(store: Store, path: str, *, id_column: str, id_type: str, segments: Sequence[str] = (),
                 region: str = "CN", hashed_kind: str = "phone", kernels: Kernels | None = None,
                 progress: Callable[[int], None] | None = None, skip_invalid: bool = False,
-                workers: int = 1) -> ImportSummary:
+                workers: int = 1, drop_segments: Sequence[str] = ()) -> ImportSummary:
     """Stream ``path`` into the store, a batch at a time. Invalid rows are counted per reason;
     ``workers`` processes normalize the ids (start-up costs a second or two: for large files).
+    ``segments`` must name every segment the audience has, except those in ``drop_segments``
+    (removed from every member once the file's segment values have passed their check); any it
+    lacks are added (see :meth:`Store.segments_after_import`).
 
     A bad segment value raises :class:`InputError` before anything is written unless
     ``skip_invalid``; then, like a row with an invalid id, its row is skipped. A file none of whose
@@ -134,12 +137,16 @@ def import_file(store: Store, path: str, *, id_column: str, id_type: str, segmen
     if len(set(segments)) != len(segments):
         raise InputError("segment names must be distinct")
     kind = ids.hash_kind(id_type, hashed_kind)
+    # A segment the audience lacks becomes a new column after the existing ones, whatever order the
+    # flag lists them in: each segment keeps its bit (see Store.segments_after_import).
+    segments = store.segments_after_import(segments, drop_segments)
     with tabular.rereadable(path) as readable:
         if segments and not skip_invalid:
             checked = _check_segments(readable, path, id_column, segments)
             if checked.skipped_segments:
                 raise InputError(f"{path}: {segment_problem(path, checked)}; nothing was imported",
                                  hint=_SEGMENT_HINT)
+        store.drop_segments(drop_segments)
         return _import(store, readable, path, id_column=id_column, id_type=id_type, segments=segments,
                        region=region, kind=kind, kernels=kernels or Kernels(), progress=progress, workers=workers)
 

@@ -15,13 +15,54 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from matcher import config as config_mod
 from matcher import keys as keys_mod
 from matcher._cli import ErrorReportingGroup
+from matcher.errors import InputError
 from matcher.store import Store
 
 console = Console(stderr=True)
-db_option = click.option("--db", "db", required=True, type=click.Path(dir_okay=False, path_type=Path),
-                         help="The operator's SQLite database.")
+_NO_DB = "db_optional"  # set in ctx.meta by `config show`, which reports a missing --db instead of failing
+
+
+def _read_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Eager, so it runs before every other option: the file's values become the command's defaults
+    (click's default_map), which the environment and the command line then override. Keys are
+    checked against the flags of `matcher serve` whatever the command; other commands take ``db``."""
+    if value is None:
+        return None
+    settings = config_mod.load(value, _serve_keys(), paths=_serve_path_keys())
+    if ctx.command not in (serve, config_show):
+        settings = {k: v for k, v in settings.items() if k == "db"}
+    ctx.default_map = {**(ctx.default_map or {}), **settings}
+    return value
+
+
+def _require_db(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is None and not ctx.meta.get(_NO_DB):
+        raise InputError("no database given",
+                         hint=f"pass --db PATH, set {DB_ENV_VAR}=PATH, or put db = \"PATH\" in the config file "
+                              f"(--config FILE or {config_mod.ENV_VAR}=FILE)")
+    return value
+
+
+DB_ENV_VAR = "MATCHER_DB"
+config_option = click.option(
+    "--config", "config_file", envvar=config_mod.ENV_VAR, show_envvar=True, is_eager=True, expose_value=False,
+    callback=_read_config,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file of settings: top-level keys named like serve's flags (listen = \"0.0.0.0:50051\", "
+         "stream-slots = 2, db = \"platform.db\"); flags and environment variables override it.")
+
+
+def db_option(command):
+    """``--db`` (or MATCHER_DB, or the config file's db) and ``--config``, on every command that opens the database."""
+    command = click.option("--db", "db", envvar=DB_ENV_VAR, show_envvar=True, callback=_require_db,
+                           type=click.Path(dir_okay=False, path_type=Path),
+                           help="The operator's SQLite database.")(command)
+    return config_option(command)
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
 
@@ -82,10 +123,19 @@ def audience() -> None:
                    "without it such a row fails the import and nothing is written.")
 @click.option("--executor", default="local", show_default=True,
               help="Where the hashing runs: local (all cores), inline (this process) or dask://HOST:PORT.")
+@click.option("--drop-segment", "drop", multiple=True, metavar="NAME",
+              help="Remove segment NAME from the audience (every member; repeatable). Merchants' stored "
+                   "unbalanced copies of the streams it moves are made again by their next jobs.")
 @json_option
 def audience_import(db: Path, file: str, id_column: str, id_type: str, segments: str, region: str,
-                    hashed_kind: str, skip_invalid: bool, executor: str, as_json: bool) -> None:
+                    hashed_kind: str, skip_invalid: bool, executor: str, drop: tuple[str, ...],
+                    as_json: bool) -> None:
     """Import (or update) members from a CSV/Parquet FILE (or - for stdin); hashes each id to the group once.
+
+    --segments must list every segment the audience already has; a name it lacks adds a segment
+    (a new yes/no column, logged) to the existing database: keys, log and merchants stay, and jobs
+    may ask about it at once. Members this file does not list are outside the new segment. Leaving
+    out a segment the audience has is refused unless --drop-segment names it.
 
     A member already present (earlier in the file, or from an earlier import) gets the segments of
     its latest row. Segment values are 1/0, true/false or yes/no (any case); any other value, blank
@@ -99,6 +149,9 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
 
     store = Store(db)
     names = [s.strip() for s in segments.split(",") if s.strip()]
+    before = store.audience_info()
+    segments_before = before["segments"] if before["members"] else []
+    store.segments_after_import(names, drop)  # a segment left out fails here, before the file is read
     total = tabular.count_rows(file)  # a missing or unreadable file fails here, before any pool starts
     try:
         kernels = kernels_for(executor)
@@ -109,7 +162,7 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
         task = progress.add_task("import", total=total)
         summary = import_file(store, file, id_column=id_column, id_type=id_type, segments=names, region=region,
                               hashed_kind=hashed_kind, kernels=kernels, skip_invalid=skip_invalid,
-                              progress=lambda n: progress.advance(task, n),
+                              progress=lambda n: progress.advance(task, n), drop_segments=drop,
                               workers=(os.cpu_count() or 1) if (total or 0) > 200_000 else 1)
     reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary.invalid.items()))
     console.print(f"read {summary.rows} rows: imported {summary.imported}, duplicates {summary.duplicates} "
@@ -120,6 +173,19 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
         console.print(f"skipped {segment_problem(file, summary)}", soft_wrap=True, highlight=False)
     if summary.skipped_ids:
         console.print(f"skipped {id_problem(file, summary)}", soft_wrap=True, highlight=False)
+    segments_now = store.audience_info()["segments"]
+    if segments_now != segments_before:
+        # Auditors see which segments a report can name, and from which audience version on.
+        added = [s for s in segments_now if s not in segments_before]
+        removed = [s for s in segments_before if s not in segments_now]
+        _audit(store, {"type": "audience_segments", "segments": segments_now, "added": added, "removed": removed,
+                       "audience_version": store.get_meta("audience_version")})
+        if segments_before and added:
+            console.print(f"added segment{'s' if len(added) > 1 else ''} {', '.join(added)}: members this file "
+                          "does not list are outside them", soft_wrap=True, highlight=False)
+        if removed:
+            console.print(f"removed segment{'s' if len(removed) > 1 else ''} {', '.join(removed)}",
+                          soft_wrap=True, highlight=False)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(summary), indent=2))
 
@@ -146,48 +212,93 @@ def _add_principal(role: str, db: Path, name: str, as_json: bool) -> None:
     _print_token(token, as_json)
 
 
+def _rotate_token(role: str, db: Path, name: str, as_json: bool) -> None:
+    store = Store(db)
+    token = store.rotate_token(role, name)
+    _audit(store, {"type": f"{role}_token_rotated", "name": name})
+    console.print(f"{role} '{name}' has a new token (the old one no longer works); it is shown once, store it safely")
+    _print_token(token, as_json)
+
+
+def _set_disabled(role: str, db: Path, name: str, disabled: bool) -> None:
+    store = Store(db)
+    store.set_disabled(role, name, disabled)
+    state = "disabled" if disabled else "enabled"
+    _audit(store, {"type": f"{role}_{state}", "name": name})
+    console.print(f"{role} '{name}' {state}")
+
+
+def _list_principals(role: str, db: Path, as_json: bool) -> None:
+    import datetime
+
+    store = Store(db)
+    rows = []
+    for p in store.list_principals(role):
+        created = datetime.datetime.fromtimestamp(p["created"], datetime.timezone.utc).astimezone()
+        row = {"name": p["name"], "enabled": not p["disabled"], "created": created.isoformat(timespec="seconds")}
+        if role == "merchant":  # one indexed sum per merchant: cheap, and what an operator asks next
+            pol = store.effective_policy(p["name"])
+            used = store.budget_spent(store.principal(role, p["name"]).id, pol.budget_period_seconds)
+            row |= {"epsilon_used": used, "epsilon_left": max(0.0, pol.epsilon_budget - used),
+                    "budget_period": pol.budget_period}
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{role}s")
+    columns = ["name", "enabled", "created"] + (["ε used", "ε left", "period"] if role == "merchant" else [])
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        cells = [row["name"], "yes" if row["enabled"] else "no", row["created"]]
+        if role == "merchant":
+            cells += [f"{row['epsilon_used']:g}", f"{row['epsilon_left']:g}", row["budget_period"]]
+        table.add_row(*cells)
+    Console().print(table)
+
+
+def _principal_commands(group: click.Group, role: str, add_help: str) -> None:
+    """add, list, disable, enable and rotate-token: the same for merchants and auditors."""
+
+    @group.command("add", help=add_help)
+    @db_option
+    @click.argument("name")
+    @json_option
+    def add(db: Path, name: str, as_json: bool) -> None:
+        _add_principal(role, db, name, as_json)
+
+    @group.command("list", help=f"Every {role}: name, enabled, created"
+                   + (", and the privacy budget used and left in the current period." if role == "merchant" else "."))
+    @db_option
+    @json_option
+    def list_(db: Path, as_json: bool) -> None:
+        _list_principals(role, db, as_json)
+
+    @group.command("disable", help=f"Revoke {role} NAME's token (logged).")
+    @db_option
+    @click.argument("name")
+    def disable(db: Path, name: str) -> None:
+        _set_disabled(role, db, name, True)
+
+    @group.command("enable", help=f"Restore {role} NAME's token after `{role} disable`"
+                   + (" or a suspension for a protocol deviation" if role == "merchant" else "") + " (logged).")
+    @db_option
+    @click.argument("name")
+    def enable(db: Path, name: str) -> None:
+        _set_disabled(role, db, name, False)
+
+    @group.command("rotate-token", help=f"Give {role} NAME a new bearer token, printed once; the old one stops "
+                                        "working at once (logged).")
+    @db_option
+    @click.argument("name")
+    @json_option
+    def rotate_token(db: Path, name: str, as_json: bool) -> None:
+        _rotate_token(role, db, name, as_json)
+
+
 @main.group()
 def merchant() -> None:
     """Merchants allowed to run jobs."""
-
-
-@merchant.command("add")
-@db_option
-@click.argument("name")
-@json_option
-def merchant_add(db: Path, name: str, as_json: bool) -> None:
-    """Add merchant NAME and print its bearer token once."""
-    _add_principal("merchant", db, name, as_json)
-
-
-@merchant.command("list")
-@db_option
-def merchant_list(db: Path) -> None:
-    click.echo(json.dumps(Store(db).list_principals("merchant"), indent=2))
-
-
-@merchant.command("disable")
-@db_option
-@click.argument("name")
-def merchant_disable(db: Path, name: str) -> None:
-    """Revoke merchant NAME's token."""
-    _set_merchant_disabled(db, name, True)
-
-
-@merchant.command("enable")
-@db_option
-@click.argument("name")
-def merchant_enable(db: Path, name: str) -> None:
-    """Restore merchant NAME's token (after `merchant disable`, or a suspension for a protocol deviation)."""
-    _set_merchant_disabled(db, name, False)
-
-
-def _set_merchant_disabled(db: Path, name: str, disabled: bool) -> None:
-    store = Store(db)
-    store.set_disabled("merchant", name, disabled)
-    state = "disabled" if disabled else "enabled"
-    _audit(store, {"type": f"merchant_{state}", "name": name})
-    console.print(f"merchant '{name}' {state}")
 
 
 @main.group()
@@ -195,13 +306,8 @@ def auditor() -> None:
     """Auditors allowed to read the audit log."""
 
 
-@auditor.command("add")
-@db_option
-@click.argument("name")
-@json_option
-def auditor_add(db: Path, name: str, as_json: bool) -> None:
-    """Add auditor NAME and print its bearer token once."""
-    _add_principal("auditor", db, name, as_json)
+_principal_commands(merchant, "merchant", "Add merchant NAME and print its bearer token once.")
+_principal_commands(auditor, "auditor", "Add auditor NAME and print its bearer token once.")
 
 
 @main.group()
@@ -209,14 +315,46 @@ def policy() -> None:
     """The release policy (operator default, per-merchant overrides)."""
 
 
+_NO_DP_WARNING = (
+    "noise none turns differential privacy off{scope}: released counts are exact, so a merchant can infer one "
+    "person's membership and segments by differencing (two lists that differ in that person alone), and the "
+    "ε charged no longer bounds what a job reveals. Use it for tests and benchmarks, not for real audiences.")
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def _confirm_no_dp(merchant: str | None, yes: bool) -> None:
+    """Say what turning noise off means and ask, unless --yes; with no one to ask, refuse."""
+    scope = f" for merchant '{merchant}'" if merchant else ""
+    console.print(f"[bold yellow]warning:[/] {_NO_DP_WARNING.format(scope=scope)}", highlight=False, soft_wrap=True)
+    if yes:
+        return
+    if not _interactive():
+        raise InputError("refusing to turn noise off without confirmation", hint="pass --yes to confirm")
+    if not click.confirm("turn noise off?", default=False, err=True):
+        raise InputError("noise left unchanged", hint="pass --yes to confirm without a prompt")
+
+
 @policy.command("set")
 @db_option
 @click.argument("key")
 @click.argument("value")
 @click.option("--merchant", default=None, help="Override for one merchant only.")
-def policy_set(db: Path, key: str, value: str, merchant: str | None) -> None:
-    """Set KEY to VALUE: min_list_size, k, noise, epsilon_per_job, epsilon_budget, budget_period, jobs_per_hour, dummies, ..."""
+@click.option("--yes", is_flag=True, help="Confirm a setting that turns differential privacy off (noise none) "
+                                          "without a prompt.")
+def policy_set(db: Path, key: str, value: str, merchant: str | None, yes: bool) -> None:
+    """Set KEY to VALUE: min_list_size, k, noise, epsilon_per_job, epsilon_budget, budget_period, jobs_per_hour, dummies, ...
+
+    noise none makes released counts exact (no differential privacy): it prints what that means and asks
+    first; --yes confirms without asking, and without a terminal it is refused unless --yes."""
     store = Store(db)
+    if merchant is not None:
+        store.principal("merchant", merchant)  # an unknown merchant is named before any warning
+    store.effective_policy(merchant).with_setting(key, value)  # a bad value is refused before any prompt
+    if key == "noise" and value.strip().lower() == "none" and store.effective_policy(merchant).noise != "none":
+        _confirm_no_dp(merchant, yes)
     effective = store.set_policy(key, value, merchant=merchant)
     _audit(store, {"type": "policy", "key": key, "value": value, "merchant": merchant,
                    "policy": effective.to_dict(), "policy_digest": effective.digest()})
@@ -230,6 +368,8 @@ def policy_set(db: Path, key: str, value: str, merchant: str | None) -> None:
 def policy_show(db: Path, merchant: str | None, as_json: bool) -> None:
     """Print the effective policy."""
     store = Store(db)
+    if merchant is not None:
+        store.principal("merchant", merchant)  # refused like `policy set`: a typo must not show the default
     effective = store.effective_policy(merchant)
     if as_json:
         click.echo(json.dumps(effective.to_dict(), indent=2, sort_keys=True))
@@ -343,7 +483,10 @@ def audit_key(db: Path) -> None:
 def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, workers: int, executor: str,
           randomness_pool: str, stream_slots: int, grace: float, idle_timeout: float,
           streams_per_merchant: int) -> None:
-    """Serve MatchService and AuditService until SIGTERM or Ctrl-C, then shut down gracefully."""
+    """Serve MatchService and AuditService until SIGTERM or Ctrl-C, then shut down gracefully.
+
+    Every flag can be set in the --config file (top-level keys named like the flags, see
+    `matcher config show --help`); a flag given here wins over the file."""
     from matcher.crypto.kernels import kernels_for
     from matcher.server import ServerConfig, build_server
 
@@ -378,6 +521,61 @@ def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, wo
     console.print(f"matcher serving on {host}:{port} ({'TLS' if tls_cert else 'plaintext'})")
     sys.stdout.flush()
     server.wait_for_termination()
+
+
+def _serve_keys() -> list[str]:
+    """What a config file may set: every option of `matcher serve`, including ones added later."""
+    return [p.name for p in serve.params if isinstance(p, click.Option) and p.name != "config_file"]
+
+
+def _serve_path_keys() -> list[str]:
+    return [p.name for p in serve.params if isinstance(p.type, click.Path)]
+
+
+@main.group("config")
+def config_group() -> None:
+    """The config file (TOML) that `matcher serve` and --db read."""
+
+
+@config_group.command("show", context_settings={"ignore_unknown_options": True})
+@config_option
+@json_option
+@click.argument("serve_flags", nargs=-1, type=click.UNPROCESSED)
+def config_show(as_json: bool, serve_flags: tuple[str, ...]) -> None:
+    """Print the settings `matcher serve` would run with, and where each comes from.
+
+    Later sources win: default < config file < environment (MATCHER_DB) < flag. SERVE_FLAGS are
+    serve's own flags, to see their effect (`matcher config show --config f.toml --listen :50052`).
+    The file's keys are top-level, named like serve's flags with dashes or underscores:
+
+    \b
+        db = "platform.db"          # relative to the file; every command reads it
+        listen = "0.0.0.0:50051"
+        stream-slots = 2
+    """
+    parent = click.get_current_context()
+    parent.meta[_NO_DB] = True
+    ctx = serve.make_context("serve", list(serve_flags), parent=parent, default_map=parent.default_map)
+    labels = {click.core.ParameterSource.COMMANDLINE: "flag", click.core.ParameterSource.ENVIRONMENT: "environment",
+              click.core.ParameterSource.DEFAULT_MAP: "config file", click.core.ParameterSource.DEFAULT: "default"}
+    rows = []
+    for name in _serve_keys():
+        value = ctx.params.get(name)
+        source = labels.get(ctx.get_parameter_source(name), "default")
+        if source == "environment":
+            option = next(p for p in serve.params if p.name == name)
+            source = f"environment ({option.resolve_envvar_value(ctx) and option.envvar})"
+        rows.append({"key": config_mod.dashed(name), "value": str(value) if isinstance(value, Path) else value,
+                     "source": source})
+    if as_json:
+        click.echo(json.dumps({r["key"]: {"value": r["value"], "source": r["source"]} for r in rows}, indent=2))
+        return
+    table = Table(title="matcher serve settings")
+    for column in ("key", "value", "source"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["key"], "(not set)" if r["value"] is None else str(r["value"]), r["source"])
+    Console().print(table)
 
 
 if __name__ == "__main__":

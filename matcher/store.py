@@ -324,12 +324,19 @@ class Store:
         if len(segments) > MAX_SEGMENTS:
             raise InputError(f"{len(segments)} segments; at most {MAX_SEGMENTS} are supported")
         info = self.audience_info()
-        if info["members"] and (info["id_kind"] != id_kind or info["segments"] != list(segments)):
+        current = info["segments"] if info["members"] else []
+        if info["members"] and (info["id_kind"] != id_kind or list(segments)[:len(current)] != current):
             raise InputError(
                 f"the audience already holds {info['members']} members keyed by '{info['id_kind']}' with segments "
                 f"{info['segments']}; this import has '{id_kind}' with {list(segments)}",
-                hint="import with the same id type and segment columns, or start a new database")
-        self.set_meta({"audience_kind": id_kind, "segments": json.dumps(list(segments))})
+                hint="import with the same id type and every existing segment column (new ones are added after "
+                     "them: see Store.segments_after_import), or start a new database")
+        meta = {"audience_kind": id_kind, "segments": json.dumps(list(segments))}
+        if list(segments) != info["segments"]:
+            # A new segment column changes every member's payload even when no row changes (all "no"):
+            # a new version, so cached audiences and precomputed streams of the old layout are not used.
+            meta["audience_version"] = secrets.token_hex(8)
+        self.set_meta(meta)
         # Members arrive in random key order: with SQLite's default 2 MiB page cache every insert into
         # the unique indexes misses (10^6 members: 68 s; with 256 MiB: 26 s). This connection only.
         previous_cache = self.db.execute("PRAGMA cache_size").fetchone()[0]
@@ -343,6 +350,58 @@ class Store:
             # unbalanced protocol at once, only now that the whole file is in.
             conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
         return total
+
+    def segments_after_import(self, segments: Sequence[str], drop: Sequence[str] = ()) -> list[str]:
+        """The segment columns, in stored order, after an import that lists ``segments`` and drops
+        ``drop``: the audience's own that stay, then the new ones in the order given. A segment is a
+        bit position in every member's row (and in the unbalanced protocol's history), so existing
+        ones keep their order and new ones take the next bits; a member the import does not list is
+        outside the new segments. Raises when ``segments`` leaves out one the audience has and
+        ``drop`` does not name it, or ``drop`` names one it lacks."""
+        info = self.audience_info()
+        current = info["segments"] if info["members"] else []
+        unknown = [s for s in drop if s not in current]
+        if unknown:
+            raise InputError(f"cannot drop {', '.join(unknown)}: the audience's segments are "
+                             f"{', '.join(current) or 'none'}", hint="check --drop-segment")
+        both = [s for s in drop if s in segments]
+        if both:
+            raise InputError(f"{', '.join(both)} is both in --segments and dropped", hint="name it in one of them")
+        missing = [s for s in current if s not in segments and s not in drop]
+        if missing:
+            raise InputError(
+                f"the audience has segment{'s' if len(missing) > 1 else ''} {', '.join(missing)}, which this import "
+                "does not list; removing a segment needs --drop-segment",
+                hint=f"list every segment the audience has ({', '.join(current)}) plus any new ones in --segments, "
+                     f"or pass --drop-segment {missing[0]} to remove it from every member")
+        return [s for s in current if s not in drop] + [s for s in segments if s not in current]
+
+    def drop_segments(self, names: Sequence[str]) -> None:
+        """Remove segments from every member, in one transaction: the remaining ones move down to
+        fill the bits (the history triggers record each member whose bits change, made visible at
+        once), and the unbalanced protocol's stored copies of every stream whose bit moved or went
+        are deleted, since their history reads bits by position: each is made again, in full, by its
+        merchant's next job."""
+        if not names:
+            return
+        old = self.audience_info()["segments"]
+        unknown = [n for n in names if n not in old]
+        if unknown:
+            raise InputError(f"cannot drop {', '.join(unknown)}: the audience's segments are "
+                             f"{', '.join(old) or 'none'}")
+        current = [s for s in old if s not in names]
+        moved = old[min(old.index(n) for n in names):]
+        remap = " | ".join(f"(((segments >> {old.index(s)}) & 1) << {j})" for j, s in enumerate(current)) or "0"
+        marks = ",".join("?" * len(moved))
+        with self.transaction() as conn:
+            conn.execute(f"UPDATE audience SET segments = {remap} WHERE segments != ({remap})")
+            conn.execute(f"DELETE FROM enrollment_pieces WHERE enrollment_id IN (SELECT id FROM enrollments "
+                         f"WHERE stream IN ({marks}))", moved)
+            conn.execute(f"DELETE FROM enrollments WHERE stream IN ({marks})", moved)
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                             "value = excluded.value", [("segments", json.dumps(current)),
+                                                        ("audience_version", secrets.token_hex(8))])
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
 
     def _import_batches(self, batches: Iterable[Sequence[tuple[str, str, bytes, int]]]) -> int:
         total = 0
@@ -424,7 +483,7 @@ class Store:
     def principal(self, role: str, name: str) -> Principal:
         row = self.db.execute("SELECT id, role, name FROM principals WHERE role = ? AND name = ?", [role, name]).fetchone()
         if row is None:
-            raise NotFound(f"no {role} named '{name}'")
+            raise NotFound(f"no {role} named '{name}'", hint=f"`matcher {role} list` shows the {role}s")
         return Principal(*row)
 
     def list_principals(self, role: str) -> list[dict]:
@@ -435,7 +494,17 @@ class Store:
         with self.transaction() as conn:
             if conn.execute("UPDATE principals SET disabled = ? WHERE role = ? AND name = ?",
                             [int(disabled), role, name]).rowcount == 0:
-                raise NotFound(f"no {role} named '{name}'")
+                raise NotFound(f"no {role} named '{name}'", hint=f"`matcher {role} list` shows the {role}s")
+
+    def rotate_token(self, role: str, name: str) -> str:
+        """Give a merchant or auditor a new bearer token (stored hashed, like the first): the old
+        one stops working with this commit, since authentication looks tokens up by their hash."""
+        token = f"mt_{secrets.token_urlsafe(32)}"
+        with self.transaction() as conn:
+            if conn.execute("UPDATE principals SET token_hash = ? WHERE role = ? AND name = ?",
+                            [hash_token(token), role, name]).rowcount == 0:
+                raise NotFound(f"no {role} named '{name}'", hint=f"`matcher {role} list` shows the {role}s")
+        return token
 
     # -- policy -------------------------------------------------------------------------------
 

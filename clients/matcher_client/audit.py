@@ -72,7 +72,10 @@ _JOB_DECISIONS = ("released", "activated", "refused", "failed")
 # Decisions that let something out (a report, or an activated slice's noisy size) and spend ε.
 _RELEASING = ("released", "activated")
 _KNOWN_TYPES = ("job", "policy", "merchant_added", "auditor_added", "merchant_disabled", "merchant_enabled",
-                "activation_exported", "activation_deleted", "activation_expired")
+                "activation_exported", "activation_deleted", "activation_expired",
+                # Operator actions that change no release rule: recorded so auditors see them, not checked.
+                "merchant_token_rotated", "auditor_token_rotated", "auditor_disabled", "auditor_enabled",
+                "audience_segments")
 
 
 # ---------------------------------------------------------------------------
