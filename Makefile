@@ -28,3 +28,4 @@ protos: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-out
+	find matcher -name "*.so" -delete
