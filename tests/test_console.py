@@ -157,3 +157,42 @@ def test_cli_new_token_prints_it_once_and_console_refuses_a_bad_listen(tmp_path)
     assert auth.token_matches(token, auth.load_token_hash(auth.token_path_for(op.db)))
     bad = runner.invoke(main, ["console", "--db", str(op.db), "--listen", "nowhere"])
     assert bad.exit_code == 2 and "is not HOST:PORT" in bad.output
+
+
+def test_cli_serves_the_console_over_tls_with_a_secure_cookie(console_env, tmp_path):
+    import signal
+    import ssl
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_cli import free_port, self_signed
+
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "matcher.cli", "console", "--db", str(console_env.operator.db),
+                             "--listen", f"127.0.0.1:{port}", "--tls-cert", str(cert), "--tls-key", str(key)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        deadline = time.monotonic() + 20
+        while True:
+            conn = http.client.HTTPSConnection("localhost", port, context=context, timeout=5)
+            try:
+                conn.request("POST", "/login", body=urlencode({"token": console_env.console_token}),
+                             headers={"Content-Type": "application/x-www-form-urlencoded"})
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
+                time.sleep(0.1)
+        reply = conn.getresponse()
+        assert reply.status == 303 and reply.getheader("Set-Cookie").endswith("; Secure")
+        conn.request("GET", "/", headers={"Cookie": reply.getheader("Set-Cookie").split(";", 1)[0]})
+        reply.read()
+        page = conn.getresponse()
+        assert page.status == 200 and "table id=jobs" in page.read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=10)[0]
+    assert proc.returncode == 0, output
+    assert f"https://127.0.0.1:{port}/" in output and console_env.console_token not in output
