@@ -1,5 +1,5 @@
 """A populated operator database behind a real gRPC server, and the console serving it: shared by
-the console's unit, HTTP and browser tests (module-scoped: the jobs run once per test module)."""
+the console's unit, HTTP and browser tests (session-scoped: the jobs run once; nothing writes the database after them)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from matcher_client import api
 
 from matcher.console import ConsoleApp, auth, make_server
 from matcher.errors import MatcherError
 from matcher.server import ServerConfig, build_server
-from matcher_client import api
 from tests.conftest import Operator, exact_policy, match_key, new_operator, phone
 
 MEMBERS = 80
@@ -29,7 +29,7 @@ class ConsoleEnv:
     job_ids: list[str]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def console_env(tmp_path_factory) -> ConsoleEnv:
     op = new_operator(tmp_path_factory.mktemp("console") / "operator.db")
     rng = random.Random(17)

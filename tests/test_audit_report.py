@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 
 from click.testing import CliRunner
+from matcher_client.audit_cli import main as audit_main
 
 from matcher.log.auditlog import canonical_json
-from matcher_client.audit_cli import main as audit_main
-from tests.test_audit import log  # noqa: F401  (the fixture: three released jobs and one refused, on a real server)
+from tests import test_audit
+
+log = test_audit.log  # the fixture: three released jobs and one refused, on a real server
 
 
 def _verify(log, tmp_path, *extra):

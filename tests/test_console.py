@@ -15,7 +15,10 @@ import pytest
 from matcher.console import auth, pages, snapshot
 from matcher.errors import StoreError
 from matcher.store import Store
-from tests.console_fixtures import console_env, db_files  # noqa: F401  (a fixture)
+from tests import console_fixtures
+from tests.console_fixtures import db_files
+
+console_env = console_fixtures.console_env  # the session-scoped fixture
 
 
 def _request(env, method: str, path: str, *, cookie: str | None = None, form: dict | None = None):

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.console_fixtures import console_env  # noqa: F401  (a fixture)
+from tests import console_fixtures
+
+console_env = console_fixtures.console_env  # the session-scoped fixture
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "console.png"
@@ -41,11 +43,14 @@ def browser():
 
 def test_sign_in_and_see_jobs_and_charts(console_env, browser):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
 
     browser.get(console_env.url + "/")
     assert browser.find_elements(By.ID, "jobs") == []  # 401: the sign-in form only
     browser.find_element(By.ID, "token").send_keys(console_env.console_token)
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    # The click returns once the form is sent; the redirect to the dashboard may still be loading.
+    WebDriverWait(browser, 10).until(lambda driver: driver.find_elements(By.ID, "jobs"))
 
     rows = browser.find_elements(By.CSS_SELECTOR, "table#jobs tbody tr")
     assert [r.find_element(By.CSS_SELECTOR, ".state").text for r in rows].count("released") == 3

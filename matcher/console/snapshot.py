@@ -124,7 +124,7 @@ def _buckets(store: Store, now: float) -> JobBuckets:
             break
     counts: list[dict[str, int]] = [{} for _ in range(CHART_BARS)]
     for at, state, n in store.job_counts(start, width):
-        slot = int(round((at - start) / width))
+        slot = round((at - start) / width)
         if 0 <= slot < CHART_BARS:
             counts[slot][state] = counts[slot].get(state, 0) + n
     return JobBuckets(start=start, bucket_seconds=width, counts=counts)
