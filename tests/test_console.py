@@ -199,3 +199,14 @@ def test_cli_serves_the_console_over_tls_with_a_secure_cookie(console_env, tmp_p
         output = proc.communicate(timeout=10)[0]
     assert proc.returncode == 0, output
     assert f"https://127.0.0.1:{port}/" in output and console_env.console_token not in output
+
+
+def test_dashboard_of_a_fresh_database(operator):
+    """No audience, jobs, merchants or checkpoint yet: the page says so instead of failing."""
+    store = Store(operator.db, read_only=True)
+    try:
+        page = pages.dashboard_page(snapshot.take(store))
+    finally:
+        store.close()
+    assert "no jobs yet" in page and "no merchants yet" in page and "no checkpoint signed yet" in page
+    assert page.count("<svg") == 2 and 'class="bar"' not in page

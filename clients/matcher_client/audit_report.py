@@ -53,7 +53,8 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, numeric: Se
                    + "</tr>" for row in rows)
     if not body:
         body = f'<tr><td colspan="{len(headers)}" class="muted">none in this run</td></tr>'
-    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    thead = f"<thead><tr>{head}</tr></thead>" if any(headers) else ""  # a key-value table needs no header row
+    return f'<table id="{table_id}">{thead}<tbody>{body}</tbody></table>'
 
 
 def _value(value: Any) -> str:

@@ -74,7 +74,8 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, numeric: Se
                                     for i, cell in enumerate(row)) + "</tr>" for row in rows)
     if not body:
         body = f'<tr><td colspan="{len(headers)}" class="muted">{escape(empty)}</td></tr>'
-    return f'<table{f" id={table_id}" if table_id else ""}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    thead = f"<thead><tr>{head}</tr></thead>" if any(headers) else ""  # a key-value table needs no header row
+    return f'<table{f" id={table_id}" if table_id else ""}>{thead}<tbody>{body}</tbody></table>'
 
 
 def _state(state: str) -> str:
