@@ -390,7 +390,7 @@ def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, wo
 @json_option
 def console_command(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, new_token: bool,
                     as_json: bool) -> None:
-    """Serve the read-only operator web console (audience, merchants, jobs, policy, audit log) until Ctrl-C."""
+    """Serve the read-only operator web console (audience, merchants, jobs, policy, audit log) until SIGTERM or Ctrl-C."""
     from matcher.console import ConsoleApp, auth, make_server
 
     token_file = auth.token_path_for(db)
