@@ -578,5 +578,44 @@ def config_show(as_json: bool, serve_flags: tuple[str, ...]) -> None:
     Console().print(table)
 
 
+@main.command("console")
+@db_option
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT for the web console.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--new-token", is_flag=True,
+              help="Create (or replace) the console token (its hash goes to DB.console-token), print it once, exit.")
+@json_option
+def console_command(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, new_token: bool,
+                    as_json: bool) -> None:
+    """Serve the read-only operator web console (audience, merchants, jobs, policy, audit log) until SIGTERM or Ctrl-C."""
+    from matcher.console import ConsoleApp, auth, make_server
+
+    token_file = auth.token_path_for(db)
+    if new_token:
+        Store(db, read_only=True).close()  # a token for a database that exists
+        token = auth.new_token(token_file)
+        console.print(f"console token written (hashed) to {token_file}; it is shown once, store it safely; "
+                      "restart a running console to use it")
+        _print_token(token, as_json)
+        return
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("TLS needs both --tls-cert and --tls-key")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    app = ConsoleApp(db, auth.load_token_hash(token_file), secure_cookie=bool(tls_cert))
+    server = make_server(app, host, int(port), tls_cert=tls_cert, tls_key=tls_key)
+    signal.signal(signal.SIGTERM, lambda signum, frame: threading.Thread(target=server.shutdown, daemon=True).start())
+    scheme = "https" if tls_cert else "http"
+    console.print(f"matcher console on {scheme}://{host}:{server.server_address[1]}/ (read-only)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 if __name__ == "__main__":
     main()

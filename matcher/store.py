@@ -222,8 +222,11 @@ def hash_token(token: str) -> str:
 
 
 class Store:
-    def __init__(self, path: str | Path, *, create: bool = False, clock: Clock = time.time):
+    def __init__(self, path: str | Path, *, create: bool = False, read_only: bool = False, clock: Clock = time.time):
+        """``read_only`` opens the file with SQLite's ``mode=ro`` (and ``query_only``): SQLite itself
+        refuses every write, and nothing is migrated (the schema must already be this version's)."""
         self.path = Path(path)
+        self.read_only = read_only and not create
         if not create and not self.path.exists():
             raise StoreError(f"no database at {self.path}", hint="run `matcher init --db PATH` first")
         if create and not self.path.exists():
@@ -236,15 +239,27 @@ class Store:
         # concurrently, and SQLite's own locking orders their writes.
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self._migrate()
+        if self.read_only:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise StoreError(f"{self.path} has schema version {version}; this matcher reads version {SCHEMA_VERSION}",
+                                 hint="run any write command (e.g. `matcher status`) with this matcher once to migrate"
+                                 if version < SCHEMA_VERSION else "upgrade matcher")
+        else:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self._migrate()
         self._audience_cache: tuple[str, Audience] | None = None
 
     @property
     def db(self) -> sqlite_utils.Database:
         db = getattr(self._local, "db", None)
         if db is None:
-            conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
+            if self.read_only:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
+                conn.execute("PRAGMA query_only=ON")
+            else:
+                conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             db = self._local.db = sqlite_utils.Database(conn)
@@ -612,6 +627,25 @@ class Store:
             "FROM jobs j JOIN principals p ON p.id = j.merchant_id LEFT JOIN budget b ON b.job_id = j.id "
             "WHERE j.state = 'running' ORDER BY j.created").fetchall()
         return [dict(zip(columns, row)) for row in rows]
+
+    def recent_jobs(self, limit: int = 50) -> list[dict]:
+        """The latest jobs, newest first, as the operator console shows them: merchant, state, kind
+        (``activation`` when the job stored a slice, else ``match``), protocol, sizes, times, ε and its
+        ledger state, reason. Never the report: released counts stay in the audit log."""
+        columns = ("job_id", "merchant", "state", "kind", "protocol", "list_size", "labels", "created", "finished",
+                   "epsilon", "budget_state", "reason")
+        rows = self.db.execute(
+            "SELECT j.id, p.name, j.state, CASE WHEN EXISTS (SELECT 1 FROM activations a WHERE a.job_id = j.id) "
+            "THEN 'activation' ELSE 'match' END, j.protocol, j.list_size, j.labels, j.created, j.finished, "
+            "b.epsilon, b.state, j.reason FROM jobs j JOIN principals p ON p.id = j.merchant_id "
+            "LEFT JOIN budget b ON b.job_id = j.id ORDER BY j.created DESC LIMIT ?", [limit]).fetchall()
+        return [dict(zip(columns, row)) for row in rows]
+
+    def job_counts(self, since: float, bucket_seconds: float) -> list[tuple[float, str, int]]:
+        """(bucket start, state, jobs) for jobs created since ``since``, in buckets of ``bucket_seconds``."""
+        return [(float(r[0]), r[1], r[2]) for r in self.db.execute(
+            "SELECT CAST((created - ?) / ? AS INTEGER) * ? + ?, state, count(*) FROM jobs WHERE created >= ? "
+            "GROUP BY 1, 2 ORDER BY 1", [since, bucket_seconds, bucket_seconds, since, since])]
 
     def fail_jobs_in(self, conn: sqlite3.Connection, job_ids: Sequence[str], reason: str) -> None:
         """Mark jobs a crash interrupted failed: reserved ε goes back (nothing was released), ε a

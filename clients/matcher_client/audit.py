@@ -59,7 +59,8 @@ from matcher.log.checkpoint import Checkpoint, open_checkpoint, parse_verifier_k
 from matcher.log.merkle import EMPTY_ROOT, MemoryNodeStore, MerkleTree, hash_leaf, verify_consistency, verify_inclusion
 from matcher.policy import Policy, job_epsilon
 
-__all__ = ["AuditResult", "AuditState", "GrpcLogSource", "LogSource", "ProofResult", "prove", "verify"]
+__all__ = ["AuditResult", "AuditState", "CheckpointCheck", "GrpcLogSource", "LogSource", "ProofResult", "ReleaseCheck",
+           "prove", "verify"]
 
 STATE_VERSION = 1
 # Floating-point slack for ε sums; the server allows the same 1e-9 over the budget.
@@ -275,6 +276,30 @@ class MerchantSummary:
     epsilon_spent: float  # all released jobs ever seen
     epsilon_window: float  # in the budget period ending at the merchant's latest job
     policy_digest: str | None
+    epsilon_budget: float | None = None  # of the policy last seen in force
+    budget_period: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointCheck:
+    """A signed checkpoint this run verified (its signature by the pinned key, its root against the entries)."""
+    origin: str
+    size: int
+    root: str
+    note: str
+
+
+@dataclass(frozen=True)
+class ReleaseCheck:
+    """One released job or activation this run checked, the policy it was held to, and what passed."""
+    index: int
+    job_id: str
+    merchant: str
+    decision: str
+    time: float
+    epsilon: float
+    policy: dict[str, Any]
+    checks: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -291,6 +316,8 @@ class AuditResult:
     merchants: dict[str, MerchantSummary]  # cumulative, over every verified entry
     warnings: list[str]
     state: AuditState
+    checkpoints: list[CheckpointCheck] = field(default_factory=list)  # the new ones, by size
+    releases: list[ReleaseCheck] = field(default_factory=list)  # among the entries checked by this run
 
 
 @dataclass(frozen=True)
@@ -334,8 +361,9 @@ def verify(source: LogSource, *, state: AuditState | None = None, pinned_key: st
     warnings: list[str] = []
     jobs = {d: 0 for d in _JOB_DECISIONS}
     new_ledger: dict[str, list[list]] = {}
+    releases: list[ReleaseCheck] = []
     for index, data in zip(range(previous_size, latest.size), entries):
-        _check_entry(st, index, data, jobs, new_ledger, warnings)
+        _check_entry(st, index, data, jobs, new_ledger, warnings, releases)
     for merchant, added in new_ledger.items():
         _check_budget(merchant, st.merchants[merchant]["ledger"], min(item[0] for item in added))
 
@@ -346,7 +374,8 @@ def verify(source: LogSource, *, state: AuditState | None = None, pinned_key: st
     return AuditResult(
         origin=origin, verifier_key=key, key_pinned_now=pinned_now, previous_size=previous_size, size=latest.size,
         root=latest.root.hex(), checkpoints_verified=len(checkpoints), entries_checked=len(entries), jobs=jobs,
-        merchants={name: _summary(m) for name, m in sorted(st.merchants.items())}, warnings=warnings, state=st)
+        merchants={name: _summary(m) for name, m in sorted(st.merchants.items())}, warnings=warnings, state=st,
+        checkpoints=[CheckpointCheck(origin, c.size, c.root.hex(), c.note) for c in checkpoints], releases=releases)
 
 
 def _pin_key(source: LogSource, st: AuditState, pinned_key: str | None) -> tuple[str, str, bool]:
@@ -546,7 +575,7 @@ def _violation(index: int, entry: dict | None, problem: str) -> VerificationErro
 
 
 def _check_entry(st: AuditState, index: int, data: bytes, jobs: dict[str, int], new_ledger: dict[str, list],
-                 warnings: list[str]) -> None:
+                 warnings: list[str], releases: list[ReleaseCheck]) -> None:
     try:
         entry = json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -558,7 +587,7 @@ def _check_entry(st: AuditState, index: int, data: bytes, jobs: dict[str, int], 
     kind = entry.get("type")
     st.entry_types[str(kind)] = st.entry_types.get(str(kind), 0) + 1
     if kind == "job":
-        _check_job(st, index, entry, jobs, new_ledger, warnings)
+        _check_job(st, index, entry, jobs, new_ledger, warnings, releases)
     elif kind == "policy":
         _check_policy_entry(index, entry)
         scope = entry.get("merchant") or ""
@@ -635,7 +664,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_job(st: AuditState, index: int, entry: dict, jobs: dict[str, int], new_ledger: dict[str, list],
-               warnings: list[str]) -> None:
+               warnings: list[str], releases: list[ReleaseCheck]) -> None:
     """Check one job decision against the policy it records.
 
     Checkable, and checked, for every job: the recorded policy is valid and ``policy_digest`` is
@@ -720,6 +749,29 @@ def _check_job(st: AuditState, index: int, entry: dict, jobs: dict[str, int], ne
     if not math.isclose(eps, expected, rel_tol=0, abs_tol=_EPS_TOLERANCE):
         raise _violation(index, entry, f"spent ε {eps:g}, but its policy charges {expected:g} per job")
     _add_to_ledger(merchant, new_ledger, entry, index, eps, pol)
+    releases.append(ReleaseCheck(index=index, job_id=entry["job_id"], merchant=entry["merchant"], decision=decision,
+                                 time=float(entry["time"]), epsilon=eps, policy=pol.to_dict(),
+                                 checks=_release_checks(decision, entry, pol, eps)))
+
+
+def _release_checks(decision: str, entry: dict, pol: Policy, eps: float) -> tuple[str, ...]:
+    """What :func:`_check_job` (and, for every entry, the root and budget checks) established for a release."""
+    sizes = entry["label_sizes"]
+    checks = [
+        "policy_digest is the digest of the recorded policy",
+        f"list size {entry['list_size']} within [{pol.min_list_size}, {pol.max_list_size}]",
+        f"{len(sizes)} label(s) (at most {pol.max_labels}), each of at least {pol.min_list_size} IDs, "
+        f"adding up to the list size",
+    ]
+    if decision == "released":
+        checks.append("carries a SHA-256 report digest")
+    checks.append("every released cell is a non-negative integer or suppressed")
+    if pol.noise == "none":
+        checks.append(f"noise none: every released cell at least k = {pol.k}, no segment above its matched count")
+    checks += [f"ε {eps:g} is the policy's per-job charge",
+               f"ε within the budget of {pol.epsilon_budget:g} in every {pol.budget_period} period",
+               "included under every signed checkpoint that covers it"]
+    return tuple(checks)
 
 
 def _add_to_ledger(merchant: dict, new_ledger: dict[str, list], entry: dict, index: int, eps: float,
@@ -814,8 +866,10 @@ def _summary(m: dict[str, Any]) -> MerchantSummary:
     if m["ledger"]:
         latest = max(m["ledger"], key=lambda item: item[0])
         window = sum(item[1] for item in m["ledger"] if latest[0] - latest[2] < item[0] <= latest[0])
+    pol = m["policy"] or {}
     return MerchantSummary(released=m["released"], activated=m["activated"], refused=m["refused"], failed=m["failed"],
-                           epsilon_spent=m["epsilon_total"], epsilon_window=window, policy_digest=m["policy_digest"])
+                           epsilon_spent=m["epsilon_total"], epsilon_window=window, policy_digest=m["policy_digest"],
+                           epsilon_budget=pol.get("epsilon_budget"), budget_period=pol.get("budget_period"))
 
 
 # ---------------------------------------------------------------------------

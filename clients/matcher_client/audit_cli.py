@@ -61,13 +61,28 @@ def _read_key(key: str | None) -> str | None:
               help="Where to keep the pinned key and the last verified checkpoint between runs (created if absent).")
 @key_option
 @tls_option
-def verify(server: str, token: str, state_path: Path | None, key: str | None, tls_ca: str | None) -> None:
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a self-contained HTML report of what was checked (a failing one on a violation).")
+def verify(server: str, token: str, state_path: Path | None, key: str | None, tls_ca: str | None,
+           html_path: Path | None) -> None:
     """Verify everything new in the log since the last run (everything on the first) and print a summary."""
+    from matcher_client import audit_report
+
     state = audit.AuditState.load(state_path) if state_path else None
-    with audit.GrpcLogSource(server, token, tls_ca) as source:
-        result = audit.verify(source, state=state, pinned_key=_read_key(key))
+    try:
+        with audit.GrpcLogSource(server, token, tls_ca) as source:
+            result = audit.verify(source, state=state, pinned_key=_read_key(key))
+    except VerificationError as err:
+        if html_path:
+            try:
+                _write_report(html_path, audit_report.render_failure(str(err), server=server))
+            except click.UsageError as problem:  # the violation, and its exit code 1, matter more
+                console.print(f"[yellow]warning:[/] {problem.message}", highlight=False)
+        raise
     if state_path:
         result.state.save(state_path)
+    if html_path:
+        _write_report(html_path, audit_report.render(result, server=server))
     out = Console()
     out.print(_summary_table(result))
     if result.merchants:
@@ -78,6 +93,14 @@ def verify(server: str, token: str, state_path: Path | None, key: str | None, tl
         console.print(f"pinned the server's key {result.verifier_key} (trust on first use)"
                       + ("" if state_path else "; without --state it is not kept"), highlight=False)
     click.echo(f"OK: {result.size} entries verified, root {result.root}")
+
+
+def _write_report(path: Path, html: str) -> None:
+    try:
+        path.write_text(html, encoding="utf-8")
+    except OSError as err:
+        raise click.UsageError(f"cannot write the HTML report to {path}: {err.strerror}") from None
+    console.print(f"wrote the HTML report to {path}", highlight=False)
 
 
 def _summary_table(result: audit.AuditResult) -> Table:
