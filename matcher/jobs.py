@@ -507,7 +507,6 @@ class MatchJob:
         runner.audit_log.append([entry], then=lambda conn, first: runner.store.finish_job_in(
             conn, self.job_id, released=False, reason=reason[:500]))
 
-
     def _record_end(self, state: str, code: str | None = None) -> dict:
         """Record the job's end in the metrics; the structured fields of its last log line."""
         phases = self.phases.stop()

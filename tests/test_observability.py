@@ -10,6 +10,7 @@ in the logs or the metrics.
 from __future__ import annotations
 
 import io
+import queue
 import json
 import logging
 import re
@@ -19,17 +20,20 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 
+import grpc
 import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from matcher import _logging
 from matcher.cli import main
+from matcher.crypto import group
 from matcher.errors import MatcherError
 from matcher.metrics import PhaseClock
 from matcher.server import ServerConfig, build_server
+from matcher.v1 import match_pb2, match_pb2_grpc
 from matcher_client import api
-from tests.conftest import SEGMENTS, ground_truth, match_key, new_operator, phone
+from tests.conftest import SEGMENTS, ground_truth, match_key, new_operator, phone, wait_until
 
 OVERLAP = 1237
 # Overlap member t holds segment j when t < SEGMENT_COUNTS[j]: each segment's true count is distinct.
@@ -75,6 +79,20 @@ def _value(samples: dict, name: str, **labels) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
+def _hang_up_after_acceptance(address: str, token: str) -> None:
+    """A count-only job whose client goes away once the job is accepted (and charged)."""
+    outbox: queue.Queue = queue.Queue()
+    with grpc.insecure_channel(address) as chan:
+        call = match_pb2_grpc.MatchServiceStub(chan).Count(iter(outbox.get, None),
+                                                           metadata=[("authorization", f"Bearer {token}")], timeout=30)
+        outbox.put(match_pb2.MatchRequest(start=match_pb2.JobStart(
+            protocol_version=1, id_kind="phone", labels=["all"], label_sizes=[20],
+            merchant_base=group.base_mult(group.random_scalar()))))
+        assert next(call).WhichOneof("msg") == "accepted"
+        call.cancel()
+        outbox.put(None)
+
+
 @pytest.fixture(scope="module")
 def observed(tmp_path_factory) -> Observed:
     operator = new_operator(tmp_path_factory.mktemp("obs") / "operator.db")
@@ -112,6 +130,8 @@ def observed(tmp_path_factory) -> Observed:
             activation = api.activate(f"127.0.0.1:{port}", token, api.prepare_rows([(c, None) for c in customers],
                                                                                     id_type="phone"),
                                       name="coupon", where="holds_coupon")
+            _hang_up_after_acceptance(f"127.0.0.1:{port}", token)
+            assert wait_until(lambda: not operator.store.running_jobs())  # its end logged, in one transaction
             metrics_text, samples = _scrape(server.metrics.port)
         finally:
             server.stop(grace=1)
@@ -141,6 +161,7 @@ def test_metrics_count_the_released_job_its_phases_and_the_refusal(observed):
     assert _value(s, "matcher_jobs_total", state="refused", kind="match", protocol="secure") == 1
     assert _value(s, "matcher_jobs_total", state="failed", kind="match", protocol="secure") == 1
     assert _value(s, "matcher_jobs_total", state="released", kind="activation", protocol="secure") == 1
+    assert _value(s, "matcher_jobs_total", state="cancelled", kind="count_only", protocol="secure") == 1
     assert _value(s, "matcher_job_refusals_total", reason="list_too_small") == 1
     total = _value(s, "matcher_job_phase_seconds_sum", phase="total", protocol="secure")
     assert _value(s, "matcher_job_phase_seconds_count", phase="total", protocol="secure") == 2
@@ -157,13 +178,15 @@ def test_metrics_read_the_store_at_scrape_time(observed):
     s, store = observed.samples, observed.operator.store
     shop = store.principal("merchant", "shop")
     ledger = store.budget_spent(shop.id, store.effective_policy("shop").budget_period_seconds)
-    # The match and the activation spent theirs; the refused and the failed job nothing.
-    assert ledger == pytest.approx(2 * observed.report["epsilon_spent"]) and ledger > 0
+    # The match, the activation and the accepted-then-cancelled job spent theirs; the refused and the
+    # failed job (before acceptance) nothing.
+    assert ledger == pytest.approx(3 * observed.report["epsilon_spent"]) and ledger > 0
     assert _value(s, "matcher_merchant_epsilon_spent", merchant="shop") == pytest.approx(ledger)
-    assert _value(s, "matcher_merchant_epsilon_budget", merchant="shop") == store.effective_policy("shop").epsilon_budget
+    budget = store.effective_policy("shop").epsilon_budget
+    assert _value(s, "matcher_merchant_epsilon_budget", merchant="shop") == budget
     assert _value(s, "matcher_audience_members") == OVERLAP + OTHERS
     assert _value(s, "matcher_audience_version") == 1          # one import
-    assert _value(s, "matcher_audit_log_entries") == store.log_size() == 4   # one entry per job
+    assert _value(s, "matcher_audit_log_entries") == store.log_size() == 5   # one entry per job
     assert _value(s, "matcher_stream_slots_configured") == 0
     assert _value(s, "matcher_stream_slots_ready", segment="") == 0
     assert _value(s, "matcher_randomness_pool_values") == 0
@@ -178,8 +201,8 @@ def test_a_restarted_server_exports_the_same_store_gauges_and_fresh_counters(obs
     finally:
         server.stop(grace=1)
     assert _value(s, "matcher_merchant_epsilon_spent", merchant="shop") == pytest.approx(
-        2 * observed.report["epsilon_spent"])
-    assert _value(s, "matcher_audit_log_entries") == 4
+        3 * observed.report["epsilon_spent"])
+    assert _value(s, "matcher_audit_log_entries") == 5
     assert _value(s, "matcher_stream_slots_configured") == 2
     assert not any(name == "matcher_jobs_total" for name, _ in s)  # events count from this start on
 
@@ -201,6 +224,7 @@ def test_json_log_lines_carry_the_structured_fields(observed):
     assert [line["reason"] for line in refused] == ["list_too_small"]
     assert refused[0]["merchant"] == "shop" and refused[0]["job_id"] != job_id
     assert [line["kind"] for line in lines if line.get("outcome") == "failed"] == ["match"]
+    assert [line["kind"] for line in lines if line.get("outcome") == "cancelled"] == ["count_only"]
     activated = [line for line in lines if line.get("kind") == "activation"]
     assert [line["outcome"] for line in activated] == ["released"]
     assert "noisy size 270" in activated[0]["message"]
