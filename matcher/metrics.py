@@ -16,6 +16,7 @@ own audience, its own log) are exported; merchant names label the ε gauges (ope
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -110,23 +111,31 @@ class _StateCollector:
 
     def __init__(self, runner: "JobRunner", stream_slots: int, randomness_pool: int):
         self._runner, self._slots, self._pool = runner, stream_slots, randomness_pool
+        # Counting 10^9 members takes SQLite minutes: the count is kept per audience snapshot (every
+        # import batch gives the audience a new version), so a scrape counts only after a change.
+        self._members: tuple[str, int] | None = None
+
+    def _audience_members(self, version: str) -> int:
+        if self._members is None or self._members[0] != version:
+            self._members = (version, self._runner.store.audience_info()["members"])
+        return self._members[1]
 
     def describe(self):
         return []  # no description up front: registering must not query the store
 
     def collect(self):
         runner, store = self._runner, self._runner.store
-        info = store.audience_info()
+        version = store.get_meta("audience_version", "")
+        segments = json.loads(store.get_meta("segments", "[]"))
         yield _gauge("matcher_active_jobs", "Jobs running now.", runner.active_jobs)
-        yield _gauge("matcher_audience_members", "Members in the platform's audience.", info["members"])
+        yield _gauge("matcher_audience_members", "Members in the platform's audience.", self._audience_members(version))
         yield _gauge("matcher_audience_version", "Whole audience imports so far (changes with each import).",
                      int(store.get_meta("audience_seq", "0") or 0))
         yield _gauge("matcher_audit_log_entries", "Leaves of the audit log.", store.log_size())
 
-        version = store.get_meta("audience_version", "")
         ready = GaugeMetricFamily("matcher_stream_slots_ready", "Precomputed job streams ready for the current "
                                   "audience (segment '': every member).", labels=("segment",))
-        for segment in ("", *info["segments"]):
+        for segment in ("", *segments):
             ready.add_metric((segment,), store.stream_slots(version, segment))
         yield ready
         yield _gauge("matcher_stream_slots_configured", "Precomputed job streams to keep ready per stream "

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from matcher import keys as keys_mod
+from matcher._logging import fields
 from matcher.errors import InputError
 from matcher.crypto import pool
 from matcher.crypto.kernels import EncryptionContext, Kernels, local_kernels
@@ -118,7 +119,8 @@ class _StreamGuard:
             with self._lock:
                 stalled = [entry for entry in self._open.values() if now - entry[2] > self._idle]
             for merchant, context, _ in stalled:
-                log.warning("a job stream of %s sent nothing for %g s: cancelled", merchant, self._idle)
+                log.warning("a job stream of %s sent nothing for %g s: cancelled", merchant, self._idle,
+                            extra=fields(merchant=merchant, outcome="cancelled"))
                 context.cancel()
 
     def stop(self) -> None:

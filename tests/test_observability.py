@@ -198,8 +198,12 @@ def test_a_restarted_server_exports_the_same_store_gauges_and_fresh_counters(obs
     server.start()
     try:
         _, s = _scrape(server.metrics.port)
+        observed.operator.add_members({phone(90_000 + i): 1 for i in range(10)})  # an import while it runs
+        _, after_import = _scrape(server.metrics.port)
     finally:
         server.stop(grace=1)
+    assert _value(after_import, "matcher_audience_members") == _value(s, "matcher_audience_members") + 10
+    assert _value(after_import, "matcher_audience_version") == 2
     assert _value(s, "matcher_merchant_epsilon_spent", merchant="shop") == pytest.approx(
         3 * observed.report["epsilon_spent"])
     assert _value(s, "matcher_audit_log_entries") == 5
@@ -261,7 +265,7 @@ def test_serve_cli_serves_metrics_and_writes_only_json_lines(observed, tmp_path)
                 break
         assert found, lines
         _, s = _scrape(int(found.group(1)))
-        assert _value(s, "matcher_audience_members") == OVERLAP + OTHERS
+        assert _value(s, "matcher_audience_members") == observed.operator.store.audience_info()["members"]
     finally:
         server.send_signal(signal.SIGTERM)
         _, rest = server.communicate(timeout=30)
