@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from matcher import _logging
 from matcher import config as config_mod
 from matcher import keys as keys_mod
 from matcher._cli import ErrorReportingGroup
@@ -75,7 +76,7 @@ def _print_token(token: str, as_json: bool) -> None:
 @click.version_option(package_name="matcher")
 def main() -> None:
     """Operate a matcher server: audience, merchants, policy, audit log."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=_logging.TEXT_FORMAT)
 
 
 @main.command()
@@ -480,9 +481,15 @@ def audit_key(db: Path) -> None:
 @click.option("--streams-per-merchant", default=2, show_default=True, type=click.IntRange(1, 64),
               help="Job streams one merchant may hold open at once (4 worker threads always stay free for health "
                    "checks and the read-only calls).")
+@click.option("--metrics", "metrics", default=None, metavar="HOST:PORT",
+              help="Serve Prometheus metrics on HOST:PORT (jobs, refusals, phase durations, ε per merchant, "
+                   "audience and log sizes, precomputation; never an ID or an unreleased count). Off by default.")
+@click.option("--log-format", default="text", show_default=True, type=click.Choice(_logging.LOG_FORMATS),
+              help="json: one JSON object a line on stderr (timestamp, level, logger, message, job_id, merchant, "
+                   "phase, duration, outcome).")
 def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, workers: int, executor: str,
           randomness_pool: str, stream_slots: int, grace: float, idle_timeout: float,
-          streams_per_merchant: int) -> None:
+          streams_per_merchant: int, metrics: str | None, log_format: str) -> None:
     """Serve MatchService and AuditService until SIGTERM or Ctrl-C, then shut down gracefully.
 
     Every flag can be set in the --config file (top-level keys named like the flags, see
@@ -492,6 +499,11 @@ def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, wo
 
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("TLS needs both --tls-cert and --tls-key")
+    say = console.print
+    if log_format == "json":  # text is what `main` set up already
+        _logging.configure("json")
+        # Every stderr line is then JSON: the server's own messages become log records too.
+        say = logging.getLogger("matcher.serve").info
     try:
         kernels = kernels_for(executor)
     except ValueError as err:
@@ -505,20 +517,22 @@ def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, wo
     server, port = build_server(ServerConfig(db=db, listen=listen, tls_cert=tls_cert, tls_key=tls_key,
                                              max_workers=workers, kernels=kernels, randomness_pool=pool_values,
                                              stream_slots=stream_slots, idle_timeout=idle_timeout,
-                                             streams_per_merchant=streams_per_merchant))
+                                             streams_per_merchant=streams_per_merchant, metrics=metrics))
     stopping = threading.Event()
 
     def shutdown(signum, frame):
         if not stopping.is_set():
             stopping.set()
-            console.print(f"shutting down: finishing running jobs ({grace:g} s grace)")
+            say(f"shutting down: finishing running jobs ({grace:g} s grace)")
             threading.Thread(target=server.stop, args=(grace,), daemon=True).start()
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
     server.start()
     host = listen.rsplit(":", 1)[0]
-    console.print(f"matcher serving on {host}:{port} ({'TLS' if tls_cert else 'plaintext'})")
+    say(f"matcher serving on {host}:{port} ({'TLS' if tls_cert else 'plaintext'})")
+    if server.metrics:
+        say(f"metrics on http://{metrics.rpartition(':')[0]}:{server.metrics.port}/metrics")
     sys.stdout.flush()
     server.wait_for_termination()
 

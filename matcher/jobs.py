@@ -38,6 +38,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from matcher import activations, faults
+from matcher._logging import fields
 from matcher import policy as policy_mod
 from matcher import where
 from matcher.crypto import paillier, pool
@@ -45,6 +46,7 @@ from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError, LimitExceeded, MatcherError, PolicyRefused, ProtocolDeviation, ProtocolError
 from matcher.keys import OperatorKeys
 from matcher.log.auditlog import AuditLog, canonical_json
+from matcher.metrics import PhaseClock, Recorder
 from matcher import unbalanced
 from matcher.protocol.messages import (
     SECURE,
@@ -97,8 +99,10 @@ class JobRunner:
     """Shared by every RPC of one server."""
 
     def __init__(self, store: Store, keys: OperatorKeys, audit_log: AuditLog, *, kernels: Kernels | None = None,
-                 noise: policy_mod.NoiseSource | None = None, rng: Rng = os.urandom, max_concurrent_jobs: int = 4):
+                 noise: policy_mod.NoiseSource | None = None, rng: Rng = os.urandom, max_concurrent_jobs: int = 4,
+                 metrics: Recorder | None = None):
         self.store = store
+        self.metrics = metrics or Recorder()
         self.max_concurrent_jobs = max_concurrent_jobs
         self.keys = keys
         self.audit_log = audit_log
@@ -137,7 +141,11 @@ class JobRunner:
         SEMI_HONEST (refused unless the policy enables it; never for an activation)."""
         if activation is not None and protocol != SECURE:
             raise ProtocolError("an activation runs the secure protocol only")
-        slot = _Slot(self)
+        try:
+            slot = _Slot(self)
+        except LimitExceeded as busy:
+            self.metrics.job_refused(kind=job_kind(start, activation, protocol), protocol=protocol, reason=busy.reason)
+            raise
         try:
             return self._begin(merchant, start, activation, slot, protocol)
         except BaseException:
@@ -167,18 +175,22 @@ class JobRunner:
             conn, [job["job_id"] for job in running], reason))
         for job in running:
             log.warning("job %s for %s failed: %s (ε %s)", job["job_id"], job["merchant"], reason,
-                        "spent" if job["budget_state"] == "committed" else "refunded")
+                        "spent" if job["budget_state"] == "committed" else "refunded",
+                        extra=fields(job_id=job["job_id"], merchant=job["merchant"], outcome="failed", reason=reason))
         return len(running)
 
     def suspend(self, merchant: Principal, reason: str) -> None:
         """A merchant caught deviating from the protocol loses its access until the operator restores it."""
         self.store.set_disabled("merchant", merchant.name, True)
         self.audit_log.record({"type": "merchant_disabled", "name": merchant.name, "reason": reason[:500]})
-        log.warning("merchant %s suspended: %s", merchant.name, reason[:200])
+        log.warning("merchant %s suspended: %s", merchant.name, reason[:200],
+                    extra=fields(merchant=merchant.name, outcome="suspended"))
 
     def _begin(self, merchant: Principal, start: JobStart, activation: ActivationRequest | None,
                slot: "_Slot", protocol: str) -> "MatchJob":
         job_id = uuid.UUID(bytes=self.rng(16), version=4).hex
+        phases = PhaseClock()
+        phases.enter("admit")
         pol = self.store.effective_policy(merchant.name)
         info = self.store.audience_info()
         segments = tuple(info["segments"])
@@ -205,12 +217,16 @@ class JobRunner:
             self.store.open_job(job_id, merchant, pol=pol, epsilon=epsilon, list_size=start.list_size,
                                 labels=len(start.labels), label_sizes=start.label_sizes, protocol=protocol)
         except PolicyRefused as refused:
-            log.info("job %s for %s refused: %s", job_id, merchant.name, refused.reason)
+            log.info("job %s for %s refused: %s", job_id, merchant.name, refused.reason,
+                     extra=fields(job_id=job_id, merchant=merchant.name, outcome="refused", reason=refused.reason))
+            self.metrics.job_refused(kind=job_kind(start, activation, protocol), protocol=protocol,
+                                     reason=refused.reason)
             self.store.record_refusal(job_id, merchant, refused.reason, start.list_size, len(start.labels))
             self.audit_log.append([_entry("refused", job_id, merchant, pol, start, self.store.now(),
                                           reason=refused.reason, protocol=protocol)])
             raise
-        job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression, slot, protocol=protocol)
+        job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression, slot, protocol=protocol,
+                       phases=phases)
         with self._active_lock:
             self._running[job_id] = job
         faults.point("job.opened")
@@ -230,6 +246,7 @@ class JobRunner:
                     precomputed=lambda segment: job.take_stream_slot(audience, segment))
             if protocol != SEMI_HONEST:
                 job.accepted = job.session.start(start)
+                phases.enter("list")
                 # JobAccepted carries the (noisy) stream sizes: from here on the job's ε is spent.
                 self.store.commit_budget(job_id)
                 job.charged = True
@@ -243,6 +260,7 @@ class JobRunner:
                                           rng=self.rng, kernels=self.kernels, randomness=randomness.take,
                                           precomputed=job.take_stream_slot(audience))
             job.accepted = job.session.start(start)
+            phases.enter("list")
         except MatcherError as err:
             job.fail(err)
             raise
@@ -269,9 +287,13 @@ class _Slot:
 class MatchJob:
     def __init__(self, runner: JobRunner, job_id: str, merchant: Principal, pol: policy_mod.Policy,
                  epsilon: float, start: JobStart, activation: ActivationRequest | None = None,
-                 expression: where.Expr | None = None, slot: "_Slot | None" = None, *, protocol: str = SECURE):
+                 expression: where.Expr | None = None, slot: "_Slot | None" = None, *, protocol: str = SECURE,
+                 phases: PhaseClock | None = None):
         self._runner = runner
         self.protocol = protocol
+        self.kind = job_kind(start, activation, protocol)
+        # Wall time by phase (matcher.metrics.PHASES), for the metrics and the job's last log line.
+        self.phases = phases or PhaseClock()
         # True once the job's ε is spent whatever happens (secure protocol, after acceptance).
         self.charged = False
         self._slot = slot
@@ -301,29 +323,35 @@ class MatchJob:
             self.session.finish_list(stream or 0, merchant_base)
         else:
             self.session.finish_list()
+        self.phases.enter("stream")
 
     def double_blinded(self) -> Iterator[BlindedChunk]:
         return self.session.double_blinded()
 
     def audience(self) -> Iterator[AudienceChunk]:
-        return self.session.audience()
+        yield from self.session.audience()
+        self.phases.enter("return")
 
     def receive_returned(self, points: bytes, stream: int) -> None:
         self.session.receive_returned(stream, points)
 
     def stream(self, index: int) -> Iterator[bytes]:
         """Secure protocol: stream ``index`` (see matcher.protocol.secure_platform)."""
-        return self.session.stream(index)
+        yield from self.session.stream(index)
+        self.phases.enter("return")
 
     def finish_stream(self, index: int) -> None:
         self.session.finish_stream(index)
+        self.phases.enter("list")  # the next stream's, if any
 
     def finish(self, sums: LabelSums) -> Report:
         """Decrypt the merchant's sums, release them under the policy, log the release."""
+        self.phases.enter("release")
         return self._release(self.session.receive_sums(sums), n_segments=len(self.accepted.segments))
 
     def finish_count(self) -> Report:
         """Secure protocol: release the counts of the streams that came back."""
+        self.phases.enter("release")
         return self._release(self.session.aggregates(), n_segments=len(self.accepted.segments))
 
     def _release(self, aggregates: dict, n_segments: int) -> Report:
@@ -353,8 +381,10 @@ class MatchJob:
         leaf_index, checkpoint = runner.audit_log.append([entry], then=lambda conn, first: runner.store.finish_job_in(
             conn, self.job_id, released=True, report_json=report_json, leaf_index=first))
         faults.point("release.after_log")
+        # The list size is the platform's to see; the matched counts before noise are not logged.
         log.info("job %s for %s released: %d ids, %d labels, ε %g, leaf %d", self.job_id, self.merchant.name,
-                 self.start.list_size, len(self.start.labels), self.epsilon, leaf_index)
+                 self.start.list_size, len(self.start.labels), self.epsilon, leaf_index,
+                 extra=self._record_end("released"))
         return Report(self.job_id, report_json, checkpoint, leaf_index, canonical_json(entry))
 
     def stored_copies(self, audience) -> dict:
@@ -417,6 +447,7 @@ class MatchJob:
         """Filter the matched rows, refuse a slice whose noisy size is under k, store it, log it."""
         runner, activation = self._runner, self.activation
         assert activation is not None and self._expression is not None
+        self.phases.enter("release")
         audience = self.session.members  # the snapshot the stream was built from, even if an import ran since
         rows = self.session.matched_rows()
         chosen = rows[self._expression.mask_filter(audience.segment_bits[rows])]
@@ -448,28 +479,55 @@ class MatchJob:
         faults.point("release.before_log")
         leaf_index, checkpoint = runner.audit_log.append([entry], then=store_slice)
         faults.point("release.after_log")
-        log.info("activation %s (job %s) for %s stored: %d rows, expires %s", handle, self.job_id, self.merchant.name,
-                 len(chosen), round(expires))
+        # The noisy size, as released: the slice's true size is not the logs' to hold.
+        log.info("activation %s (job %s) for %s stored: noisy size %d, expires %s", handle, self.job_id,
+                 self.merchant.name, released, round(expires), extra=self._record_end("released"))
         return ActivationResult(handle, released, expires, checkpoint, leaf_index)
 
     def fail(self, error: BaseException) -> None:
         """End the job on ``error``: audited with its charge; a deviation also suspends the merchant."""
-        self.abort(str(error) or type(error).__name__)
+        refused = isinstance(error, PolicyRefused)
+        self.abort(str(error) or type(error).__name__, state="refused" if refused else "failed",
+                   code=error.reason if refused else None)
         if isinstance(error, ProtocolDeviation):
             self._runner.suspend(self.merchant, f"job {self.job_id}: {error}")
 
-    def abort(self, reason: str) -> None:
-        """Idempotent, and a no-op after a release: safe to call from any cleanup path."""
+    def abort(self, reason: str, *, state: str = "cancelled", code: str | None = None) -> None:
+        """Idempotent, and a no-op after a release: safe to call from any cleanup path. ``state`` and
+        ``code`` (a refusal's reason code) are for the metrics: without an error, the job was cancelled."""
         if not self._end():
             return
         runner = self._runner
-        log.info("job %s for %s failed: %s", self.job_id, self.merchant.name, reason[:200])
+        log.info("job %s for %s failed: %s", self.job_id, self.merchant.name, reason[:200],
+                 extra=self._record_end(state, code))
         entry = _entry("failed", self.job_id, self.merchant, self.policy, self.start, runner.store.now(),
                        started=self.started, reason=reason[:500], protocol=self.protocol,
                        epsilon=self.epsilon if self.charged else 0.0, charged=self.charged)
         faults.point("fail.before_log")
         runner.audit_log.append([entry], then=lambda conn, first: runner.store.finish_job_in(
             conn, self.job_id, released=False, reason=reason[:500]))
+
+    def _record_end(self, state: str, code: str | None = None) -> dict:
+        """Record the job's end in the metrics; the structured fields of its last log line."""
+        phases = self.phases.stop()
+        self._runner.metrics.job_ended(kind=self.kind, protocol=self.protocol, state=state, reason=code,
+                                       phases=phases)
+        for phase, seconds in phases.items():
+            if phase != "total":
+                log.debug("job %s phase %s: %.3f s", self.job_id, phase, seconds,
+                          extra=fields(job_id=self.job_id, merchant=self.merchant.name, phase=phase, duration=seconds))
+        return fields(job_id=self.job_id, merchant=self.merchant.name, kind=self.kind, protocol=self.protocol,
+                      outcome=state, reason=code, duration=round(phases["total"], 6),
+                      phases={phase: round(s, 6) for phase, s in phases.items() if phase != "total"})
+
+
+def job_kind(start: JobStart, activation: ActivationRequest | None, protocol: str) -> str:
+    """activation, count_only (secure protocol, no segment asked: per-label overlap counts only) or match."""
+    if activation is not None:
+        return "activation"
+    if protocol != SEMI_HONEST and not start.all_segments and not start.segments:
+        return "count_only"
+    return "match"
 
 
 def _interrupted_entry(job: dict, now: float, reason: str) -> dict:

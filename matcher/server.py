@@ -17,11 +17,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from matcher import keys as keys_mod
+from matcher._logging import fields
 from matcher.errors import InputError
 from matcher.crypto import pool
 from matcher.crypto.kernels import EncryptionContext, Kernels, local_kernels
 from matcher.jobs import STREAM_SCALAR, JobRunner
 from matcher.log.auditlog import AuditLog
+from matcher.metrics import MetricsEndpoint, PrometheusRecorder
 from matcher.policy import NoiseSource
 from matcher.protocol.platform import precompute_stream
 from matcher.service import AUDITOR, MERCHANT, AuditServicer, Authenticator, MatchServicer
@@ -59,6 +61,8 @@ class ServerConfig:
     randomness_pool: int = 0
     # Precomputed member halves of job streams (b, order, b·H(y)) to keep ready; 0 = none.
     stream_slots: int = 0
+    # HOST:PORT of the Prometheus endpoint (matcher.metrics); None = no metrics, nothing recorded.
+    metrics: str | None = None
 
 
 class _StreamGuard:
@@ -115,7 +119,8 @@ class _StreamGuard:
             with self._lock:
                 stalled = [entry for entry in self._open.values() if now - entry[2] > self._idle]
             for merchant, context, _ in stalled:
-                log.warning("a job stream of %s sent nothing for %g s: cancelled", merchant, self._idle)
+                log.warning("a job stream of %s sent nothing for %g s: cancelled", merchant, self._idle,
+                            extra=fields(merchant=merchant, outcome="cancelled"))
                 context.cancel()
 
     def stop(self) -> None:
@@ -261,6 +266,7 @@ class MatcherServer:
     runner: JobRunner
     health: health.HealthServicer
     filler: _Precomputer | None = None
+    metrics: MetricsEndpoint | None = None
     _stopping: threading.Lock = field(default_factory=threading.Lock)
     _stopped: bool = False
 
@@ -268,6 +274,8 @@ class MatcherServer:
         self.grpc_server.start()
         if self.filler:
             self.filler.start()
+        if self.metrics:
+            self.metrics.start()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return self.grpc_server.wait_for_termination(timeout)
@@ -288,6 +296,8 @@ class MatcherServer:
         for job in self.runner.running():  # past the grace: each ends as failed, logged with its charge
             job.abort("server shut down during the job")
         self.runner.recover_interrupted("server shut down during the job")
+        if self.metrics:  # before the store closes: a scrape reads it
+            self.metrics.stop()
         self.runner.kernels.close()
         self.store.close()
 
@@ -310,9 +320,10 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     log.info("audience loaded: %d members", len(store.load_audience()))
     audit_log = AuditLog.for_store(store, keys.signer)
     kernels = config.kernels or local_kernels(config.parallel)
+    recorder = PrometheusRecorder() if config.metrics else None
     runner = JobRunner(store, keys, audit_log, kernels=kernels, noise=config.noise,
                        max_concurrent_jobs=config.max_concurrent_jobs,
-                       rng=config.rng)
+                       rng=config.rng, metrics=recorder)
     auth = Authenticator(store)
     # No SO_REUSEPORT: a second server on a port in use must fail, not take part of the traffic.
     options = [("grpc.so_reuseport", 0),
@@ -341,7 +352,11 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
             port = _bind(lambda: server.add_secure_port(config.listen, creds), config.listen)
         else:
             port = _bind(lambda: server.add_insecure_port(config.listen), config.listen)
+        if recorder is not None:
+            recorder.watch(runner, stream_slots=config.stream_slots, randomness_pool=config.randomness_pool)
+            endpoint = MetricsEndpoint(recorder.registry, config.metrics)
     except (InputError, ValueError, OSError):
+        server.stop(None)  # gives back a port it may have bound
         if config.kernels is None:
             kernels.close()
         store.close()
@@ -355,6 +370,7 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     store.drop_stream_slots(keep_version=store.load_audience().version, at_startup=True)
     filler = (_Precomputer(runner, config.randomness_pool, config.stream_slots)
               if config.randomness_pool > 0 or config.stream_slots > 0 else None)
-    matcher_server = MatcherServer(server, store, runner, health_servicer, filler)
+    matcher_server = MatcherServer(server, store, runner, health_servicer, filler,
+                                   metrics=endpoint if recorder is not None else None)
     matcher_server.guard = guard
     return matcher_server, port
