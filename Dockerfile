@@ -1,7 +1,7 @@
 # matcher server image: `matcher serve` on a SQLite database in the /data volume.
 #
 #   docker build -t matcher .
-#   docker run -d --name matcher -p 50051:50051 -v matcher-data:/data matcher
+#   docker run -d --name matcher -p 50051:50051 -v matcher-data:/data --stop-timeout 30 matcher
 #   docker exec matcher matcher merchant add --db /data/matcher.db demo-coffee   # prints the token once
 #
 # deploy/compose.yaml adds Prometheus; docs/operators.md is the operator's guide.
