@@ -170,14 +170,12 @@ def main() -> None:
     try:
         wait_healthy(address)
         wait_precomputed(db)
-        streams = 1 + len(SEGMENTS)
-        note(f"The progress bars count values, not people. 'blinding': the merchant's {data.unique_customers:,} "
-             f"distinct ids, blinded once for each of {streams} streams (every member, then one per segment), "
-             f"{streams} × {data.unique_customers:,} = {streams * data.unique_customers:,}. 'matching': what the "
-             f"server streams, {PLATFORM_MEMBERS + sum(data.segment_members.values()):,} member values "
-             f"({PLATFORM_MEMBERS:,} members, then each segment's holders), plus in each stream {audit_rows:,} "
-             f"audit rows (they catch a client that does not blind honestly) and random padding that hides the "
-             f"stream's true size.")
+        streams, ids = 1 + len(SEGMENTS), data.unique_customers
+        note(f"The bars count values, not people. blinding: {ids:,} ids × {streams} streams (every member, then "
+             f"one per segment) = {streams * ids:,}. matching: the streams' "
+             f"{PLATFORM_MEMBERS + sum(data.segment_members.values()):,} member values plus, per stream, "
+             f"{audit_rows:,} audit rows (they catch a client that does not blind honestly) and random DP "
+             f"padding (it hides the stream's true size).")
         match_started = time.monotonic()
         run("matcher-client", "match", "--server", address, "--token", token, str(merchant),
             "--id-column", "phone", "--id-type", "phone", "--label-column", "store", "--json", str(OUT / "report.json"))
