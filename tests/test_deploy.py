@@ -4,6 +4,7 @@ on an empty volume initialises, later starts and other commands never do."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -63,3 +64,21 @@ def test_entrypoint_initialises_on_the_first_serve_only(tmp_path):
     assert code == 0, err
     assert "first start" not in err and "verifier key" not in out
     assert keys.read_bytes() == key_bytes  # the operator's keys survive a restart
+
+
+def test_deploy_files_use_only_flags_that_serve_knows():
+    """compose.yaml and matcher.service spell `matcher serve` commands by hand: a renamed flag
+    would only show when the container or the unit fails to start."""
+    from matcher.cli import serve
+
+    known = {opt for param in serve.params for opt in param.opts}
+    deploy = ENTRYPOINT.parent
+    compose = (deploy / "compose.yaml").read_text()
+    matcher_service = compose[compose.index("  matcher:"):compose.index("  prometheus:")]
+    compose_flags = re.findall(r"^\s*#?\s*- (--[a-z-]+)\s*$", matcher_service, re.M)
+    unit = (deploy / "matcher.service").read_text()
+    unit_flags = [flag for line in re.findall(r"^#?ExecStart=.*serve.*(?:\n#?\s+.*)*", unit, re.M)
+                  for flag in re.findall(r"(--[a-z-]+)", line)]
+    assert "--metrics" in compose_flags and "--log-format" in unit_flags   # the parse found the commands
+    assert set(compose_flags) - known == set()
+    assert set(unit_flags) - known == set()
