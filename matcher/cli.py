@@ -82,10 +82,13 @@ def audience() -> None:
                    "without it such a row fails the import and nothing is written.")
 @click.option("--executor", default="local", show_default=True,
               help="Where the hashing runs: local (all cores), inline (this process) or dask://HOST:PORT.")
+@click.option("--delimiter", default=None, metavar="CHAR",
+              help="The CSV delimiter, e.g. ';' or tab (default: sniffed from the header: , ; tab |).")
 @json_option
 def audience_import(db: Path, file: str, id_column: str, id_type: str, segments: str, region: str,
-                    hashed_kind: str, skip_invalid: bool, executor: str, as_json: bool) -> None:
-    """Import (or update) members from a CSV/Parquet FILE (or - for stdin); hashes each id to the group once.
+                    hashed_kind: str, skip_invalid: bool, executor: str, delimiter: str | None, as_json: bool) -> None:
+    """Import (or update) members from a CSV (.csv.gz too) or Parquet FILE (or - for stdin); hashes each id to the
+    group once.
 
     A member already present (earlier in the file, or from an earlier import) gets the segments of
     its latest row. Segment values are 1/0, true/false or yes/no (any case); any other value, blank
@@ -110,7 +113,8 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
         summary = import_file(store, file, id_column=id_column, id_type=id_type, segments=names, region=region,
                               hashed_kind=hashed_kind, kernels=kernels, skip_invalid=skip_invalid,
                               progress=lambda n: progress.advance(task, n),
-                              workers=(os.cpu_count() or 1) if (total or 0) > 200_000 else 1)
+                              workers=(os.cpu_count() or 1) if (total or 0) > 200_000 else 1,
+                              delimiter=tabular.parse_delimiter(delimiter))
     reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary.invalid.items()))
     console.print(f"read {summary.rows} rows: imported {summary.imported}, duplicates {summary.duplicates} "
                   f"({summary.unchanged} unchanged, not written again), "
