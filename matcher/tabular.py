@@ -21,6 +21,7 @@ import difflib
 import gzip
 import io
 import itertools
+import math
 import shutil
 import sys
 import tempfile
@@ -83,13 +84,13 @@ def cell_text(value) -> str | None:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if value != value:  # NaN
+        if math.isnan(value):
             return None
         return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     try:
-        if value != value:  # numpy.nan, pandas.NaT
+        if value != value:  # noqa: PLR0124 (a missing value of some library: pandas.NaT, a numpy NaN)
             return None
     except (TypeError, ValueError):  # pandas.NA refuses to be a bool
         return None
