@@ -134,14 +134,16 @@ def test_an_unreachable_server_is_one_line_naming_it(tmp_path):
     assert "error: cannot reach" in result.stderr and "TLS" in result.stderr
 
 
-def test_a_list_under_the_policy_minimum_is_refused_here_naming_the_setting(operator, serve):
+def test_a_list_under_the_policy_minimum_is_refused_naming_the_setting(operator, serve):
     operator.seed(20, random.Random(6))
     exact_policy(operator.store, min_list_size="12")
     token = operator.token("merchant", "small")
     rows = [phone(i) for i in range(8)] + ["oops"]  # bare ids work as rows too
-    with pytest.raises(PolicyRefused, match="list has 8 unique IDs .*the policy's min_list_size is 12"):
+    with pytest.raises(PolicyRefused, match="list has 8 unique IDs") as err:
         api.match(serve().address, token, rows, id_type="phone")
-    assert operator.store.status()["jobs"] == {}  # refused before any job started
+    assert err.value.reason == "list_too_small"
+    assert err.value.hint.startswith("the policy's min_list_size is 12, the list has 8 unique IDs in 9 rows")
+    assert operator.store.status()["jobs"] == {"refused": 1}  # the server refused it, and logged that
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ scalar that never leaves memory, and only a·H(x) goes on the wire.
     >>> report.to_pandas()
 
 The order of a job: the server and the token are checked first (one cheap call), then the list is
-read and normalized (the slow local part), checked against the server's published policy, and only
-then blinded and sent.
+read and normalized (the slow local part); the server checks its policy before any crypto (and
+logs a refusal), and a refusal names the published setting that refused it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 from matcher import ids, tabular
 from matcher.crypto.kernels import Kernels, local_kernels
-from matcher.errors import InputError, LimitExceeded, PolicyRefused, ProtocolError
+from matcher.errors import InputError, LimitExceeded, PolicyRefused, ProtocolDeviation, ProtocolError
 from matcher.protocol.merchant import MerchantSession
 from matcher.protocol.messages import PROTOCOL_CHOICES, SECURE, SEMI_HONEST, AudienceChunk, BlindedChunk, JobAccepted
 from matcher.protocol.secure_merchant import SecureMerchantSession
@@ -206,28 +206,40 @@ def check_server(server: str, token: str, *, tls_ca: str | None = None,
     return ServerCheck(budget=_budget(reply), policy=policy if isinstance(policy, dict) else {})
 
 
-def check_policy(policy: Mapping, merchant_list: MerchantList) -> None:
-    """Refuse, before any crypto or traffic, a list the server's published policy would refuse, naming
-    the setting and its value. (The server checks again, and decides: this only saves the wait.)"""
+def policy_problem(policy: Mapping, merchant_list: MerchantList) -> tuple[str, str, str] | None:
+    """What in the server's published ``policy`` refuses this list, or None: ``(reason, the setting
+    and its value, the fix)``. The server decides, before any crypto, and logs the refusal in the
+    audit log; this only names the setting when it refuses (:func:`explained_refusals`)."""
     prepared = merchant_list.prepared
     size, sizes = len(prepared.keys), prepared.label_sizes or {"all": 0}
-    skipped = sum(prepared.invalid.values()) + prepared.duplicates
-    of_rows = f" (of {prepared.rows} rows: {skipped} invalid or duplicate)" if skipped else ""
     low, high, most = (policy.get(k) for k in ("min_list_size", "max_list_size", "max_labels"))
     if isinstance(low, int) and size < low:
-        raise PolicyRefused(f"list has {size} unique IDs{of_rows}; the policy's min_list_size is {low}",
-                            reason="list_too_small", hint="add IDs, or ask the operator about min_list_size")
+        return "list_too_small", f"the policy's min_list_size is {low}, the list has {size} unique IDs " \
+                                 f"in {prepared.rows} rows", "add IDs, or ask the operator about min_list_size"
     if isinstance(high, int) and size > high:
-        raise PolicyRefused(f"list has {size} unique IDs; the policy's max_list_size is {high}",
-                            reason="list_too_large", hint="split the list into several jobs")
+        return "list_too_large", f"the policy's max_list_size is {high}", "split the list into several jobs"
     if isinstance(most, int) and len(sizes) > most:
-        raise PolicyRefused(f"list has {len(sizes)} labels; the policy's max_labels is {most}",
-                            reason="too_many_labels", hint="merge labels or drop the label column")
+        return "too_many_labels", f"the policy's max_labels is {most}", "merge labels or drop the label column"
     small = {label: n for label, n in sizes.items() if isinstance(low, int) and n < low}
     if small:
         named = ", ".join(f"'{label}' has {n}" for label, n in small.items())
-        raise PolicyRefused(f"every label needs the policy's min_list_size of {low} unique IDs; {named}",
-                            reason="label_too_small", hint="merge the small labels into others or drop the label column")
+        return "label_too_small", f"the policy's min_list_size of {low} holds for each label: {named}", \
+            "merge the small labels into others or drop the label column"
+    return None
+
+
+@contextlib.contextmanager
+def explained_refusals(policy: Mapping, merchant_list: MerchantList) -> Iterator[None]:
+    """A job the server refused (FAILED_PRECONDITION) becomes a :class:`~matcher.errors.PolicyRefused`
+    with the server's words and, as the hint, the published setting that refused it."""
+    try:
+        yield
+    except ProtocolError as refused:
+        problem = policy_problem(policy, merchant_list)
+        if problem is None or isinstance(refused, ProtocolDeviation):
+            raise
+        reason, setting, fix = problem
+        raise PolicyRefused(refused.message, reason=reason, hint=f"{setting}: {fix}") from None
 
 
 def match(server: str, token: str, data=None, *, id_column: str | None = None, id_type: str,
@@ -261,9 +273,9 @@ def match(server: str, token: str, data=None, *, id_column: str | None = None, i
         report.to_pandas(); report.plot()           # pip install 'matcher[notebook]'
 
     The server and ``token`` are checked first (a wrong token or an unreachable server fails in
-    about a second, before the list is read), then the list is normalized and checked against the
-    server's policy (list size, labels), then the job runs. Raises a
-    :class:`~matcher.errors.MatcherError` naming the problem and the fix.
+    about a second, before the list is read), then the list is normalized, then the job runs; a job
+    the policy refuses (list size, labels) is a :class:`~matcher.errors.PolicyRefused` naming the
+    setting. Every failure is a :class:`~matcher.errors.MatcherError` naming the problem and the fix.
 
     Every segment is counted unless ``segments`` names some (each costs one more pass over the
     platform members that hold it); ``count_only``: per-label overlap counts only, the fastest job.
@@ -275,18 +287,19 @@ def match(server: str, token: str, data=None, *, id_column: str | None = None, i
     this merchant's blinded copy of its audience between jobs; README "Unbalanced mode"). The
     unbalanced protocol's long-lived key lives in ``enrollment_key`` (default: one file per server
     and token under ~/.matcher-client, or $MATCHER_CLIENT_HOME), encrypted with the token."""
-    merchant_list = _checked_list(server, token, data, rows, id_column=id_column, id_type=id_type,
-                                  label_column=label_column, delimiter=delimiter, region=region,
-                                  hashed_kind=hashed_kind, tls_ca=tls_ca, progress=progress, timeout=timeout)
-    return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
-                   timeout=timeout, rng=rng, cache=cache, count_only=count_only, segments=segments, protocol=protocol,
-                   retries=retries, mode=mode, enrollment_key=enrollment_key)
+    merchant_list, policy = _checked_list(server, token, data, rows, id_column=id_column, id_type=id_type,
+                                          label_column=label_column, delimiter=delimiter, region=region,
+                                          hashed_kind=hashed_kind, tls_ca=tls_ca, progress=progress, timeout=timeout)
+    with explained_refusals(policy, merchant_list):
+        return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
+                       timeout=timeout, rng=rng, cache=cache, count_only=count_only, segments=segments,
+                       protocol=protocol, retries=retries, mode=mode, enrollment_key=enrollment_key)
 
 
 def _checked_list(server: str, token: str, data, rows, *, id_column: str | None, id_type: str,
                   label_column: str | None, delimiter: str | None, region: str, hashed_kind: str,
-                  tls_ca: str | None, progress: Progress | None, timeout: float | None) -> MerchantList:
-    """The list of a job, read after the server and the token proved good, and checked against the policy."""
+                  tls_ca: str | None, progress: Progress | None, timeout: float | None) -> tuple[MerchantList, dict]:
+    """The list of a job, read after the server and the token proved good; and the server's policy."""
     if (data is None) == (rows is None):
         raise InputError("give the list once: as data (a path, a DataFrame or rows) or as rows=")
     data = rows if data is None else data
@@ -295,8 +308,7 @@ def _checked_list(server: str, token: str, data, rows, *, id_column: str | None,
     checked = check_server(server, token, tls_ca=tls_ca, timeout=min(timeout or CHECK_TIMEOUT, CHECK_TIMEOUT))
     merchant_list = read_list(data, id_column=id_column, id_type=id_type, label_column=label_column,
                               region=region, hashed_kind=hashed_kind, progress=progress, delimiter=delimiter)
-    check_policy(checked.policy, merchant_list)
-    return merchant_list
+    return merchant_list, checked.policy
 
 
 @contextlib.contextmanager
@@ -529,9 +541,13 @@ def activate(server: str, token: str, merchant_list, *, name: str, where: str,
     if not isinstance(merchant_list, MerchantList):
         if id_type is None:
             raise InputError("which kind of IDs does the list hold?", hint="give id_type= (phone, email, sha256, opaque)")
-        merchant_list = _checked_list(server, token, merchant_list, None, id_column=id_column, id_type=id_type,
-                                      label_column=label_column, delimiter=delimiter, region=region,
-                                      hashed_kind=hashed_kind, tls_ca=tls_ca, progress=progress, timeout=timeout)
+        merchant_list, policy = _checked_list(server, token, merchant_list, None, id_column=id_column,
+                                              id_type=id_type, label_column=label_column, delimiter=delimiter,
+                                              region=region, hashed_kind=hashed_kind, tls_ca=tls_ca,
+                                              progress=progress, timeout=timeout)
+        with explained_refusals(policy, merchant_list):
+            return activate(server, token, merchant_list, name=name, where=where, label=label, tls_ca=tls_ca,
+                            progress=progress, kernels=kernels, timeout=timeout, rng=rng, cache=cache)
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
     with _kernels(kernels, len(prepared.keys), cache) as kernels:

@@ -67,7 +67,7 @@ def _progress_mode(mode: str | None, quiet: bool, json_out: Path | None) -> str:
 def _read_checked(server: str, token: str, tls_ca: str | None, timeout: float | None, file: str, id_column: str,
                   id_type: str, label_column: str | None, delimiter: str | None, region: str, hashed_kind: str,
                   mode: str):
-    """The server and the token first (a second), then the list (the slow part), then the policy."""
+    """The server and the token first (a second), then the list (the slow part); and the server's policy."""
     delimiter = tabular.parse_delimiter(delimiter)
     tabular.check_readable(file)
     checked = api.check_server(server, token, tls_ca=tls_ca,
@@ -79,8 +79,7 @@ def _read_checked(server: str, token: str, tls_ca: str | None, timeout: float | 
     if mode != "json":
         console.print(f"{prepared.rows} rows: {len(prepared.keys)} unique ids, {prepared.duplicates} duplicates, "
                       f"{sum(prepared.invalid.values())} invalid {_reasons(prepared.invalid)}", highlight=False)
-    api.check_policy(checked.policy, merchant_list)
-    return merchant_list
+    return merchant_list, checked.policy
 
 
 def _write_json(json_out: Path, result: dict) -> None:
@@ -158,9 +157,9 @@ def match(server: str, token: str, file: str, id_column: str, id_type: str, labe
         raise click.UsageError("the semi-honest protocol always counts every segment")
     _check_plot(plot)
     mode = _progress_mode(progress_mode, quiet, json_out)
-    merchant_list = _read_checked(server, token, tls_ca, timeout, file, id_column, id_type, label_column, delimiter,
-                                  region, hashed_kind, mode)
-    with progress(mode, console) as notify:
+    merchant_list, policy = _read_checked(server, token, tls_ca, timeout, file, id_column, id_type, label_column,
+                                          delimiter, region, hashed_kind, mode)
+    with progress(mode, console) as notify, api.explained_refusals(policy, merchant_list):
         report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout,
                              cache=cache, count_only=count_only, segments=segments,
                              protocol="semi_honest" if protocol == "semi-honest" else "secure",
@@ -225,9 +224,9 @@ def activate(server: str, token: str, file: str, id_column: str, id_type: str, l
     which of ITS members they are; you learn only a noisy size). FILE as for `match` (CSV, .csv.gz,
     Parquet, - for stdin)."""
     mode = _progress_mode(progress_mode, quiet, json_out)
-    merchant_list = _read_checked(server, token, tls_ca, timeout, file, id_column, id_type, label_column, delimiter,
-                                  region, hashed_kind, mode)
-    with progress(mode, console) as notify:
+    merchant_list, policy = _read_checked(server, token, tls_ca, timeout, file, id_column, id_type, label_column,
+                                          delimiter, region, hashed_kind, mode)
+    with progress(mode, console) as notify, api.explained_refusals(policy, merchant_list):
         result = api.activate(server, token, merchant_list, name=name, where=where_expr, label=label, tls_ca=tls_ca,
                               progress=notify, timeout=timeout, cache=cache)
     if json_out:
