@@ -55,10 +55,12 @@ def count_rows(path: str) -> int | None:
 
 
 def check_readable(path: str) -> None:
-    """Raise the :class:`InputError` that reading ``path`` would (missing, a directory, no
-    permission), without reading it: what to check before a slower step (say, asking a server)."""
+    """Raise the :class:`InputError` that opening ``path`` would (missing, a directory, no
+    permission, an Excel workbook or anything else :func:`read_columns` does not read), from its
+    first few KiB: what to check before a slower step (say, asking a server)."""
     if path != "-":
-        open_input(path).close()
+        with open_input(path) as raw:
+            _detect(path, raw, parquet_name=_is_parquet(path))
 
 
 def parse_delimiter(text: str | None) -> str | None:

@@ -100,7 +100,8 @@ def test_an_excel_workbook_is_named_as_one(tmp_path):
     with zipfile.ZipFile(path, "w") as book:
         book.writestr("[Content_Types].xml", "<Types/>")
         book.writestr("xl/workbook.xml", "<workbook/>")
-    for call in (lambda: read_all(path, ["phone"]), lambda: tabular.count_rows(str(path))):
+    for call in (lambda: read_all(path, ["phone"]), lambda: tabular.count_rows(str(path)),
+                 lambda: api.match("127.0.0.1:1", "mt_x", path, id_column="phone", id_type="phone")):  # no server
         with pytest.raises(InputError, match="is an Excel workbook") as err:
             call()
         assert "save it as CSV" in err.value.hint
@@ -216,3 +217,14 @@ def test_audience_import_takes_a_delimiter(operator, tmp_path):
                                                 "member", "--delimiter", ":"])
     assert result.exit_code == 0, result.output
     assert operator.store.audience_info()["members"] == 2
+
+
+def test_stdin_may_be_gzip_or_parquet(monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    parquet = io.BytesIO()
+    pq.write_table(pa.table({"phone": [13800000001, None]}), parquet)  # an int column with a gap
+    for data, expected in [(gzip.compress(b"phone\n13800000001\n"), [("13800000001",)]),
+                           (parquet.getvalue(), [("13800000001",), (None,)])]:
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data)))
+        assert read_all("-", ["phone"]) == expected

@@ -37,7 +37,8 @@ def list_job_options(command):
         click.option("--delimiter", default=None, metavar="CHAR",
                      help="CSV delimiter, e.g. ';' or tab (default: sniffed from the header line: , ; tab |)."),
         click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-                     help="Write the result here as JSON; - for stdout (the table then goes to stderr)."),
+                     help="Write the result here as JSON; - for stdout (then progress is JSON lines on stderr "
+                          "and no table is printed, unless --progress bar: the table goes to stderr)."),
         click.option("--region", default="CN", show_default=True,
                      help="Default region for phones without a country code."),
         click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
@@ -148,7 +149,7 @@ def match(server: str, token: str, file: str, id_column: str, id_type: str, labe
 
     \b
     --json report.json   the report JSON (design.md) in a file
-    --json -             on stdout; the table goes to stderr, progress becomes JSON lines there
+    --json -             on stdout, and progress as JSON lines on stderr (no table)
     --plot rates.png     segment rates per label, as a chart"""
     segments = [s.strip() for s in segment_names.split(",") if s.strip()] if segment_names is not None else None
     if count_only and segments:

@@ -51,7 +51,8 @@ def dataframe_kind(data: Any) -> str | None:
 
 def check_local(data: Any) -> None:
     """What can be checked of ``data`` without reading it, before a network round trip: a path
-    that cannot be opened (missing, a directory, no permission) fails here."""
+    that cannot be opened (missing, a directory, no permission) or holds something we do not read
+    (an Excel workbook, a ZIP, ...) fails here."""
     if is_path(data):
         tabular.check_readable(os.fspath(data))
 
