@@ -274,14 +274,14 @@ def _positions(name: str, header: list[str], columns: Sequence[str | None]) -> l
 
 
 def _columns_hint(column: str, header: list[str]) -> str:
-    found = ", ".join(f"'{h}'" for h in header)
+    found = ", ".join(header)
     if len(header) == 1 and any(d in header[0] for d in DELIMITERS + " :"):
-        return f"one column found, {found}: give the file's delimiter with --delimiter"
+        return f"columns are: {found} (one column: give the file's delimiter with --delimiter)"
     lowered = [h.lower() for h in header]
     close = difflib.get_close_matches(column.lower(), lowered, n=1, cutoff=0.6)
     if close:
-        return f"did you mean '{header[lowered.index(close[0])]}'? columns found: {found}"
-    return f"columns found: {found}"
+        return f"columns are: {found} (did you mean '{header[lowered.index(close[0])]}'?)"
+    return f"columns are: {found}"
 
 
 def _parquet_rows(stream: BinaryIO) -> int | None:

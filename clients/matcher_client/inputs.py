@@ -87,7 +87,7 @@ def _frame_columns(frame: Any, kind: str, id_column: str, label_column: str | No
     for column in (id_column, label_column):
         if column is not None and column not in columns:
             raise InputError(f"the DataFrame has no column '{column}'",
-                             hint=f"columns found: {', '.join(repr(c) for c in columns)}")
+                             hint=f"columns are: {', '.join(columns)}")
 
     def values(column: str) -> list:
         if kind == "pandas":
