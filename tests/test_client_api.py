@@ -67,6 +67,11 @@ def test_whole_floats_and_nan_from_pandas_are_digits_and_blanks():
     with pytest.raises(InputError, match="no column 'mobile'") as err:
         api.read_list(df, id_column="mobile", id_type="phone")
     assert err.value.hint == "columns are: phone"
+    pa = pytest.importorskip("pyarrow")
+    for same in (pa.table({"phone": [13800000001, None, 13800000002]}),  # an Arrow table
+                 zip([13800000001, None, "138 0000 0002"], ["a", "b", "a"])):  # rows, of unknown length
+        again = api.read_list(same, id_column="phone", id_type="phone")
+        assert again.prepared.keys == merchant_list.prepared.keys and again.prepared.invalid == {"empty": 1}
 
 
 def test_a_path_to_a_gzipped_semicolon_file_matches_exactly(operator, serve, tmp_path):
