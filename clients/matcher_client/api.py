@@ -77,7 +77,8 @@ def read_list(file, *, id_column: str | None = None, id_type: str, label_column:
     or ``python -`` included (see :func:`_worker_context`)."""
     notify = progress or (lambda phase, done, total: None)
     ids.hash_kind(id_type, hashed_kind)  # refuse a bad id type before reading anything
-    source = inputs.open_source(file, id_column=id_column, label_column=label_column, delimiter=delimiter)
+    source = inputs.open_source(file, id_column=id_column, label_column=label_column,
+                                delimiter=tabular.parse_delimiter(delimiter))
     total, batches = source.total, source.batches  # a missing file failed already, before any process starts
     first = next(batches, [])
     batches = itertools.chain([first], batches)
@@ -287,7 +288,7 @@ def match(server: str, token: str, data=None, *, id_column: str | None = None, i
     this merchant's blinded copy of its audience between jobs; README "Unbalanced mode"). The
     unbalanced protocol's long-lived key lives in ``enrollment_key`` (default: one file per server
     and token under ~/.matcher-client, or $MATCHER_CLIENT_HOME), encrypted with the token."""
-    merchant_list, policy = _checked_list(server, token, data, rows, id_column=id_column, id_type=id_type,
+    merchant_list, policy = read_checked(server, token, data, rows, id_column=id_column, id_type=id_type,
                                           label_column=label_column, delimiter=delimiter, region=region,
                                           hashed_kind=hashed_kind, tls_ca=tls_ca, progress=progress, timeout=timeout)
     with explained_refusals(policy, merchant_list):
@@ -296,14 +297,18 @@ def match(server: str, token: str, data=None, *, id_column: str | None = None, i
                        protocol=protocol, retries=retries, mode=mode, enrollment_key=enrollment_key)
 
 
-def _checked_list(server: str, token: str, data, rows, *, id_column: str | None, id_type: str,
-                  label_column: str | None, delimiter: str | None, region: str, hashed_kind: str,
-                  tls_ca: str | None, progress: Progress | None, timeout: float | None) -> tuple[MerchantList, dict]:
-    """The list of a job, read after the server and the token proved good; and the server's policy."""
+def read_checked(server: str, token: str, data, rows=None, *, id_column: str | None = None, id_type: str,
+                 label_column: str | None = None, delimiter: str | None = None, region: str = "CN",
+                 hashed_kind: str = "phone", tls_ca: str | None = None, progress: Progress | None = None,
+                 timeout: float | None = None) -> tuple[MerchantList, dict]:
+    """The list of a job (:func:`read_list`), read only after the server answered and took the
+    token (:func:`check_server`), and the policy the server publishes (for :func:`explained_refusals`).
+    Local problems that need no reading (a bad id type, a missing file, an Excel workbook) come first."""
     if (data is None) == (rows is None):
         raise InputError("give the list once: as data (a path, a DataFrame or rows) or as rows=")
     data = rows if data is None else data
     ids.hash_kind(id_type, hashed_kind)  # a bad id type or hashed kind, before anything else
+    tabular.parse_delimiter(delimiter)   # a bad --delimiter
     inputs.check_local(data)              # a missing file too: no need to ask the server about it
     checked = check_server(server, token, tls_ca=tls_ca, timeout=min(timeout or CHECK_TIMEOUT, CHECK_TIMEOUT))
     merchant_list = read_list(data, id_column=id_column, id_type=id_type, label_column=label_column,
@@ -541,7 +546,7 @@ def activate(server: str, token: str, merchant_list, *, name: str, where: str,
     if not isinstance(merchant_list, MerchantList):
         if id_type is None:
             raise InputError("which kind of IDs does the list hold?", hint="give id_type= (phone, email, sha256, opaque)")
-        merchant_list, policy = _checked_list(server, token, merchant_list, None, id_column=id_column,
+        merchant_list, policy = read_checked(server, token, merchant_list, None, id_column=id_column,
                                               id_type=id_type, label_column=label_column, delimiter=delimiter,
                                               region=region, hashed_kind=hashed_kind, tls_ca=tls_ca,
                                               progress=progress, timeout=timeout)

@@ -9,7 +9,6 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from matcher import tabular
 from matcher._cli import ErrorReportingGroup
 from matcher.errors import InputError
 from matcher_client import api
@@ -69,18 +68,16 @@ def _read_checked(server: str, token: str, tls_ca: str | None, timeout: float | 
                   id_type: str, label_column: str | None, delimiter: str | None, region: str, hashed_kind: str,
                   mode: str):
     """The server and the token first (a second), then the list (the slow part); and the server's policy."""
-    delimiter = tabular.parse_delimiter(delimiter)
-    tabular.check_readable(file)
-    checked = api.check_server(server, token, tls_ca=tls_ca,
-                               timeout=min(timeout or api.CHECK_TIMEOUT, api.CHECK_TIMEOUT))
     with progress(mode, console) as notify:
-        merchant_list = api.read_list(file, id_column=id_column, id_type=id_type, label_column=label_column,
-                                      region=region, hashed_kind=hashed_kind, progress=notify, delimiter=delimiter)
+        merchant_list, policy = api.read_checked(server, token, file, id_column=id_column, id_type=id_type,
+                                                 label_column=label_column, delimiter=delimiter, region=region,
+                                                 hashed_kind=hashed_kind, tls_ca=tls_ca, progress=notify,
+                                                 timeout=timeout)
     prepared = merchant_list.prepared
     if mode != "json":
         console.print(f"{prepared.rows} rows: {len(prepared.keys)} unique ids, {prepared.duplicates} duplicates, "
                       f"{sum(prepared.invalid.values())} invalid {_reasons(prepared.invalid)}", highlight=False)
-    return merchant_list, checked.policy
+    return merchant_list, policy
 
 
 def _write_json(json_out: Path, result: dict) -> None:
