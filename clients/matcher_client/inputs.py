@@ -30,7 +30,6 @@ class Source:
 
     batches: Batches
     total: int | None
-    name: str
 
 
 def is_path(data: Any) -> bool:
@@ -67,19 +66,19 @@ def open_source(data: Any, *, id_column: str | None, label_column: str | None = 
         total = tabular.count_rows(path)  # also refuses an Excel workbook & co. before any pool starts
         batches = ([(tabular.cell_text(r[0]) or "", r[1]) for r in batch]
                    for batch in tabular.read_columns(path, [id_column, label_column], delimiter=delimiter))
-        return Source(batches, total, path)
+        return Source(batches, total)
     kind = dataframe_kind(data)
     if kind is not None:
         if not id_column:
             raise InputError("which column of the DataFrame holds the IDs?", hint="give id_column=")
         ids, labels = _frame_columns(data, kind, id_column, label_column)
-        return Source(_batched(zip(ids, labels)), len(ids), f"the {kind} DataFrame")
+        return Source(_batched(zip(ids, labels)), len(ids))
     if isinstance(data, (bytes, bytearray, dict)) or not isinstance(data, Iterable):
         raise InputError(f"cannot read a list from a {type(data).__name__}",
                          hint="give a path (CSV, .csv.gz, Parquet), a pandas or Polars DataFrame, or rows of "
                               "(id, label)")
     total = len(data) if hasattr(data, "__len__") else None
-    return Source(_batched(_row(r) for r in data), total, "the rows")
+    return Source(_batched(_row(r) for r in data), total)
 
 
 def _frame_columns(frame: Any, kind: str, id_column: str, label_column: str | None) -> tuple[list, list]:

@@ -111,6 +111,8 @@ class Report(dict):
             >>> report.plot().figure.savefig("report.png")
         """
         _need("matplotlib", "plot()")
+        from matplotlib.ticker import PercentFormatter
+
         if ax is None:
             import matplotlib.pyplot as plt
 
@@ -125,11 +127,9 @@ class Report(dict):
             ys = [b + i * height for b in range(len(bars))]
             values = [rates[(label, name)] for name in bars]
             ax.barh(ys, [v if v is not None else 0 for v in values], height=height, label=label)
-            for y, name, value in zip(ys, bars, values):
+            for y, name in zip(ys, bars):
                 if counts[(label, name)] is None:
                     ax.text(0, y, " —", va="center", ha="left")
-        from matplotlib.ticker import PercentFormatter
-
         ax.set_yticks([b + (len(labels) - 1) * height / 2 for b in range(len(bars))], bars)
         ax.invert_yaxis()
         ax.xaxis.set_major_formatter(PercentFormatter(1.0))
