@@ -246,7 +246,7 @@ def explained_refusals(policy: Mapping, merchant_list: MerchantList) -> Iterator
 def match(server: str, token: str, data=None, *, id_column: str | None = None, id_type: str,
           label_column: str | None = None, rows: Iterable | None = None, delimiter: str | None = None,
           region: str = "CN", hashed_kind: str = "phone", tls_ca: str | None = None,
-          progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
+          progress: Progress | bool | None = None, kernels: Kernels | None = None, timeout: float | None = None,
           rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
           segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 10,
           mode: str = "auto", enrollment_key: str | None = None) -> Report:
@@ -273,6 +273,9 @@ def match(server: str, token: str, data=None, *, id_column: str | None = None, i
         report["labels"]["north"]["matched"]        # None when suppressed (below the policy's k)
         report.to_pandas(); report.plot()           # pip install 'matcher[notebook]'
 
+    ``progress=True`` shows a progress bar per step (normalize, hash & blind, stream, return,
+    match) with rates and ETA, in a terminal or a notebook; a callable gets ``(phase, done, total)``.
+
     The server and ``token`` are checked first (a wrong token or an unreachable server fails in
     about a second, before the list is read), then the list is normalized, then the job runs; a job
     the policy refuses (list size, labels) is a :class:`~matcher.errors.PolicyRefused` naming the
@@ -288,13 +291,29 @@ def match(server: str, token: str, data=None, *, id_column: str | None = None, i
     this merchant's blinded copy of its audience between jobs; README "Unbalanced mode"). The
     unbalanced protocol's long-lived key lives in ``enrollment_key`` (default: one file per server
     and token under ~/.matcher-client, or $MATCHER_CLIENT_HOME), encrypted with the token."""
-    merchant_list, policy = read_checked(server, token, data, rows, id_column=id_column, id_type=id_type,
-                                          label_column=label_column, delimiter=delimiter, region=region,
-                                          hashed_kind=hashed_kind, tls_ca=tls_ca, progress=progress, timeout=timeout)
-    with explained_refusals(policy, merchant_list):
-        return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
-                       timeout=timeout, rng=rng, cache=cache, count_only=count_only, segments=segments,
-                       protocol=protocol, retries=retries, mode=mode, enrollment_key=enrollment_key)
+    with _progress_bars(progress) as progress:
+        merchant_list, policy = read_checked(server, token, data, rows, id_column=id_column, id_type=id_type,
+                                             label_column=label_column, delimiter=delimiter, region=region,
+                                             hashed_kind=hashed_kind, tls_ca=tls_ca, progress=progress,
+                                             timeout=timeout)
+        with explained_refusals(policy, merchant_list):
+            return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
+                           timeout=timeout, rng=rng, cache=cache, count_only=count_only, segments=segments,
+                           protocol=protocol, retries=retries, mode=mode, enrollment_key=enrollment_key)
+
+
+@contextlib.contextmanager
+def _progress_bars(progress: Progress | bool | None) -> Iterator[Progress | None]:
+    """``progress=True``: rich bars (as the CLI draws them); anything else as given."""
+    if progress is not True:
+        yield progress or None
+        return
+    from rich.console import Console
+
+    from matcher_client._progress import progress as bars
+
+    with bars("bar", Console(stderr=True)) as notify:
+        yield notify
 
 
 def read_checked(server: str, token: str, data, rows=None, *, id_column: str | None = None, id_type: str,
