@@ -122,7 +122,7 @@ _SEGMENT_HINT = ("segment values must be 1/0, true/false or yes/no (blank is not
 def import_file(store: Store, path: str, *, id_column: str, id_type: str, segments: Sequence[str] = (),
                 region: str = "CN", hashed_kind: str = "phone", kernels: Kernels | None = None,
                 progress: Callable[[int], None] | None = None, skip_invalid: bool = False,
-                workers: int = 1, drop_segments: Sequence[str] = ()) -> ImportSummary:
+                workers: int = 1, drop_segments: Sequence[str] = (), delimiter: str | None = None) -> ImportSummary:
     """Stream ``path`` into the store, a batch at a time. Invalid rows are counted per reason;
     ``workers`` processes normalize the ids (start-up costs a second or two: for large files).
     ``segments`` must name every segment the audience has, except those in ``drop_segments``
@@ -142,20 +142,22 @@ def import_file(store: Store, path: str, *, id_column: str, id_type: str, segmen
     segments = store.segments_after_import(segments, drop_segments)
     with tabular.rereadable(path) as readable:
         if segments and not skip_invalid:
-            checked = _check_segments(readable, path, id_column, segments)
+            checked = _check_segments(readable, path, id_column, segments, delimiter)
             if checked.skipped_segments:
                 raise InputError(f"{path}: {segment_problem(path, checked)}; nothing was imported",
                                  hint=_SEGMENT_HINT)
         store.drop_segments(drop_segments)
         return _import(store, readable, path, id_column=id_column, id_type=id_type, segments=segments,
-                       region=region, kind=kind, kernels=kernels or Kernels(), progress=progress, workers=workers)
+                       region=region, kind=kind, kernels=kernels or Kernels(), progress=progress, workers=workers,
+                       delimiter=delimiter)
 
 
-def _check_segments(path: str, name: str, id_column: str, segments: Sequence[str]) -> ImportSummary:
+def _check_segments(path: str, name: str, id_column: str, segments: Sequence[str],
+                    delimiter: str | None = None) -> ImportSummary:
     """A cheap first pass (no id work): every bad segment value, before the import writes anything."""
     checked = ImportSummary(segments=list(segments))
     invalid: Counter[str] = Counter()
-    for rows in tabular.read_columns(path, [id_column, *segments], line_numbers=True, name=name):
+    for rows in tabular.read_columns(path, [id_column, *segments], line_numbers=True, name=name, delimiter=delimiter):
         for line, _, *values in rows:
             _bad_segment(line, segments, values, invalid, checked.bad_segments)
     checked.invalid = dict(invalid)
@@ -211,10 +213,11 @@ def _normalize(rows: Sequence, segments: Sequence[str], id_column: str, id_type:
     return batch
 
 
-def _normalized_batches(path: str, name: str, columns: Sequence[str], workers: int, work) -> Iterator[_Normalized]:
+def _normalized_batches(path: str, name: str, columns: Sequence[str], workers: int, work,
+                        delimiter: str | None = None) -> Iterator[_Normalized]:
     """``work(rows)`` of each batch of the file, in file order: on ``workers`` processes (reading
     ahead a little), since phonenumbers is the import's slowest step, or here when there is one."""
-    batches = tabular.read_columns(path, list(columns), line_numbers=True, name=name)
+    batches = tabular.read_columns(path, list(columns), line_numbers=True, name=name, delimiter=delimiter)
     if workers <= 1:
         yield from map(work, batches)
         return
@@ -230,7 +233,7 @@ def _normalized_batches(path: str, name: str, columns: Sequence[str], workers: i
 
 def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str, segments: Sequence[str],
             region: str, kind: str, kernels: Kernels, progress: Callable[[int], None] | None,
-            workers: int = 1) -> ImportSummary:
+            workers: int = 1, delimiter: str | None = None) -> ImportSummary:
     dst = group.dst_for(kind)
     summary = ImportSummary(segments=list(segments))
     invalid: Counter[str] = Counter()
@@ -239,7 +242,7 @@ def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str,
                              region=region)
 
     def batches():
-        for batch in _normalized_batches(path, name, [id_column, *segments], workers, work):
+        for batch in _normalized_batches(path, name, [id_column, *segments], workers, work, delimiter):
             members, keys, bits = batch.members, batch.keys, batch.bits
             invalid.update(batch.invalid)
             summary.bad_segments += batch.bad_segments[:EXAMPLES - len(summary.bad_segments)]

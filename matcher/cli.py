@@ -127,11 +127,14 @@ def audience() -> None:
 @click.option("--drop-segment", "drop", multiple=True, metavar="NAME",
               help="Remove segment NAME from the audience (every member; repeatable). Merchants' stored "
                    "unbalanced copies of the streams it moves are made again by their next jobs.")
+@click.option("--delimiter", default=None, metavar="CHAR",
+              help="The CSV delimiter, e.g. ';' or tab (default: sniffed from the header: , ; tab |).")
 @json_option
 def audience_import(db: Path, file: str, id_column: str, id_type: str, segments: str, region: str,
                     hashed_kind: str, skip_invalid: bool, executor: str, drop: tuple[str, ...],
-                    as_json: bool) -> None:
-    """Import (or update) members from a CSV/Parquet FILE (or - for stdin); hashes each id to the group once.
+                    delimiter: str | None, as_json: bool) -> None:
+    """Import (or update) members from a CSV (.csv.gz too) or Parquet FILE (or - for stdin); hashes each id to the
+    group once.
 
     --segments must list every segment the audience already has; a name it lacks adds a segment
     (a new yes/no column, logged) to the existing database: keys, log and merchants stay, and jobs
@@ -164,7 +167,8 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
         summary = import_file(store, file, id_column=id_column, id_type=id_type, segments=names, region=region,
                               hashed_kind=hashed_kind, kernels=kernels, skip_invalid=skip_invalid,
                               progress=lambda n: progress.advance(task, n), drop_segments=drop,
-                              workers=(os.cpu_count() or 1) if (total or 0) > 200_000 else 1)
+                              workers=(os.cpu_count() or 1) if (total or 0) > 200_000 else 1,
+                              delimiter=tabular.parse_delimiter(delimiter))
     reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary.invalid.items()))
     console.print(f"read {summary.rows} rows: imported {summary.imported}, duplicates {summary.duplicates} "
                   f"({summary.unchanged} unchanged, not written again), "

@@ -15,6 +15,7 @@ import grpc) and carries a hint the user can act on::
     ├── LimitExceeded              RESOURCE_EXHAUSTED   privacy budget or rate limit
     ├── NotFound                   NOT_FOUND            unknown job/merchant (also: not yours)
     ├── AuthenticationError        UNAUTHENTICATED      opaque by design: no detail, ever
+    ├── ConnectionFailed           UNAVAILABLE          (client side) the server cannot be reached
     ├── CryptoError                INTERNAL             overflow on unpack, key problems
     ├── StoreError                 FAILED_PRECONDITION  database missing, schema too new
     └── VerificationError          (client side)        the audit log lied
@@ -91,6 +92,12 @@ class AuthenticationError(MatcherError):
 
     def __init__(self, message: str = "authentication required", *, hint: str | None = None):
         super().__init__(message, hint=hint)
+
+
+class ConnectionFailed(MatcherError):
+    """The client could not reach the server (down, wrong address, TLS on one side only)."""
+
+    grpc_code = "UNAVAILABLE"
 
 
 class CryptoError(MatcherError):

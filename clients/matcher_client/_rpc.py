@@ -36,20 +36,37 @@ def channel(server: str, tls_ca: str | None = None) -> Iterator[grpc.Channel]:
 
 
 @contextlib.contextmanager
-def rpc_errors() -> Iterator[None]:
-    """Re-raise a failed call as the matcher error its status code stands for, with the server's text."""
+def rpc_errors(server: str | None = None) -> Iterator[None]:
+    """Re-raise a failed call as the matcher error its status code stands for, with the server's text.
+    ``server``: the address dialled, for the message when it cannot be reached."""
     try:
         yield
     except grpc.RpcError as err:
         code, detail = err.code(), err.details() or ""
         if code == grpc.StatusCode.UNAUTHENTICATED:
-            raise errors.AuthenticationError("the server refused the token",
-                                             hint="check --token (or MATCHER_TOKEN)") from None
+            # Opaque on purpose (the server says nothing about why): the remedy is the same either way.
+            raise errors.AuthenticationError("the server refused the token: ask the operator for a new one",
+                                             hint="check --token (or MATCHER_TOKEN) holds the whole token") from None
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             raise errors.LimitExceeded(detail, reason="limit") from None
         if code == grpc.StatusCode.UNAVAILABLE:
-            raise errors.MatcherError(f"cannot reach the server: {detail}",
-                                      hint="check --server HOST:PORT and that `matcher serve` is running") from None
+            raise errors.ConnectionFailed(f"cannot reach {server or 'the server'}: is `matcher serve` running? TLS?"
+                                          f"{_why_unavailable(detail)}", hint=_UNAVAILABLE_HINT) from None
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             raise errors.MatcherError("the server did not answer in time", hint="raise --timeout") from None
         raise _BY_CODE.get(code, errors.MatcherError)(detail or code.name) from None
+
+
+_UNAVAILABLE_HINT = ("check --server HOST:PORT; a server started with --tls-cert needs --tls-ca CA.pem here, "
+                     "one without it needs no --tls-ca")
+
+
+def _why_unavailable(detail: str) -> str:
+    """gRPC's reason, shortened to what a person can act on ('' when it says nothing useful)."""
+    text = detail.lower()
+    for needle, why in (("connection refused", "connection refused"), ("handshake", "TLS handshake failed"),
+                        ("ssl", "TLS handshake failed"), ("dns", "unknown host"), ("timeout", "timed out"),
+                        ("deadline", "timed out"), ("socket closed", "the server closed the connection")):
+        if needle in text:
+            return f" ({why})"
+    return ""

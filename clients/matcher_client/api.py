@@ -5,7 +5,12 @@ scalar that never leaves memory, and only a·H(x) goes on the wire.
 
     >>> report = match("platform.example:50051", token, "customers.csv", id_column="phone",
     ...                id_type="phone", label_column="store")
-    >>> report["labels"]["all"]["matched"]
+    >>> report["labels"]["north"]["matched"]
+    >>> report.to_pandas()
+
+The order of a job: the server and the token are checked first (one cheap call), then the list is
+read and normalized (the slow local part); the server checks its policy before any crypto (and
+logs a refusal), and a refusal names the published setting that refused it.
 """
 
 from __future__ import annotations
@@ -28,18 +33,27 @@ from typing import Callable, Iterable, Iterator, Mapping
 
 from matcher import ids, tabular
 from matcher.crypto.kernels import Kernels, local_kernels
-from matcher.errors import LimitExceeded, ProtocolError
+from matcher.errors import InputError, LimitExceeded, PolicyRefused, ProtocolDeviation, ProtocolError
 from matcher.protocol.merchant import MerchantSession
 from matcher.protocol.messages import PROTOCOL_CHOICES, SECURE, SEMI_HONEST, AudienceChunk, BlindedChunk, JobAccepted
 from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher.v1 import match_pb2, match_pb2_grpc
+from matcher_client import inputs
 from matcher_client._rpc import channel, rpc_errors
 from matcher_client.enrollment_key import LazyEnrollmentKey, default_path
+from matcher_client.report import Report
 
 # Refusals that say the server (or this merchant's share of it) is busy: retried, since nothing was charged.
 _BUSY = re.compile(r"already running \d+ jobs|server is busy|job streams open")
-# Called as progress(phase, done, total); total may be None.
+# Called as progress(phase, done, total); total may be None. Phases, in order: "reading" (normalizing the
+# list), "blinding" (hashing and blinding each copy of it), "matching" (the platform's streams, received and
+# blinded), "returning" (sent back), "waiting for the report" (the server matches and releases), "done";
+# and "waiting for the server" while a busy server is retried.
 Progress = Callable[[str, int, "int | None"], None]
+# Rows normalized between two progress reports, in this process (a pool reports per batch).
+_PROGRESS_ROWS = 8_192
+# How long the first call, which checks the server and the token, may take.
+CHECK_TIMEOUT = 15.0
 
 
 @dataclass
@@ -50,29 +64,35 @@ class MerchantList:
     id_kind: str
 
 
-def read_list(file: str, *, id_column: str, id_type: str, label_column: str | None = None, region: str = "CN",
-              hashed_kind: str = "phone", progress: Progress | None = None, parallel: bool = True) -> MerchantList:
-    """Read and normalize a list file. Normalization (phonenumbers) is the slow part: batches are
-    prepared on every core and merged in file order, with the same result as one pass.
+def read_list(file, *, id_column: str | None = None, id_type: str, label_column: str | None = None,
+              region: str = "CN", hashed_kind: str = "phone", progress: Progress | None = None,
+              parallel: bool = True, delimiter: str | None = None) -> MerchantList:
+    """Read and normalize a list: ``file`` is a path (CSV, .csv.gz, Parquet, ``-``), a DataFrame
+    (pandas, Polars, pyarrow) or rows (see :mod:`matcher_client.inputs`). Normalization
+    (phonenumbers) is the slow part: batches are prepared on every core and merged in order, with
+    the same result as one pass.
 
     A missing or unreadable file (or a directory) is an :class:`~matcher.errors.InputError` naming it.
     Works from any caller: a script without an ``if __name__ == "__main__":`` guard, ``python -c``
     or ``python -`` included (see :func:`_worker_context`)."""
     notify = progress or (lambda phase, done, total: None)
     ids.hash_kind(id_type, hashed_kind)  # refuse a bad id type before reading anything
-    total = tabular.count_rows(file)     # and a missing file before starting any process
-    batches = ([(r[0] if r[0] is not None else "", r[1]) for r in batch]
-               for batch in tabular.read_columns(file, [id_column, label_column]))
+    source = inputs.open_source(file, id_column=id_column, label_column=label_column,
+                                delimiter=tabular.parse_delimiter(delimiter))
+    total, batches = source.total, source.batches  # a missing file failed already, before any process starts
+    first = next(batches, [])
+    batches = itertools.chain([first], batches)
     workers = os.cpu_count() or 1
-    small = total is not None and total <= tabular.BATCH_ROWS
+    # One batch or less (stdin, a generator: known once the first batch is short) is not worth a pool.
+    small = (total is not None and total <= tabular.BATCH_ROWS) or len(first) < tabular.BATCH_ROWS
     context = None if not parallel or workers == 1 or small else _worker_context()
     if context is None:
         parts = []
+        notify("reading", 0, total)
         for batch in batches:
-            parts.append(ids.prepare(batch, id_type, region=region))
-            notify("reading", sum(p.rows for p in parts), total)
-        if not parts:
-            notify("reading", 0, total)
+            for lo in range(0, len(batch), _PROGRESS_ROWS):  # smaller steps, for a progress bar that moves
+                parts.append(ids.prepare(batch[lo:lo + _PROGRESS_ROWS], id_type, region=region))
+                notify("reading", sum(p.rows for p in parts), total)
     else:
         parts = []
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
@@ -163,14 +183,103 @@ def prepare_rows(rows: Iterable[tuple[str, str | None]], *, id_type: str, region
     return MerchantList(prepared=ids.prepare(rows, id_type, region=region), id_kind=ids.hash_kind(id_type, hashed_kind))
 
 
-def match(server: str, token: str, file: str | None = None, *, id_column: str | None = None, id_type: str,
-          label_column: str | None = None, rows: Iterable[tuple[str, str | None]] | None = None,
+@dataclass
+class ServerCheck:
+    """What the first, cheap call learned: the server answers and takes the token; the policy it
+    publishes to this merchant (empty from a server too old to say)."""
+
+    budget: dict
+    policy: dict
+
+
+def check_server(server: str, token: str, *, tls_ca: str | None = None,
+                 timeout: float | None = CHECK_TIMEOUT) -> ServerCheck:
+    """Reach the server and have it check the token (the authenticated GetBudget call: no job, no ε),
+    before anything slow happens here. Raises :class:`~matcher.errors.ConnectionFailed` or
+    :class:`~matcher.errors.AuthenticationError` with what to do about it."""
+    with rpc_errors(server), channel(server, tls_ca) as chan:
+        reply = match_pb2_grpc.MatchServiceStub(chan).GetBudget(
+            match_pb2.GetBudgetRequest(), metadata=[("authorization", f"Bearer {token}")], timeout=timeout)
+    try:
+        policy = json.loads(reply.policy_json) if reply.policy_json else {}
+    except ValueError:
+        policy = {}
+    return ServerCheck(budget=_budget(reply), policy=policy if isinstance(policy, dict) else {})
+
+
+def policy_problem(policy: Mapping, merchant_list: MerchantList) -> tuple[str, str, str] | None:
+    """What in the server's published ``policy`` refuses this list, or None: ``(reason, the setting
+    and its value, the fix)``. The server decides, before any crypto, and logs the refusal in the
+    audit log; this only names the setting when it refuses (:func:`explained_refusals`)."""
+    prepared = merchant_list.prepared
+    size, sizes = len(prepared.keys), prepared.label_sizes or {"all": 0}
+    low, high, most = (policy.get(k) for k in ("min_list_size", "max_list_size", "max_labels"))
+    if isinstance(low, int) and size < low:
+        return "list_too_small", f"the policy's min_list_size is {low}, the list has {size} unique IDs " \
+                                 f"in {prepared.rows} rows", "add IDs, or ask the operator about min_list_size"
+    if isinstance(high, int) and size > high:
+        return "list_too_large", f"the policy's max_list_size is {high}", "split the list into several jobs"
+    if isinstance(most, int) and len(sizes) > most:
+        return "too_many_labels", f"the policy's max_labels is {most}", "merge labels or drop the label column"
+    small = {label: n for label, n in sizes.items() if isinstance(low, int) and n < low}
+    if small:
+        named = ", ".join(f"'{label}' has {n}" for label, n in small.items())
+        return "label_too_small", f"the policy's min_list_size of {low} holds for each label: {named}", \
+            "merge the small labels into others or drop the label column"
+    return None
+
+
+@contextlib.contextmanager
+def explained_refusals(policy: Mapping, merchant_list: MerchantList) -> Iterator[None]:
+    """A job the server refused (FAILED_PRECONDITION) becomes a :class:`~matcher.errors.PolicyRefused`
+    with the server's words and, as the hint, the published setting that refused it."""
+    try:
+        yield
+    except ProtocolError as refused:
+        problem = policy_problem(policy, merchant_list)
+        if problem is None or isinstance(refused, ProtocolDeviation):
+            raise
+        reason, setting, fix = problem
+        raise PolicyRefused(refused.message, reason=reason, hint=f"{setting}: {fix}") from None
+
+
+def match(server: str, token: str, data=None, *, id_column: str | None = None, id_type: str,
+          label_column: str | None = None, rows: Iterable | None = None, delimiter: str | None = None,
           region: str = "CN", hashed_kind: str = "phone", tls_ca: str | None = None,
-          progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
+          progress: Progress | bool | None = None, kernels: Kernels | None = None, timeout: float | None = None,
           rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
           segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 10,
-          mode: str = "auto", enrollment_key: str | None = None) -> dict:
-    """Run a match job on ``file`` (or on in-memory ``rows`` of (id, label)) and return the report dict.
+          mode: str = "auto", enrollment_key: str | None = None) -> Report:
+    """Run a match job on your list and return the released :class:`~matcher_client.report.Report`
+    (a dict: the report JSON of ``matcher-client match --json``; plus ``.to_pandas()`` and ``.plot()``).
+
+    ``data`` is the list, in any of these forms:
+
+    - a path, ``str`` or :class:`pathlib.Path`: CSV with a header row (delimiter , ; tab or |,
+      sniffed; or give ``delimiter``), gzip-compressed CSV (``.csv.gz``), Parquet (``.parquet``;
+      needs pyarrow), or ``"-"`` for standard input;
+    - a pandas or Polars DataFrame (or a pyarrow Table): ``id_column`` names the IDs, ``label_column``
+      an optional small label per row. Integer phone numbers (pandas' default for a column of
+      digits) are read as their digits, whole floats too (a column with gaps), NaN as blank;
+    - rows: an iterable of ``(id, label)`` pairs or of bare IDs (also accepted as ``rows=``).
+
+    Examples::
+
+        report = match(server, token, "customers.csv", id_column="phone", id_type="phone")
+        report = match(server, token, pd.read_csv("customers.csv"), id_column="phone", id_type="phone",
+                       label_column="store")
+        report = match(server, token, Path("customers.parquet"), id_column="email", id_type="email")
+        report = match(server, token, [("13800138000", "north"), ("13900139000", "south")], id_type="phone")
+        report["labels"]["north"]["matched"]        # None when suppressed (below the policy's k)
+        report.to_pandas(); report.plot()           # pip install 'matcher[notebook]'
+
+    ``progress=True`` shows a progress bar per step (normalize, hash & blind, stream, return,
+    match) with rates and ETA, in a terminal or a notebook; a callable gets ``(phase, done, total)``.
+
+    The server and ``token`` are checked first (a wrong token or an unreachable server fails in
+    about a second, before the list is read), then the list is normalized, then the job runs; a job
+    the policy refuses (list size, labels) is a :class:`~matcher.errors.PolicyRefused` naming the
+    setting. Every failure is a :class:`~matcher.errors.MatcherError` naming the problem and the fix.
 
     Every segment is counted unless ``segments`` names some (each costs one more pass over the
     platform members that hold it); ``count_only``: per-label overlap counts only, the fastest job.
@@ -182,18 +291,48 @@ def match(server: str, token: str, file: str | None = None, *, id_column: str | 
     this merchant's blinded copy of its audience between jobs; README "Unbalanced mode"). The
     unbalanced protocol's long-lived key lives in ``enrollment_key`` (default: one file per server
     and token under ~/.matcher-client, or $MATCHER_CLIENT_HOME), encrypted with the token."""
-    if (file is None) == (rows is None):
-        raise ValueError("give exactly one of file= or rows=")
-    if file is not None:
-        if not id_column:
-            raise ValueError("id_column is required with file=")
-        merchant_list = read_list(file, id_column=id_column, id_type=id_type, label_column=label_column,
-                                  region=region, hashed_kind=hashed_kind)
-    else:
-        merchant_list = prepare_rows(rows, id_type=id_type, region=region, hashed_kind=hashed_kind)
-    return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
-                   timeout=timeout, rng=rng, cache=cache, count_only=count_only, segments=segments, protocol=protocol,
-                   retries=retries, mode=mode, enrollment_key=enrollment_key)
+    with _progress_bars(progress) as progress:
+        merchant_list, policy = read_checked(server, token, data, rows, id_column=id_column, id_type=id_type,
+                                             label_column=label_column, delimiter=delimiter, region=region,
+                                             hashed_kind=hashed_kind, tls_ca=tls_ca, progress=progress,
+                                             timeout=timeout)
+        with explained_refusals(policy, merchant_list):
+            return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
+                           timeout=timeout, rng=rng, cache=cache, count_only=count_only, segments=segments,
+                           protocol=protocol, retries=retries, mode=mode, enrollment_key=enrollment_key)
+
+
+@contextlib.contextmanager
+def _progress_bars(progress: Progress | bool | None) -> Iterator[Progress | None]:
+    """``progress=True``: rich bars (as the CLI draws them); anything else as given."""
+    if progress is not True:
+        yield progress or None
+        return
+    from rich.console import Console
+
+    from matcher_client._progress import progress as bars
+
+    with bars("bar", Console(stderr=True)) as notify:
+        yield notify
+
+
+def read_checked(server: str, token: str, data, rows=None, *, id_column: str | None = None, id_type: str,
+                 label_column: str | None = None, delimiter: str | None = None, region: str = "CN",
+                 hashed_kind: str = "phone", tls_ca: str | None = None, progress: Progress | None = None,
+                 timeout: float | None = None) -> tuple[MerchantList, dict]:
+    """The list of a job (:func:`read_list`), read only after the server answered and took the
+    token (:func:`check_server`), and the policy the server publishes (for :func:`explained_refusals`).
+    Local problems that need no reading (a bad id type, a missing file, an Excel workbook) come first."""
+    if (data is None) == (rows is None):
+        raise InputError("give the list once: as data (a path, a DataFrame or rows) or as rows=")
+    data = rows if data is None else data
+    ids.hash_kind(id_type, hashed_kind)  # a bad id type or hashed kind, before anything else
+    tabular.parse_delimiter(delimiter)   # a bad --delimiter
+    inputs.check_local(data)              # a missing file too: no need to ask the server about it
+    checked = check_server(server, token, tls_ca=tls_ca, timeout=min(timeout or CHECK_TIMEOUT, CHECK_TIMEOUT))
+    merchant_list = read_list(data, id_column=id_column, id_type=id_type, label_column=label_column,
+                              region=region, hashed_kind=hashed_kind, progress=progress, delimiter=delimiter)
+    return merchant_list, checked.policy
 
 
 @contextlib.contextmanager
@@ -222,7 +361,8 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
             progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
             rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
             segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 10,
-            mode: str = "auto", enrollment_key: str | None = None) -> dict:
+            mode: str = "auto", enrollment_key: str | None = None) -> Report:
+    """Run a job on a list already read (:func:`read_list`); see :func:`match`."""
     if protocol not in (SECURE, SEMI_HONEST):
         raise ValueError(f"protocol must be {SECURE!r} or {SEMI_HONEST!r}")
     if mode not in PROTOCOL_CHOICES:
@@ -239,7 +379,7 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
     with _kernels(kernels, len(prepared.keys), cache) as kernels:
         for attempt in itertools.count():
             try:
-                with rpc_errors(), channel(server, tls_ca) as chan:
+                with rpc_errors(server), channel(server, tls_ca) as chan:
                     stub = match_pb2_grpc.MatchServiceStub(chan)
                     if protocol == SECURE:
                         session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind,
@@ -261,7 +401,7 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
                 notify("waiting for the server", attempt + 1, retries)
                 time.sleep(delay)
     released = json.loads(report.report_json)
-    return {
+    return Report({
         "job_id": report.job_id,
         "list_size": released["list_size"],
         "rows": prepared.rows,
@@ -278,7 +418,7 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
         # What `matcher-audit prove` needs to show this report is in the log.
         "report_json": report.report_json,
         "log_entry": report.log_entry.decode(),
-    }
+    }, label_sizes=prepared.label_sizes)
 
 
 class _Conversation:
@@ -357,9 +497,13 @@ def _secure_exchange(call, token: str, session: SecureMerchantSession, start, li
                     raise ProtocolError(f"unexpected '{kind}' from the server")
             else:
                 raise ProtocolError(f"the server closed the stream during stream '{name}'")
+            returned = done - session.stream_sizes[index]
             for points in session.returned_chunks(index):
                 talk.send(returned=match_pb2.StreamValues(points=points, stream=index))
+                returned += len(points) // 32
+                notify("returning", returned, total)
             talk.send(returned_end=match_pb2.ListEnd(stream=index))
+        notify("waiting for the report", 0, None)
         answer = talk.expect(result)
         notify("done", 1, 1)
         return answer
@@ -395,6 +539,7 @@ def _semi_honest_exchange(stub, token: str, session: MerchantSession, list_size:
         else:
             raise ProtocolError("the server closed the stream before the audience ended")
         talk.send(sums=match_pb2.LabelSums(sums=session.finish().sums))
+        notify("waiting for the report", 0, None)
         report = talk.expect("report")
         notify("done", 1, 1)
         return report
@@ -402,19 +547,37 @@ def _semi_honest_exchange(stub, token: str, session: MerchantSession, list_size:
         talk.close()
 
 
-def activate(server: str, token: str, merchant_list: MerchantList, *, name: str, where: str,
+def activate(server: str, token: str, merchant_list, *, name: str, where: str,
              label: str | None = None, tls_ca: str | None = None, progress: Progress | None = None,
              kernels: Kernels | None = None, timeout: float | None = None,
-             rng: Callable[[int], bytes] = os.urandom, cache: str | None = None) -> dict:
+             rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, id_column: str | None = None,
+             id_type: str | None = None, label_column: str | None = None, delimiter: str | None = None,
+             region: str = "CN", hashed_kind: str = "phone") -> dict:
     """Opt in to tell the platform which of its members are your matches (optionally one label's),
     filtered by ``where``; the platform stores that slice for a campaign. You get a handle and a
-    noisy size — never the members. The job's ε is spent whether or not the slice is large enough."""
+    noisy size — never the members. The job's ε is spent whether or not the slice is large enough.
+
+    ``merchant_list``: a list read already (:func:`read_list`), or anything :func:`match` takes (a
+    path, a DataFrame, rows; then give ``id_type``, and ``id_column`` for a path or a DataFrame)::
+
+        activate(server, token, df, id_column="phone", id_type="phone", name="spring-coupon",
+                 where="member & !holds_coupon")"""
+    if not isinstance(merchant_list, MerchantList):
+        if id_type is None:
+            raise InputError("which kind of IDs does the list hold?", hint="give id_type= (phone, email, sha256, opaque)")
+        merchant_list, policy = read_checked(server, token, merchant_list, None, id_column=id_column,
+                                              id_type=id_type, label_column=label_column, delimiter=delimiter,
+                                              region=region, hashed_kind=hashed_kind, tls_ca=tls_ca,
+                                              progress=progress, timeout=timeout)
+        with explained_refusals(policy, merchant_list):
+            return activate(server, token, merchant_list, name=name, where=where, label=label, tls_ca=tls_ca,
+                            progress=progress, kernels=kernels, timeout=timeout, rng=rng, cache=cache)
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
     with _kernels(kernels, len(prepared.keys), cache) as kernels:
         session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
                                         kernels=kernels, ordered=True)
-        with rpc_errors(), channel(server, tls_ca) as chan:
+        with rpc_errors(server), channel(server, tls_ca) as chan:
             result = _secure_exchange(
                 match_pb2_grpc.MatchServiceStub(chan).Activate, token, session, session.start(), len(prepared.keys),
                 notify, timeout, result="activation_result",
@@ -426,7 +589,7 @@ def activate(server: str, token: str, merchant_list: MerchantList, *, name: str,
 
 
 def activations(server: str, token: str, *, tls_ca: str | None = None) -> list[dict]:
-    with rpc_errors(), channel(server, tls_ca) as chan:
+    with rpc_errors(server), channel(server, tls_ca) as chan:
         reply = match_pb2_grpc.MatchServiceStub(chan).ListActivations(
             match_pb2.ListActivationsRequest(), metadata=[("authorization", f"Bearer {token}")])
     return [{"handle": a.handle, "name": a.name, "where": a.where, "label": a.label or None,
@@ -442,8 +605,12 @@ def _expect(responses, kind: str):
 
 
 def budget(server: str, token: str, *, tls_ca: str | None = None) -> Mapping[str, float]:
-    with rpc_errors(), channel(server, tls_ca) as chan:
+    with rpc_errors(server), channel(server, tls_ca) as chan:
         reply = match_pb2_grpc.MatchServiceStub(chan).GetBudget(
             match_pb2.GetBudgetRequest(), metadata=[("authorization", f"Bearer {token}")])
+    return _budget(reply)
+
+
+def _budget(reply: match_pb2.Budget) -> dict:
     return {"epsilon_budget": reply.epsilon_budget, "epsilon_spent": reply.epsilon_spent,
             "epsilon_left": reply.epsilon_left, "period": reply.period, "epsilon_per_job": reply.epsilon_per_job}

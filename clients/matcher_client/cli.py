@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from matcher._cli import ErrorReportingGroup
+from matcher.errors import InputError
 from matcher_client import api
+from matcher_client._progress import MODES, progress
+from matcher_client.report import SUPPRESSED_LEGEND, Report
 
 console = Console(stderr=True)
 server_option = click.option("--server", required=True, help="HOST:PORT of the matcher server.")
@@ -32,8 +33,11 @@ def list_job_options(command):
         click.option("--id-column", required=True, help="Column holding the ID."),
         click.option("--id-type", required=True, type=click.Choice(["phone", "email", "sha256", "opaque"])),
         click.option("--label-column", default=None, help="Column with a small label per row (store, tier, ...)."),
-        click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Write the result here as JSON."),
+        click.option("--delimiter", default=None, metavar="CHAR",
+                     help="CSV delimiter, e.g. ';' or tab (default: sniffed from the header line: , ; tab |)."),
+        click.option("--json", "json_out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+                     help="Write the result here as JSON; - for stdout (then progress is JSON lines on stderr "
+                          "and no table is printed, unless --progress bar: the table goes to stderr)."),
         click.option("--region", default="CN", show_default=True,
                      help="Default region for phones without a country code."),
         click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
@@ -41,21 +45,69 @@ def list_job_options(command):
         tls_option,
         click.option("--timeout", type=float, default=None, help="Give up after this many seconds."),
         cache_option,
-        click.option("--quiet", is_flag=True, help="No progress bar."),
+        click.option("--quiet", is_flag=True, help="No progress bars (same as --progress none)."),
+        click.option("--progress", "progress_mode", type=click.Choice(MODES), default=None,
+                     help="bar: bars with rates and ETA on stderr (the default); json: one JSON object per line "
+                          "on stderr, {phase, done, total, rate, eta_s} (the default with --json -); none."),
     ]):
         command = option(command)
     return command
 
 
-def _read(file: str, id_column: str, id_type: str, label_column: str | None, region: str, hashed_kind: str,
-          quiet: bool = False):
-    with _progress(quiet) as notify:
-        merchant_list = api.read_list(file, id_column=id_column, id_type=id_type, label_column=label_column,
-                                      region=region, hashed_kind=hashed_kind, progress=notify)
+def _to_stdout(json_out: Path | None) -> bool:
+    return json_out is not None and str(json_out) == "-"
+
+
+def _progress_mode(mode: str | None, quiet: bool, json_out: Path | None) -> str:
+    if quiet:
+        return "none"
+    return mode or ("json" if _to_stdout(json_out) else "bar")
+
+
+def _read_checked(server: str, token: str, tls_ca: str | None, timeout: float | None, file: str, id_column: str,
+                  id_type: str, label_column: str | None, delimiter: str | None, region: str, hashed_kind: str,
+                  mode: str):
+    """The server and the token first (a second), then the list (the slow part); and the server's policy."""
+    with progress(mode, console) as notify:
+        merchant_list, policy = api.read_checked(server, token, file, id_column=id_column, id_type=id_type,
+                                                 label_column=label_column, delimiter=delimiter, region=region,
+                                                 hashed_kind=hashed_kind, tls_ca=tls_ca, progress=notify,
+                                                 timeout=timeout)
     prepared = merchant_list.prepared
-    console.print(f"{prepared.rows} rows: {len(prepared.keys)} unique ids, {prepared.duplicates} duplicates, "
-                  f"{sum(prepared.invalid.values())} invalid {_reasons(prepared.invalid)}")
-    return merchant_list
+    if mode != "json":
+        console.print(f"{prepared.rows} rows: {len(prepared.keys)} unique ids, {prepared.duplicates} duplicates, "
+                      f"{sum(prepared.invalid.values())} invalid {_reasons(prepared.invalid)}", highlight=False)
+    return merchant_list, policy
+
+
+def _write_json(json_out: Path, result: dict) -> None:
+    text = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+    if _to_stdout(json_out):
+        click.echo(text, nl=False)
+    else:
+        json_out.write_text(text, encoding="utf-8")
+
+
+def _check_plot(plot: Path | None) -> None:
+    """--plot needs matplotlib: say so before the job runs, not after."""
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError("--plot needs matplotlib", hint="pip install 'matcher[notebook]'") from None
+
+
+def _save_plot(report: Report, plot: Path) -> None:
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    labels, segments = len(report["labels"]), max(1, len(report.segments))
+    figure = Figure(figsize=(8, 1.6 + 0.4 * segments * max(1, labels)), layout="constrained")
+    report.plot(ax=figure.subplots())
+    try:
+        figure.savefig(plot, dpi=120)
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot write the plot to '{plot}': {err}",
+                         hint="give a writable path ending in .png, .svg or .pdf") from None
 
 
 @click.group(cls=ErrorReportingGroup)
@@ -66,6 +118,8 @@ def main() -> None:
 
 @main.command()
 @list_job_options
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the segment rates per label to this image (.png, .svg, .pdf; needs matplotlib).")
 @click.option("--count-only", is_flag=True,
               help="Only how many of your IDs are members (per label): no segments, the fastest job.")
 @click.option("--segments", "segment_names", default=None, metavar="A,B,...",
@@ -81,44 +135,47 @@ def main() -> None:
               help="The unbalanced protocol's key file (default: one per server and token under "
                    "~/.matcher-client or $MATCHER_CLIENT_HOME), encrypted with the token.")
 def match(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
-          json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None, timeout: float | None,
-          cache: str | None, quiet: bool, count_only: bool, segment_names: str | None, protocol: str,
-          enrollment_key: str | None) -> None:
-    """Match the IDs in FILE (CSV with a header, Parquet, or - for stdin) and print the report."""
+          delimiter: str | None, json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None,
+          timeout: float | None, cache: str | None, quiet: bool, progress_mode: str | None, plot: Path | None,
+          count_only: bool, segment_names: str | None, protocol: str, enrollment_key: str | None) -> None:
+    """Match the IDs in FILE and print the report.
+
+    FILE is a CSV file with a header row (delimiter , ; tab or |, sniffed from the header; or
+    --delimiter), gzip-compressed CSV (.csv.gz), Parquet (.parquet, needs pyarrow), or - for
+    standard input (any of these). The server and the token are checked before the file is read.
+
+    \b
+    --json report.json   the report JSON (design.md) in a file
+    --json -             on stdout, and progress as JSON lines on stderr (no table)
+    --plot rates.png     segment rates per label, as a chart"""
     segments = [s.strip() for s in segment_names.split(",") if s.strip()] if segment_names is not None else None
     if count_only and segments:
         raise click.UsageError("--count-only and --segments ask for different things; give one")
     if protocol == "semi-honest" and (count_only or segments is not None):
         raise click.UsageError("the semi-honest protocol always counts every segment")
-    merchant_list = _read(file, id_column, id_type, label_column, region, hashed_kind, quiet)
-    with _progress(quiet) as notify:
+    _check_plot(plot)
+    mode = _progress_mode(progress_mode, quiet, json_out)
+    merchant_list, policy = _read_checked(server, token, tls_ca, timeout, file, id_column, id_type, label_column,
+                                          delimiter, region, hashed_kind, mode)
+    with progress(mode, console) as notify, api.explained_refusals(policy, merchant_list):
         report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout,
                              cache=cache, count_only=count_only, segments=segments,
                              protocol="semi_honest" if protocol == "semi-honest" else "secure",
                              mode="auto" if protocol in ("secure", "semi-honest") else protocol,
                              enrollment_key=enrollment_key)
     if json_out:
-        json_out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    table = report_table(report)
-    Console(width=max(80, _table_width(report))).print(table)
+        _write_json(json_out, report)
+    if plot:
+        _save_plot(report, plot)
+    if mode == "json":
+        return  # a program is reading: stdout has the JSON, stderr had the progress lines
+    # The table on stdout, unless stdout carries the JSON.
+    Console(width=max(80, _table_width(report)), stderr=_to_stdout(json_out)).print(report_table(report))
+    written = [f"report written to {json_out}"] if json_out and not _to_stdout(json_out) else []
+    written += [f"plot written to {plot}"] if plot else []
     console.print(f"job {report['job_id']} ({report['protocol'].replace('_', '-')} protocol): "
                   f"ε spent {report['epsilon_spent']:g}, ε left {report['epsilon_left']:g}; "
-                  f"logged at leaf {report['leaf_index']}" + (f"; report written to {json_out}" if json_out else ""))
-
-
-@contextlib.contextmanager
-def _progress(quiet: bool):
-    """A progress bar per phase (blinding, matching, ...), fed by the API's progress callback."""
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, disable=quiet) as progress:
-        tasks: dict[str, int] = {}
-
-        def notify(phase: str, done: int, total: int | None) -> None:
-            if phase not in tasks:
-                tasks[phase] = progress.add_task(phase, total=total)
-            progress.update(tasks[phase], completed=done, total=total)
-
-        yield notify
+                  f"logged at leaf {report['leaf_index']}" + "".join(f"; {w}" for w in written), highlight=False)
 
 
 def _reasons(invalid: dict[str, int]) -> str:
@@ -133,9 +190,14 @@ def _table_width(report: dict) -> int:
 
 
 def report_table(report: dict) -> Table:
-    """Segments down, labels across; suppressed cells (noisy value below the threshold) show as '—'."""
+    """Segments down, labels across; suppressed cells (noisy value below the threshold) show as '—',
+    with a legend under the table saying so."""
     labels = list(report["labels"])
-    table = Table(title=f"matcher report — job {report['job_id'][:12]}, {report['list_size']} ids")
+    cells = [c for lb in labels for c in [report["labels"][lb]["matched"], *report["labels"][lb]["segments"].values()]]
+    title = f"matcher report — job {report['job_id'][:12]}, {report['list_size']} ids"
+    legend = SUPPRESSED_LEGEND if None in cells else None
+    table = Table(title=title, caption=legend, caption_justify="left",
+                  min_width=max(len(title), len(legend or "")) + 2)
     table.add_column("")
     for label in labels:
         table.add_column(label, justify="right")
@@ -153,19 +215,25 @@ def report_table(report: dict) -> Table:
 @click.option("--label", default=None, help="Only the matches of this label.")
 @click.option("--name", required=True, help="Campaign name the platform sees, e.g. spring-coupon.")
 def activate(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
-             json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None, timeout: float | None,
-             cache: str | None, quiet: bool, where_expr: str, label: str | None, name: str) -> None:
+             delimiter: str | None, json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None,
+             timeout: float | None, cache: str | None, quiet: bool, progress_mode: str | None, where_expr: str,
+             label: str | None, name: str) -> None:
     """Let the platform target your matches in FILE that satisfy --where (opt-in: the platform learns
-    which of ITS members they are; you learn only a noisy size)."""
-    merchant_list = _read(file, id_column, id_type, label_column, region, hashed_kind, quiet)
-    with _progress(quiet) as notify:
+    which of ITS members they are; you learn only a noisy size). FILE as for `match` (CSV, .csv.gz,
+    Parquet, - for stdin)."""
+    mode = _progress_mode(progress_mode, quiet, json_out)
+    merchant_list, policy = _read_checked(server, token, tls_ca, timeout, file, id_column, id_type, label_column,
+                                          delimiter, region, hashed_kind, mode)
+    with progress(mode, console) as notify, api.explained_refusals(policy, merchant_list):
         result = api.activate(server, token, merchant_list, name=name, where=where_expr, label=label, tls_ca=tls_ca,
                               progress=notify, timeout=timeout, cache=cache)
     if json_out:
-        json_out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"activation {result['handle']} '{name}': about {result['noisy_size']:,} members "
-                  f"(noisy), expires {_when(result['expires_at'])}")
-    click.echo(result["handle"])
+        _write_json(json_out, result)
+    if mode != "json":
+        console.print(f"activation {result['handle']} '{name}': about {result['noisy_size']:,} members "
+                      f"(noisy), expires {_when(result['expires_at'])}")
+    if not _to_stdout(json_out):
+        click.echo(result["handle"])
 
 
 @main.command()
