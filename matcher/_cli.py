@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from matcher.errors import MatcherError
 
@@ -12,9 +13,11 @@ stderr = Console(stderr=True)
 
 
 def report_error(err: MatcherError) -> None:
-    stderr.print(f"[bold red]error:[/] {err.message}", highlight=False)
+    # soft_wrap: a long path stays one line to copy (the terminal wraps it for the eye); escape: a
+    # path or value with [brackets] is text, not rich markup.
+    stderr.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False, soft_wrap=True)
     if err.hint:
-        stderr.print(f"[dim]hint: {err.hint}[/]", highlight=False)
+        stderr.print(f"[dim]hint: {escape(err.hint)}[/]", highlight=False, soft_wrap=True)
 
 
 class ErrorReportingGroup(click.Group):
