@@ -41,7 +41,7 @@ RUN rm -rf /opt/matcher/lib/python3.*/site-packages/phonenumbers/geodata
 # library that no longer loads is not. Then every entry point imports and a phone number normalises.
 RUN /opt/matcher/bin/python -c "import sys; from matcher.crypto import _mb; _mb._load(); \
 err = _mb._load_error or ''; sys.exit(err if err and 'AVX-512' not in err else 0)" \
-    && /opt/matcher/bin/python -c "import matcher.cli, matcher.healthcheck, matcher_client.cli, opendp.prelude; \
+    && /opt/matcher/bin/python -c "import matcher.server.cli, matcher.server.healthcheck, matcher_client.cli, opendp.prelude; \
 from matcher.ids import normalize; assert normalize('138 0013 8000', 'phone') == '+8613800138000'"
 
 # ---- runtime ----------------------------------------------------------------------------------
@@ -73,7 +73,7 @@ EXPOSE 50051 9464
 # first-start key generation and loading a large audience. -P: the working directory (/data) is
 # never on the import path.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-    CMD ["python", "-P", "-m", "matcher.healthcheck"]
+    CMD ["python", "-P", "-m", "matcher.server.healthcheck"]
 # SIGTERM starts serve's graceful shutdown (running jobs get --grace seconds): give `docker stop` -t 30.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["matcher-entrypoint"]

@@ -20,13 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from matcher import keys as keys_mod
+from matcher.server import keys as keys_mod
 from matcher.crypto.paillier import PrivateKey
-from matcher.log.auditlog import AuditLog
+from matcher.server.auditlog import AuditLog
 from matcher.log.checkpoint import Signer
 from matcher.policy import Policy, job_epsilon
-from matcher.server import ServerConfig, build_server
-from matcher.store import Store
+from matcher.server.app import ServerConfig, build_server
+from matcher.server.store import Store
 from matcher_client.audit import AuditState, GrpcLogSource, verify
 
 ORIGIN = "matcher.bench"

@@ -49,7 +49,7 @@ def main() -> None:
     started = time.perf_counter()
     for kill in range(args.kills):
         port = _free_port()
-        server = subprocess.Popen([sys.executable, "-m", "matcher.cli", "serve", "--db", str(db), "--listen",
+        server = subprocess.Popen([sys.executable, "-m", "matcher.server.cli", "serve", "--db", str(db), "--listen",
                                    f"127.0.0.1:{port}", "--executor", "inline", "--stream-slots",
                                    str(rng.choice([0, 1])), "--randomness-pool", "0"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -84,7 +84,7 @@ def main() -> None:
             thread.join(timeout=60)
     # The last kill's checks.
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "matcher.cli", "serve", "--db", str(db), "--listen",
+    server = subprocess.Popen([sys.executable, "-m", "matcher.server.cli", "serve", "--db", str(db), "--listen",
                                f"127.0.0.1:{port}", "--executor", "inline"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -15,7 +15,7 @@ What it does, in order (each step timed separately):
 1. generates synthetic data: ``--platform`` distinct CN mobile numbers (E.164) with ``--segments``
    random segment bits each, and a merchant list of ``--merchant`` numbers of which a fraction
    ``--overlap`` are platform members (the rest are not);
-2. creates an operator database with the library (``matcher.keys.create``, ``Store(create=True)``),
+2. creates an operator database with the library (``matcher.server.keys.create``, ``Store(create=True)``),
    imports the audience through ``Store.import_audience`` with the pool's ``hash_to_curve``
    (timed as ``import``), sets the policy to noise none / k 0 / dummies off / min_list_size 1 /
    a large ε budget, and adds a merchant;
@@ -378,10 +378,11 @@ def _matcher_executable() -> str:
 
 
 def build_operator_db(workdir: Path, platform_ids: list[str], masks: np.ndarray, n_segments: int) -> tuple[Path, str, dict]:
-    from matcher import ids, keys as keys_mod
+    from matcher import ids
+    from matcher.server import keys as keys_mod
     from matcher.crypto import group
     from matcher.crypto.kernels import local_kernels
-    from matcher.store import Store
+    from matcher.server.store import Store
 
     timings: dict = {}
     db = workdir / "operator.db"

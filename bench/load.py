@@ -57,7 +57,7 @@ def main() -> None:
     hostile = operator.token("merchant", "hostile")
     with socket_port() as port:
         pass
-    server = subprocess.Popen([sys.executable, "-m", "matcher.cli", "serve", "--db", str(db), "--listen",
+    server = subprocess.Popen([sys.executable, "-m", "matcher.server.cli", "serve", "--db", str(db), "--listen",
                                f"127.0.0.1:{port}", "--stream-slots", "1", "--randomness-pool", "0"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"

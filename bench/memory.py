@@ -52,8 +52,8 @@ def _children(pid: int) -> list[int]:
 
 
 def build(workdir: Path, platform: int) -> tuple[Path, str, float]:
-    from matcher import keys as keys_mod
-    from matcher.store import Store
+    from matcher.server import keys as keys_mod
+    from matcher.server.store import Store
 
     db = workdir / "operator.db"
     keys_mod.create(keys_mod.key_path_for(db), origin="matcher.bench")

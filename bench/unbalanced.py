@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     audience_csv.unlink()
     print(f"import: {result['import']['wall_s']} s", file=sys.stderr)
 
-    from matcher.store import Store
+    from matcher.server.store import Store
 
     store = Store(db)
     for key, value in (("noise", "none"), ("k", "0"), ("dummies", "off"), ("min_list_size", "1"),

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from matcher import keys as keys_mod
+from matcher.server import keys as keys_mod
 from matcher.crypto import group
 from matcher.crypto.paillier import PrivateKey
 from matcher.log.checkpoint import Signer
-from matcher.server import ServerConfig, build_server
-from matcher.store import Store
+from matcher.server.app import ServerConfig, build_server
+from matcher.server.store import Store
 
 # Merchant key files (the unbalanced protocol) of every test, and of the clients tests start, go here.
 os.environ.setdefault("MATCHER_CLIENT_HOME", tempfile.mkdtemp(prefix="matcher-client-home-"))

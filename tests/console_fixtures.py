@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from matcher_client import api
 
-from matcher.console import ConsoleApp, auth, make_server
+from matcher.server.console import ConsoleApp, auth, make_server
 from matcher.errors import MatcherError
-from matcher.server import ServerConfig, build_server
+from matcher.server.app import ServerConfig, build_server
 from tests.conftest import Operator, exact_policy, match_key, new_operator, phone
 
 MEMBERS = 80

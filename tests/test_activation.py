@@ -8,7 +8,7 @@ import random
 import pytest
 from click.testing import CliRunner
 
-from matcher.cli import main as operator_cli
+from matcher.server.cli import main as operator_cli
 from matcher.errors import AuthenticationError, InputError, MatcherError, ProtocolDeviation
 from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher_client import api

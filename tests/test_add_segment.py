@@ -10,7 +10,7 @@ import random
 import pytest
 from click.testing import CliRunner
 
-from matcher.cli import main
+from matcher.server.cli import main
 from matcher.errors import InputError
 from matcher_client import api
 from matcher_client.audit import GrpcLogSource, verify
@@ -112,7 +112,7 @@ def test_leaving_out_a_segment_is_refused_and_changes_nothing(operator, tmp_path
 def test_drop_segment_removes_it_and_unbalanced_copies_stay_exact(operator, serve, tmp_path):
     """a, b, c with stored copies of every stream; then b is dropped (c moves down a bit): the copy of
     c is made again, a's and the whole audience's are kept, and every count stays exact."""
-    from matcher import unbalanced
+    from matcher.server import unbalanced
 
     rng = random.Random(23)
     members = {phone(i): rng.getrandbits(3) for i in range(200)}

@@ -12,7 +12,7 @@ import pytest
 from matcher.crypto.kernels import Kernels
 from matcher.errors import LimitExceeded, MatcherError
 from matcher.policy import OpenDPNoise, Policy, dummy_count, split_epsilon
-from matcher.store import Store
+from matcher.server.store import Store
 from matcher_client import api
 from tests.conftest import exact_policy, phone
 from tests.test_protocol import make_audience, run
@@ -195,8 +195,8 @@ def test_membership_differencing_on_the_intersection_size(dummies):
 
 def test_server_refuses_jobs_beyond_its_concurrency_limit_and_frees_slots(operator):
     """Slots are taken before any crypto and given back on every end: release, failure, refusal."""
-    from matcher.jobs import JobRunner
-    from matcher.log.auditlog import AuditLog
+    from matcher.server.jobs import JobRunner
+    from matcher.server.auditlog import AuditLog
     from matcher.protocol.messages import JobStart
     from matcher.crypto import group
 

@@ -12,9 +12,9 @@ import sqlite3
 import pytest
 from click.testing import CliRunner
 
-from matcher import keys as keys_mod
+from matcher.server import keys as keys_mod
 from matcher.errors import MatcherError, VerificationError
-from matcher.log.auditlog import AuditLog, canonical_json
+from matcher.server.auditlog import AuditLog, canonical_json
 from matcher.log.checkpoint import Signer
 from matcher.policy import Policy
 from matcher_client import api

@@ -24,9 +24,9 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from matcher import keys as keys_mod
-from matcher.cli import main
-from matcher.store import Store
+from matcher.server import keys as keys_mod
+from matcher.server.cli import main
+from matcher.server.store import Store
 from matcher_client import api
 from tests.conftest import exact_policy, phone, wait_until
 
@@ -266,7 +266,7 @@ def test_the_database_is_created_readable_by_the_operator_only(tmp_path):
 
 def test_a_second_server_on_a_port_in_use_refuses_to_start(operator, serve):
     from matcher.errors import InputError as ListenError
-    from matcher.server import ServerConfig, build_server
+    from matcher.server.app import ServerConfig, build_server
 
     first = serve()
     port = int(first.address.rsplit(":", 1)[1])

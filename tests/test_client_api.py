@@ -214,7 +214,7 @@ def test_the_cli_table_explains_the_dash(thresholded, tmp_path):
 
 
 def test_audience_import_takes_a_delimiter(operator, tmp_path):
-    from matcher.cli import main as operator_main
+    from matcher.server.cli import main as operator_main
 
     path = tmp_path / "members.csv"
     path.write_text("phone:member\n13800000001:1\n13800000002:0\n")

@@ -12,9 +12,9 @@ from urllib.parse import urlencode, urlparse
 
 import pytest
 
-from matcher.console import auth, pages, snapshot
+from matcher.server.console import auth, pages, snapshot
 from matcher.errors import StoreError
-from matcher.store import Store
+from matcher.server.store import Store
 from tests import console_fixtures
 from tests.console_fixtures import db_files
 
@@ -146,7 +146,7 @@ def test_http_needs_the_token_and_pages_reveal_no_secret(console_env, caplog):
 def test_cli_new_token_prints_it_once_and_console_refuses_a_bad_listen(tmp_path):
     from click.testing import CliRunner
 
-    from matcher.cli import main
+    from matcher.server.cli import main
     from tests.conftest import new_operator
 
     op = new_operator(tmp_path / "op.db")
@@ -173,7 +173,7 @@ def test_cli_serves_the_console_over_tls_with_a_secure_cookie(console_env, tmp_p
 
     cert, key = self_signed(tmp_path)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "matcher.cli", "console", "--db", str(console_env.operator.db),
+    proc = subprocess.Popen([sys.executable, "-m", "matcher.server.cli", "console", "--db", str(console_env.operator.db),
                              "--listen", f"127.0.0.1:{port}", "--tls-cert", str(cert), "--tls-key", str(key)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -13,7 +13,7 @@ import subprocess
 import grpc
 import pytest
 
-from matcher import faults
+from matcher.server import faults
 from matcher.errors import MatcherError
 from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher_client import api

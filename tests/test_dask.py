@@ -62,7 +62,7 @@ def test_precomputed_stream_and_count_only_on_the_cluster(operator, serve, clust
 def test_unbalanced_jobs_and_an_import_on_the_cluster(operator, serve, cluster, tmp_path):
     """Unbalanced mode's per-job work (list copies, the delta, taking c off) and an import's hashing
     run on the cluster; counts stay exact across an import that changes members."""
-    from matcher.audience import import_file
+    from matcher.server.audience import import_file
 
     members, token = operator.seed(2_000, random.Random(21), protocol="unbalanced")
     served = serve(kernels=DaskKernels(cluster))

@@ -30,7 +30,7 @@ def serve_until_healthy(db: Path, env: dict) -> tuple[str, str, int]:
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
-        while subprocess.run([sys.executable, "-m", "matcher.healthcheck", address, "--timeout", "2"],
+        while subprocess.run([sys.executable, "-m", "matcher.server.healthcheck", address, "--timeout", "2"],
                              check=False, capture_output=True).returncode != 0:
             assert server.poll() is None, server.communicate()
             assert time.monotonic() < deadline, "the server never answered SERVING"
@@ -69,7 +69,7 @@ def test_entrypoint_initialises_on_the_first_serve_only(tmp_path):
 def test_deploy_files_use_only_flags_that_serve_knows():
     """compose.yaml and matcher.service spell `matcher serve` commands by hand: a renamed flag
     would only show when the container or the unit fails to start."""
-    from matcher.cli import serve
+    from matcher.server.cli import serve
 
     known = {opt for param in serve.params for opt in param.opts}
     deploy = ENTRYPOINT.parent

@@ -50,7 +50,7 @@ def requests():
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory):
     """One real server for the whole fuzz run (a server per example would dominate the time)."""
-    from matcher.server import ServerConfig, build_server
+    from matcher.server.app import ServerConfig, build_server
     from tests.conftest import exact_policy, new_operator
 
     db = tmp_path_factory.mktemp("fuzz") / "op.db"

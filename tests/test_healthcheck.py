@@ -1,4 +1,4 @@
-"""`python -m matcher.healthcheck`, as a container HEALTHCHECK runs it: a real process against a real server."""
+"""`python -m matcher.server.healthcheck`, as a container HEALTHCHECK runs it: a real process against a real server."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from tests.test_cli import self_signed
 
 
 def healthcheck(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "matcher.healthcheck", *args], check=False, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "matcher.server.healthcheck", *args], check=False, capture_output=True,
                           text=True, timeout=60)
 
 

@@ -17,10 +17,10 @@ from matcher_client import api
 from matcher_client.cli import main as client_main
 
 from matcher import tabular
-from matcher.audience import import_file
-from matcher.cli import main as operator_main
+from matcher.server.audience import import_file
+from matcher.server.cli import main as operator_main
 from matcher.errors import InputError
-from matcher.store import Store
+from matcher.server.store import Store
 from tests.conftest import exact_policy, match_key, phone
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,8 +18,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from matcher import policy as policy_mod
 from matcher.crypto.kernels import Kernels
 from matcher.errors import MatcherError
-from matcher.jobs import JobRunner
-from matcher.log.auditlog import AuditLog
+from matcher.server.jobs import JobRunner
+from matcher.server.auditlog import AuditLog
 from matcher.protocol.messages import SECURE, JobStart
 from matcher.protocol.secure_merchant import SecureMerchantSession
 from tests.conftest import exact_policy, match_key, new_operator, phone

@@ -25,12 +25,12 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from matcher import _logging
-from matcher.cli import main
+from matcher.server import _logging
+from matcher.server.cli import main
 from matcher.crypto import group
 from matcher.errors import MatcherError
-from matcher.metrics import PhaseClock
-from matcher.server import ServerConfig, build_server
+from matcher.server.metrics import PhaseClock
+from matcher.server.app import ServerConfig, build_server
 from matcher.v1 import match_pb2, match_pb2_grpc
 from matcher_client import api
 from tests.conftest import SEGMENTS, ground_truth, match_key, new_operator, phone, wait_until
@@ -253,7 +253,7 @@ def test_no_id_token_or_unreleased_count_in_logs_or_metrics(observed):
 
 
 def test_serve_cli_serves_metrics_and_writes_only_json_lines(observed, tmp_path):
-    server = subprocess.Popen([sys.executable, "-m", "matcher.cli", "serve", "--db", str(observed.operator.db),
+    server = subprocess.Popen([sys.executable, "-m", "matcher.server.cli", "serve", "--db", str(observed.operator.db),
                                "--listen", "127.0.0.1:0", "--executor", "inline", "--stream-slots", "0",
                                "--metrics", "127.0.0.1:0", "--log-format", "json"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -13,8 +13,8 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from matcher import cli
-from matcher.cli import main
+from matcher.server import cli
+from matcher.server.cli import main
 from matcher.errors import AuthenticationError
 from matcher.policy import Policy
 from matcher_client.audit import GrpcLogSource, verify

@@ -171,7 +171,7 @@ def test_a_slot_a_job_holds_survives_the_idle_cleanup_even_after_an_import(opera
 def test_slot_making_pauses_while_a_job_runs_and_stops_with_the_server():
     import threading
 
-    from matcher.server import _paced, _Stopping
+    from matcher.server.app import _paced, _Stopping
 
     jobs, halt = [1], threading.Event()
     pieces = _paced(iter(["p1", "p2"]), lambda: jobs[0] > 0, halt)

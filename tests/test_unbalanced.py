@@ -15,13 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from matcher import policy as policy_mod
-from matcher import unbalanced
+from matcher.server import unbalanced
 from matcher.crypto import group
 from matcher.errors import MatcherError, PolicyRefused, ProtocolDeviation
 from matcher.protocol import _tags
 from matcher.protocol._tags import compact, first_of_each, present, sort_tags, tags_of
 from matcher.protocol.secure_merchant import SecureMerchantSession
-from matcher.store import Store
+from matcher.server.store import Store
 from matcher_client import api
 from tests.attacks._adversary import with_session
 from tests.conftest import SEGMENTS, ground_truth, match_key, phone
@@ -288,7 +288,7 @@ def test_a_member_who_leaves_is_sent_as_a_value_never_seen_before(operator, serv
 
 
 def test_a_reimport_hashes_only_new_members_and_writes_only_changed_ones(operator, tmp_path, monkeypatch):
-    from matcher import audience as audience_mod
+    from matcher.server import audience as audience_mod
     from matcher.crypto.kernels import Kernels
 
     def write(rows):

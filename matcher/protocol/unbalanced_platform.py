@@ -40,7 +40,7 @@ from matcher.protocol.secure_platform import SecurePlatformSession, _Stream
 
 @dataclass(frozen=True)
 class StoredCopy:
-    """What the platform holds of one merchant's copy of one stream (matcher.unbalanced)."""
+    """What the platform holds of one merchant's copy of one stream (matcher.server.unbalanced)."""
 
     scalar: bytes                           # b_s: the same for every merchant and job
     delta: np.ndarray                       # H(y) whose presence the copy must toggle (all, for a new copy)

@@ -31,7 +31,7 @@ from matcher import ids, tabular
 from matcher.crypto import group
 from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError
-from matcher.store import MAX_SEGMENTS, Store
+from matcher.server.store import MAX_SEGMENTS, Store
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on", "x"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})

@@ -37,17 +37,17 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from matcher import activations, faults
-from matcher._logging import fields
+from matcher.server import activations, faults
+from matcher.server._logging import fields
 from matcher import policy as policy_mod
 from matcher import where
 from matcher.crypto import paillier, pool
 from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError, LimitExceeded, MatcherError, PolicyRefused, ProtocolDeviation, ProtocolError
-from matcher.keys import OperatorKeys
-from matcher.log.auditlog import AuditLog, canonical_json
-from matcher.metrics import PhaseClock, Recorder
-from matcher import unbalanced
+from matcher.server.keys import OperatorKeys
+from matcher.server.auditlog import AuditLog, canonical_json
+from matcher.server.metrics import PhaseClock, Recorder
+from matcher.server import unbalanced
 from matcher.protocol.messages import (
     SECURE,
     SEMI_HONEST,
@@ -61,7 +61,7 @@ from matcher.protocol.messages import (
 from matcher.protocol.platform import Audience, PlatformSession, PrecomputedStream
 from matcher.protocol.secure_platform import SecurePlatformSession
 from matcher.protocol.unbalanced_platform import StoredCopy, UnbalancedPlatformSession
-from matcher.store import Principal, Store
+from matcher.server.store import Principal, Store
 
 Rng = Callable[[int], bytes]
 # Associated data naming a sealed stream scalar b (see matcher.crypto.pool.seal_bytes).
@@ -292,7 +292,7 @@ class MatchJob:
         self._runner = runner
         self.protocol = protocol
         self.kind = job_kind(start, activation, protocol)
-        # Wall time by phase (matcher.metrics.PHASES), for the metrics and the job's last log line.
+        # Wall time by phase (matcher.server.metrics.PHASES), for the metrics and the job's last log line.
         self.phases = phases or PhaseClock()
         # True once the job's ε is spent whatever happens (secure protocol, after acceptance).
         self.charged = False
@@ -388,7 +388,7 @@ class MatchJob:
         return Report(self.job_id, report_json, checkpoint, leaf_index, canonical_json(entry))
 
     def stored_copies(self, audience) -> dict:
-        """The unbalanced session's access to this merchant's stored copies (matcher.unbalanced), as of
+        """The unbalanced session's access to this merchant's stored copies (matcher.server.unbalanced), as of
         the last whole import."""
         store, merchant, key_id = self._runner.store, self.merchant, self.start.enrollment_key_id
         upto = unbalanced.audience_seq(store)

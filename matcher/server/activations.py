@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from matcher.errors import InputError
-from matcher.store import Store
+from matcher.server.store import Store
 
 Audit = Callable[[dict], None]
 

@@ -9,10 +9,10 @@ from typing import Iterator
 import grpc
 
 from matcher.errors import AuthenticationError, InputError, MatcherError, NotFound, ProtocolError
-from matcher.jobs import ActivationRequest, JobRunner, MatchJob, Report
+from matcher.server.jobs import ActivationRequest, JobRunner, MatchJob, Report
 from matcher.log.merkle import MerkleTree
 from matcher.protocol.messages import PROTOCOL_CHOICES, SECURE, SEMI_HONEST, BlindedChunk, JobAccepted, JobStart, LabelSums
-from matcher.store import Principal, Store
+from matcher.server.store import Principal, Store
 from matcher.v1 import audit_pb2, audit_pb2_grpc, match_pb2, match_pb2_grpc
 
 MERCHANT = "merchant"

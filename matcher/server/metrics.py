@@ -30,9 +30,9 @@ from matcher.crypto import pool
 from matcher.errors import InputError
 
 if TYPE_CHECKING:  # the runner imports this module, not the other way round
-    from matcher.jobs import JobRunner
+    from matcher.server.jobs import JobRunner
 
-# Phases of a job, in order (see PhaseClock's callers in matcher.jobs). A job of several streams
+# Phases of a job, in order (see PhaseClock's callers in matcher.server.jobs). A job of several streams
 # (secure protocol: one per segment) goes through list, stream and return once per stream; a
 # phase's duration is the sum over them.
 PHASES = ("admit", "list", "stream", "return", "release")

@@ -28,7 +28,7 @@ import numpy as np
 
 from matcher.crypto import group, pool
 from matcher.protocol._tags import bucket_bits, buckets, compact, from_bytes, sort_tags
-from matcher.store import Store
+from matcher.server.store import Store
 
 # Pieces of toggles an enrollment gathers before they are merged into one.
 COMPACT_AFTER = 8

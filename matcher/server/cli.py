@@ -15,12 +15,12 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from matcher import _logging
-from matcher import config as config_mod
-from matcher import keys as keys_mod
+from matcher.server import _logging
+from matcher.server import config as config_mod
+from matcher.server import keys as keys_mod
 from matcher._cli import ErrorReportingGroup
 from matcher.errors import InputError
-from matcher.store import Store
+from matcher.server.store import Store
 
 console = Console(stderr=True)
 _NO_DB = "db_optional"  # set in ctx.meta by `config show`, which reports a missing --db instead of failing
@@ -148,7 +148,7 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from matcher import tabular
-    from matcher.audience import id_problem, import_file, segment_problem
+    from matcher.server.audience import id_problem, import_file, segment_problem
     from matcher.crypto.kernels import kernels_for
 
     store = Store(db)
@@ -204,7 +204,7 @@ def audience_show(db: Path) -> None:
 
 def _audit(store: Store, entry: dict) -> None:
     """Operator actions are logged like job decisions: auditors see every policy and principal change."""
-    from matcher.log.auditlog import AuditLog
+    from matcher.server.auditlog import AuditLog
 
     AuditLog.for_store(store, keys_mod.load(keys_mod.key_path_for(store.path)).signer).record(entry)
 
@@ -401,7 +401,7 @@ def activation() -> None:
 @json_option
 def activation_list(db: Path, as_json: bool) -> None:
     """Every activation with its true size, state and expiry (expired ones are deleted first)."""
-    from matcher import activations
+    from matcher.server import activations
 
     store = Store(db)
     activations.expire(store, lambda entry: _audit(store, entry))
@@ -431,7 +431,7 @@ def _when(timestamp: float) -> str:
               help="CSV file (or .parquet) for the campaign system.")
 def activation_export(db: Path, handle: str, out: Path) -> None:
     """Write the platform member ids of activation HANDLE."""
-    from matcher import activations
+    from matcher.server import activations
 
     store = Store(db)
     count = activations.export(store, lambda entry: _audit(store, entry), handle, out)
@@ -443,7 +443,7 @@ def activation_export(db: Path, handle: str, out: Path) -> None:
 @click.argument("handle")
 def activation_delete(db: Path, handle: str) -> None:
     """Delete activation HANDLE and its rows now."""
-    from matcher import activations
+    from matcher.server import activations
 
     store = Store(db)
     activations.delete(store, lambda entry: _audit(store, entry), handle)
@@ -499,7 +499,7 @@ def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, wo
     Every flag can be set in the --config file (top-level keys named like the flags, see
     `matcher config show --help`); a flag given here wins over the file."""
     from matcher.crypto.kernels import kernels_for
-    from matcher.server import ServerConfig, build_server
+    from matcher.server.app import ServerConfig, build_server
 
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("TLS needs both --tls-cert and --tls-key")
@@ -607,7 +607,7 @@ def config_show(as_json: bool, serve_flags: tuple[str, ...]) -> None:
 def console_command(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, new_token: bool,
                     as_json: bool) -> None:
     """Serve the read-only operator web console (audience, merchants, jobs, policy, audit log) until SIGTERM or Ctrl-C."""
-    from matcher.console import ConsoleApp, auth, make_server
+    from matcher.server.console import ConsoleApp, auth, make_server
 
     token_file = auth.token_path_for(db)
     if new_token:

@@ -1,4 +1,4 @@
-"""The console's HTML: whole pages built from a :class:`~matcher.console.snapshot.Snapshot`.
+"""The console's HTML: whole pages built from a :class:`~matcher.server.console.snapshot.Snapshot`.
 
 Templates are Python functions rather than a template engine: the page is small, and one
 ``escape`` helper in front of every value keeps operator-chosen text (merchant names, refusal
@@ -11,8 +11,8 @@ import datetime
 from html import escape
 from typing import Any, Iterable, Sequence
 
-from matcher.console import charts
-from matcher.console.snapshot import Snapshot
+from matcher.server.console import charts
+from matcher.server.console.snapshot import Snapshot
 
 _CSS = """
 *{box-sizing:border-box}

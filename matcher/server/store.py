@@ -3,7 +3,7 @@
 Tables: the audience (platform member ids, their group points H(y) cached at import, segment
 bits), merchants and auditors (token hashes only), policy settings, jobs, the privacy-budget
 ledger, and the audit log (entries, Merkle nodes, every signed checkpoint). Keys are not here:
-they live in the operator's key file (see :mod:`matcher.keys`).
+they live in the operator's key file (see :mod:`matcher.server.keys`).
 
 Schema changes are numbered migrations applied in order on open; a database written by a newer
 matcher is refused rather than guessed at.
@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import sqlite_utils
 
-from matcher import faults
+from matcher.server import faults
 from matcher import policy as policy_mod
 from matcher.errors import InputError, LimitExceeded, NotFound, StoreError
 from matcher.protocol.platform import Audience
@@ -149,7 +149,7 @@ _MIGRATIONS: list[str | tuple[str, ...]] = [
     ALTER TABLE jobs ADD COLUMN label_sizes TEXT;   -- JSON list, as the log records them
     ALTER TABLE jobs ADD COLUMN protocol TEXT;
     """,
-    # 8: the unbalanced protocol (matcher.unbalanced): each member's stream memberships over time,
+    # 8: the unbalanced protocol (matcher.server.unbalanced): each member's stream memberships over time,
     # and each merchant's blinded copy of them. Updates and deletes are recorded by triggers,
     # whatever writes the audience; inserts by import_audience, in bulk (a trigger per row made an
     # import of 10^7 members three times slower).

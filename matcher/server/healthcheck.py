@@ -1,4 +1,4 @@
-"""``python -m matcher.healthcheck [HOST:PORT]``: is a matcher server up? For container HEALTHCHECKs,
+"""``python -m matcher.server.healthcheck [HOST:PORT]``: is a matcher server up? For container HEALTHCHECKs,
 systemd and load balancers.
 
 Asks the server's standard gRPC health service (grpc.health.v1, which needs no token) and exits 0

@@ -20,9 +20,9 @@ from typing import Callable, Iterable
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from matcher.console import auth, pages, snapshot
+from matcher.server.console import auth, pages, snapshot
 from matcher.errors import MatcherError
-from matcher.store import Store
+from matcher.server.store import Store
 
 log = logging.getLogger("matcher.console")
 COOKIE = "matcher_console"

@@ -9,6 +9,6 @@ Modules, each owning one thing: :mod:`.auth` (the console token file, sessions),
 The console never writes the database: every request opens it with SQLite's ``mode=ro``.
 """
 
-from matcher.console.app import ConsoleApp, make_server
+from matcher.server.console.app import ConsoleApp, make_server
 
 __all__ = ["ConsoleApp", "make_server"]

@@ -1,4 +1,4 @@
-"""Everything the console page shows, read in one go through a read-only :class:`~matcher.store.Store`.
+"""Everything the console page shows, read in one go through a read-only :class:`~matcher.server.store.Store`.
 
 What is deliberately *not* here: member or list IDs, tokens or their hashes, principals' row
 ids, and any count a job computed (released reports stay in the audit log, where the policy put
@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from matcher.store import Store
+from matcher.server.store import Store
 
 # The jobs chart: at most this many bars, each one of these widths (seconds), the smallest that fits.
 CHART_BARS = 24

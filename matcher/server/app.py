@@ -16,18 +16,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from matcher import keys as keys_mod
-from matcher._logging import fields
+from matcher.server import keys as keys_mod
+from matcher.server._logging import fields
 from matcher.errors import InputError
 from matcher.crypto import pool
 from matcher.crypto.kernels import EncryptionContext, Kernels, local_kernels
-from matcher.jobs import STREAM_SCALAR, JobRunner
-from matcher.log.auditlog import AuditLog
-from matcher.metrics import MetricsEndpoint, PrometheusRecorder
+from matcher.server.jobs import STREAM_SCALAR, JobRunner
+from matcher.server.auditlog import AuditLog
+from matcher.server.metrics import MetricsEndpoint, PrometheusRecorder
 from matcher.policy import NoiseSource
 from matcher.protocol.platform import precompute_stream
-from matcher.service import AUDITOR, MERCHANT, AuditServicer, Authenticator, MatchServicer
-from matcher.store import Store
+from matcher.server.service import AUDITOR, MERCHANT, AuditServicer, Authenticator, MatchServicer
+from matcher.server.store import Store
 from matcher.v1 import audit_pb2, audit_pb2_grpc, match_pb2, match_pb2_grpc
 
 log = logging.getLogger("matcher.server")
@@ -61,7 +61,7 @@ class ServerConfig:
     randomness_pool: int = 0
     # Precomputed member halves of job streams (b, order, b·H(y)) to keep ready; 0 = none.
     stream_slots: int = 0
-    # HOST:PORT of the Prometheus endpoint (matcher.metrics); None = no metrics, nothing recorded.
+    # HOST:PORT of the Prometheus endpoint (matcher.server.metrics); None = no metrics, nothing recorded.
     metrics: str | None = None
 
 
