@@ -3,6 +3,8 @@ code, never a traceback."""
 
 from __future__ import annotations
 
+import datetime
+
 import click
 from rich.console import Console
 from rich.markup import escape
@@ -18,6 +20,11 @@ def report_error(err: MatcherError) -> None:
     stderr.print(f"[bold red]error:[/] {escape(err.message)}", highlight=False, soft_wrap=True)
     if err.hint:
         stderr.print(f"[dim]hint: {escape(err.hint)}[/]", highlight=False, soft_wrap=True)
+
+
+def when(timestamp: float) -> str:
+    """A stored time as every table shows it: to the minute, in UTC."""
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 class ErrorReportingGroup(click.Group):

@@ -83,6 +83,32 @@ def test_auditor_token_cannot_run_jobs(ready):
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+def test_every_rpc_has_its_roles_and_a_wrong_role_is_refused_before_the_handler(ready):
+    """One table (METHOD_ROLES) decides who may call what; the interceptor enforces it."""
+    from matcher.server.service import AUDITOR, MERCHANT, METHOD_ROLES
+    from matcher.v1 import audit_pb2, audit_pb2_grpc
+
+    every_rpc = {f"/{d.full_name}/{m.name}" for module, name in ((match_pb2, "MatchService"), (audit_pb2, "AuditService"))
+                 for d in [module.DESCRIPTOR.services_by_name[name]] for m in d.methods}
+    assert set(METHOD_ROLES) == every_rpc
+    assert METHOD_ROLES["/matcher.v1.AuditService/GetEntries"] == (AUDITOR,)
+    assert all(roles == (MERCHANT,) for rpc, roles in METHOD_ROLES.items() if "/matcher.v1.MatchService/" in rpc)
+
+    operator, address, merchant = ready
+    auditor = operator.token("auditor", "acme-audit")
+    with grpc.insecure_channel(address) as chan:
+        audit, match = audit_pb2_grpc.AuditServiceStub(chan), match_pb2_grpc.MatchServiceStub(chan)
+        as_merchant, as_auditor = [("authorization", f"Bearer {merchant}")], [("authorization", f"Bearer {auditor}")]
+        assert audit.GetVerifierKey(audit_pb2.GetVerifierKeyRequest(), metadata=as_merchant).key
+        assert audit.GetVerifierKey(audit_pb2.GetVerifierKeyRequest(), metadata=as_auditor).key
+        list(audit.GetEntries(audit_pb2.GetEntriesRequest(start=0, end=1), metadata=as_auditor))
+        for refused in (lambda: list(audit.GetEntries(audit_pb2.GetEntriesRequest(start=0, end=1), metadata=as_merchant)),
+                        lambda: match.GetBudget(match_pb2.GetBudgetRequest(), metadata=as_auditor)):
+            with pytest.raises(grpc.RpcError) as err:
+                refused()
+            assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAUTHENTICATED, "authentication required")
+
+
 def test_truncated_stream_fails_the_job_and_charges_it(ready):
     """Accepted means charged: the acceptance carries the (noisy) stream sizes, so nothing after it
     gives the ε back, and the audit log says so."""

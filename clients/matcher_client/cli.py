@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from matcher._cli import ErrorReportingGroup
+from matcher._cli import ErrorReportingGroup, when
 from matcher.errors import InputError
 from matcher_client import api
 from matcher_client._progress import MODES, progress
@@ -231,7 +231,7 @@ def activate(server: str, token: str, file: str, id_column: str, id_type: str, l
         _write_json(json_out, result)
     if mode != "json":
         console.print(f"activation {result['handle']} '{name}': about {result['noisy_size']:,} members "
-                      f"(noisy), expires {_when(result['expires_at'])}")
+                      f"(noisy), expires {when(result['expires_at'])}")
     if not _to_stdout(json_out):
         click.echo(result["handle"])
 
@@ -252,14 +252,8 @@ def activations(server: str, token: str, tls_ca: str | None, as_json: bool) -> N
         table.add_column(column)
     for a in rows:
         table.add_row(a["handle"], a["name"], a["where"], a["label"] or "all", f"{a['noisy_size']:,}",
-                      _when(a["expires_at"]), a["state"])
+                      when(a["expires_at"]), a["state"])
     Console().print(table)
-
-
-def _when(timestamp: float) -> str:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @main.command()

@@ -26,7 +26,7 @@ from matcher.server.auditlog import AuditLog
 from matcher.server.metrics import MetricsEndpoint, PrometheusRecorder
 from matcher.policy import NoiseSource
 from matcher.protocol.platform import precompute_stream
-from matcher.server.service import AUDITOR, MERCHANT, AuditServicer, Authenticator, MatchServicer
+from matcher.server.service import METHOD_ROLES, AuditServicer, Authenticator, MatchServicer
 from matcher.server.store import Store
 from matcher.v1 import audit_pb2, audit_pb2_grpc, match_pb2, match_pb2_grpc
 
@@ -36,8 +36,6 @@ log = logging.getLogger("matcher.server")
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 _MATCH_SERVICE = match_pb2.DESCRIPTOR.services_by_name["MatchService"].full_name
 _AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
-# Which roles may call which service; anything not listed (health, reflection) needs no token.
-_ROLES = {_MATCH_SERVICE: (MERCHANT,), _AUDIT_SERVICE: (AUDITOR, MERCHANT)}
 
 
 @dataclass
@@ -138,7 +136,7 @@ class _AuthInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, details):
         service = details.method.rsplit("/", 2)[-2] if details.method.count("/") >= 2 else ""
-        roles = _ROLES.get(service)
+        roles = METHOD_ROLES.get(details.method)
         handler = continuation(details)
         if roles is None or handler is None:
             return handler

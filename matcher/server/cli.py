@@ -18,7 +18,7 @@ from rich.table import Table
 from matcher.server import _logging
 from matcher.server import config as config_mod
 from matcher.server import keys as keys_mod
-from matcher._cli import ErrorReportingGroup
+from matcher._cli import ErrorReportingGroup, when
 from matcher.errors import InputError
 from matcher.server.store import Store
 
@@ -414,14 +414,8 @@ def activation_list(db: Path, as_json: bool) -> None:
         table.add_column(column)
     for a in rows:
         table.add_row(a["handle"], a["merchant"], a["name"], a["where_expr"], a["label"] or "all", str(a["size"]),
-                      str(a["noisy_size"]), _when(a["expires"]), a["state"])
+                      str(a["noisy_size"]), when(a["expires"]), a["state"])
     Console().print(table)
-
-
-def _when(timestamp: float) -> str:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @activation.command("export")

@@ -19,9 +19,28 @@ MERCHANT = "merchant"
 AUDITOR = "auditor"
 
 
+def _method_roles() -> dict[str, tuple[str, ...]]:
+    """Who may call each RPC, by its full path: the one place roles are decided. MatchService is the
+    merchants'; AuditService is for auditors and merchants (a merchant proves its report is in the
+    log), except the raw entries, which name every merchant's jobs: auditors only."""
+    roles: dict[str, tuple[str, ...]] = {}
+    for module, service, default in ((match_pb2, "MatchService", (MERCHANT,)),
+                                     (audit_pb2, "AuditService", (AUDITOR, MERCHANT))):
+        descriptor = module.DESCRIPTOR.services_by_name[service]
+        for method in descriptor.methods:
+            roles[f"/{descriptor.full_name}/{method.name}"] = default
+    roles[f"/{audit_pb2.DESCRIPTOR.services_by_name['AuditService'].full_name}/GetEntries"] = (AUDITOR,)
+    return roles
+
+
+# Health and reflection are not listed: they need no token.
+METHOD_ROLES = _method_roles()
+
+
 class Authenticator:
-    """Maps the bearer token in the call metadata to a principal. Used by the interceptor (to refuse
-    early) and by the servicers (to know who is calling)."""
+    """Maps the bearer token in the call metadata to a principal. The interceptor (matcher.server.app)
+    refuses a call whose caller lacks the role METHOD_ROLES gives its method, before any handler
+    runs; the servicers then only ask who is calling."""
 
     def __init__(self, store: Store):
         self._store = store
@@ -32,9 +51,10 @@ class Authenticator:
                 return self._store.authenticate(value[len("Bearer "):].strip())
         return None
 
-    def require(self, context: grpc.ServicerContext, *roles: str) -> Principal:
+    def caller(self, context: grpc.ServicerContext) -> Principal:
+        """The principal the interceptor let through (a token revoked in between is refused)."""
         who = self.principal(context.invocation_metadata())
-        if who is None or who.role not in roles:
+        if who is None:
             raise AuthenticationError()
         return who
 
@@ -74,7 +94,7 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
         matcher error fails the job (audited with its charge) and ends the call."""
         job: MatchJob | None = None
         try:
-            merchant = self._auth.require(context, MERCHANT)
+            merchant = self._auth.caller(context)
             requests = iter(request_iterator)
             opening = getattr(_next(requests, first), first)
             if first == "activation":
@@ -147,7 +167,7 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
 
     def ListActivations(self, request, context):
         with _errors_to_status(context):
-            merchant = self._auth.require(context, MERCHANT)
+            merchant = self._auth.caller(context)
             return match_pb2.ActivationList(activations=[match_pb2.Activation(
                 handle=a["handle"], name=a["name"], where=a["where_expr"], label=a["label"] or "",
                 noisy_size=a["noisy_size"], created_at=a["created"], expires_at=a["expires"], state=a["state"])
@@ -155,7 +175,7 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
 
     def GetJob(self, request, context):
         with _errors_to_status(context):
-            merchant = self._auth.require(context, MERCHANT)
+            merchant = self._auth.caller(context)
             if len(request.job_id) > _MAX_JOB_ID:
                 raise NotFound("no such job (job ids are 32 hex digits)")
             job = self._runner.store.job(request.job_id, merchant)
@@ -164,7 +184,7 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
 
     def GetBudget(self, request, context):
         with _errors_to_status(context):
-            merchant = self._auth.require(context, MERCHANT)
+            merchant = self._auth.caller(context)
             store = self._runner.store
             pol = store.effective_policy(merchant.name)
             spent = store.budget_spent(merchant.id, pol.budget_period_seconds)
@@ -240,7 +260,7 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
     def GetCheckpoint(self, request, context):
         with _errors_to_status(context):
-            self._auth.require(context, AUDITOR, MERCHANT)
+            self._auth.caller(context)
             latest = self._store.latest_checkpoint()
             if latest is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, "the log is empty")
@@ -248,13 +268,13 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
     def ListCheckpoints(self, request, context):
         with _errors_to_status(context):
-            self._auth.require(context, AUDITOR, MERCHANT)
+            self._auth.caller(context)
             for size, note in self._store.checkpoints(min(request.min_size, 2**63 - 1)):
                 yield audit_pb2.SignedCheckpoint(size=size, note=note)
 
     def GetEntries(self, request, context):
         with _errors_to_status(context):
-            self._auth.require(context, AUDITOR)
+            self._auth.caller(context)
             end = min(request.end, self._store.log_size())
             for lo in range(request.start, end, 1000):
                 for index, data in self._store.log_entries(lo, min(end, lo + 1000)):
@@ -262,15 +282,15 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
 
     def GetInclusionProof(self, request, context):
         with _errors_to_status(context):
-            self._auth.require(context, AUDITOR, MERCHANT)
+            self._auth.caller(context)
             return audit_pb2.Proof(hashes=self._tree().inclusion_proof(request.index, request.tree_size))
 
     def GetConsistencyProof(self, request, context):
         with _errors_to_status(context):
-            self._auth.require(context, AUDITOR, MERCHANT)
+            self._auth.caller(context)
             return audit_pb2.Proof(hashes=self._tree().consistency_proof(request.old_size, request.new_size))
 
     def GetVerifierKey(self, request, context):
         with _errors_to_status(context):
-            self._auth.require(context, AUDITOR, MERCHANT)
+            self._auth.caller(context)
             return audit_pb2.VerifierKey(key=self._verifier_key, origin=self._origin)
