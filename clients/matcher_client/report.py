@@ -47,7 +47,7 @@ class Report(dict):
         # The dict holds the signed checkpoint and the log entry (kilobytes): show what a person looks for.
         labels = ", ".join(f"{label}: {cell.get('matched')}" for label, cell in self.get("labels", {}).items())
         return (f"Report(job_id={str(self.get('job_id'))[:12]!r}, list_size={self.get('list_size')}, "
-                f"matched={{{labels}}}, segments={len(self.segments)}, epsilon_spent={self.get('epsilon_spent')})")
+                f"matched={{{labels}}}, segments={len(self.segments)}, epsilon_spent={self.get('epsilon_spent', 0):.6g})")
 
     def _repr_html_(self) -> str | None:
         """Jupyter shows the table (when pandas is there)."""
