@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matcher.crypto import paillier
+from matcher.crypto.paillier import PackingLayout
 from matcher.errors import CryptoError
 from matcher.protocol.platform import PrecomputedStream
 from matcher.server import slots
@@ -16,7 +16,7 @@ from matcher.server.store import SlotState, Store
 POOL_KEY = bytes(range(32))
 
 
-def _stream(layout: paillier.PackingLayout | None = None) -> PrecomputedStream:
+def _stream(layout: PackingLayout | None = None) -> PrecomputedStream:
     pieces = [(bytes([1]) * 64, bytes([2]) * 10 if layout else None), (bytes([3]) * 32, bytes([4]) * 5 if layout else None)]
     return PrecomputedStream(scalar=bytes(range(100, 132)), order=np.array([2, 0, 1], np.int64),
                              pieces=iter(pieces), layout=layout)
@@ -35,7 +35,7 @@ def store(tmp_path):
 
 @pytest.mark.parametrize("with_ciphertexts", [False, True])
 def test_a_written_slot_is_taken_back_as_the_same_stream(store, with_ciphertexts):
-    layout = paillier.PackingLayout.widest(n_segments=3) if with_ciphertexts else None
+    layout = PackingLayout.widest(n_segments=3) if with_ciphertexts else None
     slots.write(store, POOL_KEY, _stream(layout), audience_version="v1", segment="")
     sealed = store.db.execute("SELECT sealed_scalar FROM stream_slots").fetchone()[0]
     assert bytes(range(100, 132)) not in bytes(sealed)  # b is sealed at rest

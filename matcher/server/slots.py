@@ -24,7 +24,8 @@ from typing import Iterable
 
 import numpy as np
 
-from matcher.crypto import paillier, pool
+from matcher.crypto import pool
+from matcher.crypto.paillier import PackingLayout
 from matcher.protocol.platform import PrecomputedStream
 from matcher.server.store import Store
 
@@ -56,7 +57,7 @@ def take(store: Store, pool_key: bytes, audience_version: str, segment: str = ""
     stored = store.take_stream_slot(audience_version, segment)
     if stored is None:
         return None
-    layout = paillier.PackingLayout.from_dict(json.loads(stored.layout_json)) if stored.layout_json else None
+    layout = PackingLayout.from_dict(json.loads(stored.layout_json)) if stored.layout_json else None
     stream = PrecomputedStream(scalar=pool.unseal_bytes(pool_key, stored.sealed_scalar, STREAM_SCALAR),
                                order=np.frombuffer(stored.order, np.int64), layout=layout,
                                pieces=store.stream_slot_pieces(stored.id))
