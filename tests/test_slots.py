@@ -17,7 +17,8 @@ POOL_KEY = bytes(range(32))
 
 
 def _stream(layout: PackingLayout | None = None) -> PrecomputedStream:
-    pieces = [(bytes([1]) * 64, bytes([2]) * 10 if layout else None), (bytes([3]) * 32, bytes([4]) * 5 if layout else None)]
+    pieces = [(bytes([1]) * 64, bytes([2]) * 10 if layout else None),
+              (bytes([3]) * 32, bytes([4]) * 5 if layout else None)]
     return PrecomputedStream(scalar=bytes(range(100, 132)), order=np.array([2, 0, 1], np.int64),
                              pieces=iter(pieces), layout=layout)
 
