@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -21,7 +20,8 @@ from matcher.server._logging import fields
 from matcher.errors import InputError
 from matcher.crypto import pool
 from matcher.crypto.kernels import EncryptionContext, Kernels, local_kernels
-from matcher.server.jobs import STREAM_SCALAR, JobRunner
+from matcher.server import slots
+from matcher.server.jobs import JobRunner
 from matcher.server.auditlog import AuditLog
 from matcher.server.metrics import MetricsEndpoint, PrometheusRecorder
 from matcher.policy import NoiseSource
@@ -46,7 +46,7 @@ class ServerConfig:
     tls_key: Path | None = None
     max_workers: int = 16
     max_concurrent_jobs: int = 4
-    # A job stream that sends nothing for this long is cancelled (its job fails, logged, slot freed).
+    # A job stream that sends nothing for this long is cancelled (its job fails, logged, its place freed).
     idle_timeout: float = 60.0
     # Job streams one merchant may hold open at once.
     streams_per_merchant: int = 2
@@ -67,7 +67,7 @@ class _StreamGuard:
     """Keeps job streams from starving the server: at most ``max_streams`` at once (the rest of the
     worker threads stay free for health checks and the read-only calls), at most ``per_merchant`` for
     one merchant, and any stream that sends nothing for ``idle_timeout`` seconds is cancelled, which
-    fails its job (logged) and frees its slot. A refusal says when to retry."""
+    fails its job (logged) and frees its place. A refusal says when to retry."""
 
     def __init__(self, max_streams: int, per_merchant: int, idle_timeout: float):
         self._max, self._per_merchant, self._idle = max_streams, per_merchant, idle_timeout
@@ -234,12 +234,8 @@ class _Precomputer(threading.Thread):
         key = runner.keys.paillier if self._semi_honest() and not segment else None
         stream = precompute_stream(audience, runner.kernels, key=key,
                                    rows=audience.segment_rows(segment) if segment else None)
-        runner.store.add_stream_slot(audience.version,
-                                     pool.seal_bytes(runner.keys.pool_key, stream.scalar, STREAM_SCALAR),
-                                     stream.order.tobytes(),
-                                     _paced(stream.pieces, lambda: runner.active_jobs > 0, self._halt),
-                                     layout_json=json.dumps(stream.layout.to_dict(), sort_keys=True)
-                                     if stream.layout is not None else None, segment=segment)
+        slots.write(runner.store, runner.keys.pool_key, stream, audience_version=audience.version, segment=segment,
+                    pieces=_paced(stream.pieces, lambda: runner.active_jobs > 0, self._halt))
 
     def _top_up_pool(self, context: EncryptionContext) -> None:
         runner = self._runner

@@ -37,11 +37,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from matcher.server import activations, faults
+from matcher.server import activations, faults, slots
 from matcher.server._logging import fields
 from matcher import policy as policy_mod
 from matcher import where
-from matcher.crypto import paillier, pool
+from matcher.crypto import pool
 from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError, LimitExceeded, MatcherError, PolicyRefused, ProtocolDeviation, ProtocolError
 from matcher.server.keys import OperatorKeys
@@ -64,8 +64,6 @@ from matcher.protocol.unbalanced_platform import StoredCopy, UnbalancedPlatformS
 from matcher.server.store import Principal, Store
 
 Rng = Callable[[int], bytes]
-# Associated data naming a sealed stream scalar b (see matcher.crypto.pool.seal_bytes).
-STREAM_SCALAR = b"matcher-stream-scalar-v1"
 # One line per decision for the operator's logs: ids, names and sizes, never an ID, point or key.
 log = logging.getLogger("matcher.jobs")
 
@@ -142,14 +140,14 @@ class JobRunner:
         if activation is not None and protocol != SECURE:
             raise ProtocolError("an activation runs the secure protocol only")
         try:
-            slot = _Slot(self)
+            seat = _JobSeat(self)
         except LimitExceeded as busy:
             self.metrics.job_refused(kind=job_kind(start, activation, protocol), protocol=protocol, reason=busy.reason)
             raise
         try:
-            return self._begin(merchant, start, activation, slot, protocol)
+            return self._begin(merchant, start, activation, seat, protocol)
         except BaseException:
-            slot.release()  # idempotent: a job that already ended released it itself
+            seat.release()  # idempotent: a job that already ended released it itself
             raise
 
     def _one_copy_user(self, merchant: Principal) -> None:
@@ -187,7 +185,7 @@ class JobRunner:
                     extra=fields(merchant=merchant.name, outcome="suspended"))
 
     def _begin(self, merchant: Principal, start: JobStart, activation: ActivationRequest | None,
-               slot: "_Slot", protocol: str) -> "MatchJob":
+               seat: "_JobSeat", protocol: str) -> "MatchJob":
         job_id = uuid.UUID(bytes=self.rng(16), version=4).hex
         phases = PhaseClock()
         phases.enter("admit")
@@ -225,7 +223,7 @@ class JobRunner:
             self.audit_log.append([_entry("refused", job_id, merchant, pol, start, self.store.now(),
                                           reason=refused.reason, protocol=protocol)])
             raise
-        job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression, slot, protocol=protocol,
+        job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression, seat, protocol=protocol,
                        phases=phases)
         with self._active_lock:
             self._running[job_id] = job
@@ -267,8 +265,8 @@ class JobRunner:
         return job
 
 
-class _Slot:
-    """One of the server's concurrent-job slots, taken at begin and given back exactly once."""
+class _JobSeat:
+    """One of the server's ``max_concurrent_jobs`` seats, taken at begin and given back exactly once."""
 
     def __init__(self, runner: JobRunner):
         runner._job_started()
@@ -287,7 +285,7 @@ class _Slot:
 class MatchJob:
     def __init__(self, runner: JobRunner, job_id: str, merchant: Principal, pol: policy_mod.Policy,
                  epsilon: float, start: JobStart, activation: ActivationRequest | None = None,
-                 expression: where.Expr | None = None, slot: "_Slot | None" = None, *, protocol: str = SECURE,
+                 expression: where.Expr | None = None, seat: "_JobSeat | None" = None, *, protocol: str = SECURE,
                  phases: PhaseClock | None = None):
         self._runner = runner
         self.protocol = protocol
@@ -296,8 +294,8 @@ class MatchJob:
         self.phases = phases or PhaseClock()
         # True once the job's ε is spent whatever happens (secure protocol, after acceptance).
         self.charged = False
-        self._slot = slot
-        self._stream_slots: list[int] = []
+        self._seat = seat
+        self._stream_slots: list[int] = []  # ids of the precomputed stream slots this job took
         self.started = runner.store.now()
         self.activation = activation
         self._expression = expression
@@ -414,16 +412,11 @@ class MatchJob:
     def take_stream_slot(self, audience, segment: str = "") -> PrecomputedStream | None:
         """The member half of this job's stream (of every member, or of ``segment``'s), if the server
         made one while idle (used once)."""
-        store = self._runner.store
-        taken = store.take_stream_slot(audience.version, segment)
+        taken = slots.take(self._runner.store, self._runner.keys.pool_key, audience.version, segment)
         if taken is None:
             return None
-        slot_id, sealed, order, layout_json = taken
-        self._stream_slots.append(slot_id)
-        scalar = pool.unseal_bytes(self._runner.keys.pool_key, sealed, STREAM_SCALAR)
-        layout = paillier.PackingLayout.from_dict(json.loads(layout_json)) if layout_json else None
-        return PrecomputedStream(scalar=scalar, order=np.frombuffer(order, np.int64), layout=layout,
-                                 pieces=store.stream_slot_pieces(slot_id))
+        self._stream_slots.append(taken.slot_id)
+        return taken.stream
 
     def _claim_end(self) -> None:
         if not self._end():
@@ -437,10 +430,10 @@ class MatchJob:
             self._ended.set()
         with self._runner._active_lock:
             self._runner._running.pop(self.job_id, None)
-        if self._slot:
-            self._slot.release()
+        if self._seat:
+            self._seat.release()
         for slot_id in self._stream_slots:
-            self._runner.store.spend_stream_slot(slot_id)
+            slots.spend(self._runner.store, slot_id)
         return True
 
     def finish_activation(self) -> ActivationResult:

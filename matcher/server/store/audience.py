@@ -1,0 +1,188 @@
+"""The audience tables: members (id, match key, H(y), segment bits), the segment columns and the
+audience version in ``meta``, and ``audience_history``, each member's segment bits over time, which
+the unbalanced protocol (:mod:`matcher.server.unbalanced`) reads. Triggers keep the history for
+updates and deletes; imports write new members' records themselves, in bulk."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from matcher.errors import InputError
+from matcher.protocol.platform import Audience
+from matcher.server.store.db import Database
+
+# The page cache of the connection that imports (KiB).
+_IMPORT_CACHE_KIB = 262_144
+# Segment bits live in one signed 64-bit SQLite integer.
+MAX_SEGMENTS = 63
+
+
+class AudienceTables(Database):
+    """The members, imported in batches and read back as one :class:`~matcher.protocol.platform.Audience`."""
+
+    # The last audience read, with its version: valid until an import changes the version.
+    _audience_cache: tuple[str, Audience] | None = None
+
+    def audience_info(self) -> dict:
+        return {
+            "id_kind": self.get_meta("audience_kind"),
+            "segments": json.loads(self.get_meta("segments", "[]")),
+            "members": self.db.execute("SELECT count(*) FROM audience").fetchone()[0],
+        }
+
+    def import_audience(self, batches: Iterable[Sequence[tuple[str, str, bytes, int]]], *, id_kind: str,
+                        segments: Sequence[str]) -> int:
+        """Upsert batches of (member_id, match_key, point, segment_bits); one transaction per batch,
+        so memory is bounded by the batch and an interrupted import keeps whole batches only."""
+        if len(segments) > MAX_SEGMENTS:
+            raise InputError(f"{len(segments)} segments; at most {MAX_SEGMENTS} are supported")
+        info = self.audience_info()
+        current = info["segments"] if info["members"] else []
+        if info["members"] and (info["id_kind"] != id_kind or list(segments)[:len(current)] != current):
+            raise InputError(
+                f"the audience already holds {info['members']} members keyed by '{info['id_kind']}' with segments "
+                f"{info['segments']}; this import has '{id_kind}' with {list(segments)}",
+                hint="import with the same id type and every existing segment column (new ones are added after "
+                     "them: see Store.segments_after_import), or start a new database")
+        meta = {"audience_kind": id_kind, "segments": json.dumps(list(segments))}
+        if list(segments) != info["segments"]:
+            # A new segment column changes every member's payload even when no row changes (all "no"):
+            # a new version, so cached audiences and precomputed streams of the old layout are not used.
+            meta["audience_version"] = secrets.token_hex(8)
+        self.set_meta(meta)
+        # Members arrive in random key order: with SQLite's default 2 MiB page cache every insert into
+        # the unique indexes misses (10^6 members: 68 s; with 256 MiB: 26 s). This connection only.
+        previous_cache = self.db.execute("PRAGMA cache_size").fetchone()[0]
+        self.db.execute(f"PRAGMA cache_size = -{_IMPORT_CACHE_KIB}")
+        try:
+            total = self._import_batches(batches)
+        finally:
+            self.db.execute(f"PRAGMA cache_size = {previous_cache}")
+        with self.transaction() as conn:
+            # The import's rows (audience_history since = audience_seq + 1) become visible to the
+            # unbalanced protocol at once, only now that the whole file is in.
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
+        return total
+
+    def segments_after_import(self, segments: Sequence[str], drop: Sequence[str] = ()) -> list[str]:
+        """The segment columns, in stored order, after an import that lists ``segments`` and drops
+        ``drop``: the audience's own that stay, then the new ones in the order given. A segment is a
+        bit position in every member's row (and in the unbalanced protocol's history), so existing
+        ones keep their order and new ones take the next bits; a member the import does not list is
+        outside the new segments. Raises when ``segments`` leaves out one the audience has and
+        ``drop`` does not name it, or ``drop`` names one it lacks."""
+        info = self.audience_info()
+        current = info["segments"] if info["members"] else []
+        unknown = [s for s in drop if s not in current]
+        if unknown:
+            raise InputError(f"cannot drop {', '.join(unknown)}: the audience's segments are "
+                             f"{', '.join(current) or 'none'}", hint="check --drop-segment")
+        both = [s for s in drop if s in segments]
+        if both:
+            raise InputError(f"{', '.join(both)} is both in --segments and dropped", hint="name it in one of them")
+        missing = [s for s in current if s not in segments and s not in drop]
+        if missing:
+            raise InputError(
+                f"the audience has segment{'s' if len(missing) > 1 else ''} {', '.join(missing)}, which this import "
+                "does not list; removing a segment needs --drop-segment",
+                hint=f"list every segment the audience has ({', '.join(current)}) plus any new ones in --segments, "
+                     f"or pass --drop-segment {missing[0]} to remove it from every member")
+        return [s for s in current if s not in drop] + [s for s in segments if s not in current]
+
+    def drop_segments(self, names: Sequence[str]) -> None:
+        """Remove segments from every member, in one transaction: the remaining ones move down to
+        fill the bits (the history triggers record each member whose bits change, made visible at
+        once), and the unbalanced protocol's stored copies of every stream whose bit moved or went
+        are deleted, since their history reads bits by position: each is made again, in full, by its
+        merchant's next job."""
+        if not names:
+            return
+        old = self.audience_info()["segments"]
+        unknown = [n for n in names if n not in old]
+        if unknown:
+            raise InputError(f"cannot drop {', '.join(unknown)}: the audience's segments are "
+                             f"{', '.join(old) or 'none'}")
+        current = [s for s in old if s not in names]
+        moved = old[min(old.index(n) for n in names):]
+        remap = " | ".join(f"(((segments >> {old.index(s)}) & 1) << {j})" for j, s in enumerate(current)) or "0"
+        marks = ",".join("?" * len(moved))
+        with self.transaction() as conn:
+            conn.execute(f"UPDATE audience SET segments = {remap} WHERE segments != ({remap})")
+            conn.execute(f"DELETE FROM enrollment_pieces WHERE enrollment_id IN (SELECT id FROM enrollments "
+                         f"WHERE stream IN ({marks}))", moved)
+            conn.execute(f"DELETE FROM enrollments WHERE stream IN ({marks})", moved)
+            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                             "value = excluded.value", [("segments", json.dumps(current)),
+                                                        ("audience_version", secrets.token_hex(8))])
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
+
+    def _import_batches(self, batches: Iterable[Sequence[tuple[str, str, bytes, int]]]) -> int:
+        total = 0
+        for batch in batches:
+            with self.transaction() as conn:
+                last_row = conn.execute("SELECT coalesce(max(row_id), 0) FROM audience").fetchone()[0]
+                conn.executemany(
+                    "INSERT INTO audience (member_id, match_key, point, segments) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(match_key) DO UPDATE SET member_id = excluded.member_id, "
+                    "point = excluded.point, segments = excluded.segments", batch)
+                # New members have row ids above every existing one (SQLite's max + 1); one that a later
+                # row of the batch changed again already has its record, from the update trigger.
+                conn.execute("INSERT INTO audience_history (row_id, point, bits, since) "
+                             "SELECT row_id, point, segments, (SELECT CAST(value AS INTEGER) + 1 FROM meta "
+                             "WHERE key = 'audience_seq') FROM audience WHERE row_id > ? AND row_id NOT IN "
+                             "(SELECT row_id FROM audience_history WHERE row_id > ? AND until IS NULL)",
+                             [last_row, last_row])
+                conn.execute("INSERT INTO meta (key, value) VALUES ('audience_version', ?) "
+                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", [secrets.token_hex(8)])
+            total += len(batch)
+        return total
+
+    def known_members(self, match_keys: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        """The segments and H(y) of those of ``match_keys`` already in the audience: a re-import
+        hashes only the new ones and writes only the changed ones."""
+        known: dict[str, tuple[int, bytes]] = {}
+        for lo in range(0, len(match_keys), 500):
+            chunk = match_keys[lo:lo + 500]
+            rows = self.db.execute(f"SELECT match_key, segments, point FROM audience WHERE match_key IN "
+                                   f"({','.join('?' * len(chunk))})", chunk)
+            known.update((key, (bits, bytes(point))) for key, bits, point in rows)
+        return known
+
+    def load_audience(self) -> Audience:
+        """The audience as arrays, cached until the next import changes it."""
+        with self._lock:
+            version = self.get_meta("audience_version", "")
+            if self._audience_cache and self._audience_cache[0] == version:
+                return self._audience_cache[1]
+            info = self.audience_info()
+            row_ids, points, bits = self._audience_rows(info["members"])
+            audience = Audience(id_kind=info["id_kind"] or "", points=points, segment_bits=bits,
+                                segments=tuple(info["segments"]), row_ids=row_ids, version=version)
+            self._audience_cache = (version, audience)
+            return audience
+
+    def _audience_rows(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every member's (row id, H(y), segment bits), in row order, as arrays of ``n`` rows."""
+        points = np.empty((n, 32), dtype=np.uint8)
+        bits = np.empty(n, dtype=np.uint64)
+        row_ids = np.empty(n, dtype=np.int64)
+        cursor = self.db.execute("SELECT row_id, point, segments FROM audience ORDER BY row_id")
+        at = 0
+        while rows := cursor.fetchmany(65_536):
+            row_ids[at:at + len(rows)] = [r[0] for r in rows]
+            points[at:at + len(rows)] = np.frombuffer(b"".join(r[1] for r in rows), np.uint8).reshape(-1, 32)
+            bits[at:at + len(rows)] = [r[2] for r in rows]
+            at += len(rows)
+        return row_ids, points, bits
+
+    def preprocessing_ready(self) -> bool:
+        """True when the unbalanced protocol's history covers every member: no import is half-done
+        (its rows wait for the import's end) and every member has an open record."""
+        seq = int(self.get_meta("audience_seq", "0"))
+        current = self.db.execute("SELECT count(*) FROM audience_history WHERE until IS NULL AND since <= ?",
+                                  [seq]).fetchone()[0]
+        return current == self.audience_info()["members"]
