@@ -36,6 +36,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from matcher.crypto import group, paillier
+from matcher.crypto.packing import PackingLayout
 from matcher.crypto.kernels import EncryptionContext, Kernels
 from matcher.errors import CryptoError, InputError, InvalidCiphertext, ProtocolError
 from matcher.protocol._points import as_point_array, completed, point_rows
@@ -75,10 +76,10 @@ class Audience:
         return np.flatnonzero(self.segment_bits & bit).astype(np.int64)
 
 
-def packing_layout(audience: Audience, public_key: paillier.PublicKey) -> paillier.PackingLayout:
+def packing_layout(audience: Audience, public_key: paillier.PublicKey) -> PackingLayout:
     """Every job on ``audience`` packs its payloads this way: the widest slots the key holds, so the
     layout never depends on the list and ciphertexts can be made before the job."""
-    return paillier.PackingLayout.widest(n_segments=len(audience.segments), key_bits=public_key.bits)
+    return PackingLayout.widest(n_segments=len(audience.segments), key_bits=public_key.bits)
 
 
 @dataclass
@@ -91,7 +92,7 @@ class PrecomputedStream:
     scalar: bytes
     order: np.ndarray
     pieces: Iterator[tuple[bytes, bytes | None]]
-    layout: paillier.PackingLayout | None = None
+    layout: PackingLayout | None = None
 
 
 def precompute_stream(audience: Audience, kernels: Kernels, *, key: paillier.PrivateKey | None = None,

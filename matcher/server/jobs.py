@@ -41,7 +41,8 @@ from matcher.server import activations, faults
 from matcher.server._logging import fields
 from matcher import policy as policy_mod
 from matcher import where
-from matcher.crypto import paillier, pool
+from matcher.crypto import pool
+from matcher.crypto.packing import PackingLayout
 from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError, LimitExceeded, MatcherError, PolicyRefused, ProtocolDeviation, ProtocolError
 from matcher.server.keys import OperatorKeys
@@ -421,7 +422,7 @@ class MatchJob:
         slot_id, sealed, order, layout_json = taken
         self._stream_slots.append(slot_id)
         scalar = pool.unseal_bytes(self._runner.keys.pool_key, sealed, STREAM_SCALAR)
-        layout = paillier.PackingLayout.from_dict(json.loads(layout_json)) if layout_json else None
+        layout = PackingLayout.from_dict(json.loads(layout_json)) if layout_json else None
         return PrecomputedStream(scalar=scalar, order=np.frombuffer(order, np.int64), layout=layout,
                                  pieces=store.stream_slot_pieces(slot_id))
 
