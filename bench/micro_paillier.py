@@ -22,7 +22,8 @@ import time
 from typing import Callable
 
 from matcher.crypto import paillier
-from matcher.crypto.paillier import PackingLayout, PlatformEncryptor, PrivateKey
+from matcher.crypto.packing import PackingLayout
+from matcher.crypto.paillier import PlatformEncryptor, PrivateKey
 
 _N_SEGMENTS = 60
 _METRIC_MAX = (1000, 1)

@@ -18,13 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from phe import paillier as phe_paillier
 
+from matcher.crypto.packing import PackingLayout, Unpacked
 from matcher.crypto.paillier import (
     MIN_KEY_BITS,
-    PackingLayout,
     PlatformEncryptor,
     PrivateKey,
     PublicKey,
-    Unpacked,
 )
 from matcher.errors import CryptoError, InputError, InvalidCiphertext
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from matcher.crypto import group, paillier
+from matcher.crypto import group, packing, paillier
 from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError, InvalidCiphertext, ProtocolError
 from matcher.protocol.merchant import MerchantSession
@@ -225,7 +225,7 @@ def test_stored_ciphertexts_of_another_layout_are_not_used():
 
     members = {i: i % 8 for i in range(200)}
     audience = make_audience(list(members), list(members.values()), 3)
-    other = paillier.PackingLayout.widest(n_segments=2)
+    other = packing.PackingLayout.widest(n_segments=2)
     pieces = iter([(bytes(32) * 200, bytes(KEY.public_key.ciphertext_size) * 200)])
     platform = PlatformSession(audience, KEY, job_id="p", kernels=_OnlyZerosOnline(),
                                precomputed=PrecomputedStream(scalar=group.random_scalar(), order=np.arange(200),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matcher.crypto.paillier import PackingLayout
+from matcher.crypto.packing import PackingLayout
 from matcher.errors import CryptoError
 from matcher.protocol.platform import PrecomputedStream
 from matcher.server import slots

@@ -36,6 +36,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from matcher.crypto import group, paillier
+from matcher.crypto.packing import PackingLayout
 from matcher.crypto.kernels import EncryptionContext, Kernels
 from matcher.errors import CryptoError, InputError, InvalidCiphertext, ProtocolError
 from matcher.protocol._points import as_point_array, completed, point_rows
@@ -75,10 +76,10 @@ class Audience:
         return np.flatnonzero(self.segment_bits & bit).astype(np.int64)
 
 
-def packing_layout(audience: Audience, public_key: paillier.PublicKey) -> paillier.PackingLayout:
+def packing_layout(audience: Audience, public_key: paillier.PublicKey) -> PackingLayout:
     """Every job on ``audience`` packs its payloads this way: the widest slots the key holds, so the
     layout never depends on the list and ciphertexts can be made before the job."""
-    return paillier.PackingLayout.widest(n_segments=len(audience.segments), key_bits=public_key.bits)
+    return PackingLayout.widest(n_segments=len(audience.segments), key_bits=public_key.bits)
 
 
 @dataclass
@@ -91,7 +92,7 @@ class PrecomputedStream:
     scalar: bytes
     order: np.ndarray
     pieces: Iterator[tuple[bytes, bytes | None]]
-    layout: paillier.PackingLayout | None = None
+    layout: PackingLayout | None = None
 
 
 def precompute_stream(audience: Audience, kernels: Kernels, *, key: paillier.PrivateKey | None = None,
@@ -165,31 +166,59 @@ class _State(enum.Enum):
     DONE = "done"
 
 
+class _MemberSource(enum.Enum):
+    """Where the members' half of the audience stream comes from; fixed by :meth:`PlatformSession.start`."""
+
+    FRESH = "blinded and encrypted during the job"
+    PRECOMPUTED_POINTS = "b·H(y) made while idle; ciphertexts made during the job"
+    PRECOMPUTED = "b·H(y) and ciphertexts made while idle"
+
+
 class PlatformSession:
+    """One semi-honest job on ``audience`` under Paillier ``key``.
+
+    The members' half of the stream is made during the job, or taken from ``precomputed`` (then its
+    scalar b is the job's, and its ciphertexts serve if they were packed with this job's layout);
+    Paillier randomness comes from ``randomness`` (the precomputed pool) while it lasts, else
+    encryption runs online on ``kernels``. ``dummies`` is one dummy-match count per label (empty:
+    none). ``max_chunk`` and ``audience_chunk_rows`` size the messages.
+    """
+
     def __init__(self, audience: Audience, key: paillier.PrivateKey, *, job_id: str,
                  dummies: Sequence[int] = (), rng: Rng = os.urandom, kernels: Kernels | None = None,
                  max_chunk: int = MAX_CHUNK_ELEMENTS, audience_chunk_rows: int = AUDIENCE_CHUNK_ROWS,
                  randomness: Callable[[int], list[int] | None] | None = None,
                  precomputed: PrecomputedStream | None = None):
-        self._audience = audience
-        # The member half of the stream made ahead of time (its b included); None: make it now.
-        self._precomputed = precomputed
         if precomputed is not None and len(precomputed.order) != len(audience):
             raise ProtocolError("the precomputed stream belongs to another audience")
-        # Precomputed n-th residues, each used once (matcher.crypto.pool); None when dry.
-        self._randomness = randomness
+        # What the job is about.
+        self._audience = audience
         self._key = key
         self._job_id = job_id
         self._dummies_requested = tuple(dummies)
+        # Where the work and the randomness come from.
         self._rng = rng
         self._kernels = kernels or Kernels()
+        self._precomputed = precomputed  # the member half of the stream made ahead of time, b included
+        self._randomness = randomness    # precomputed n-th residues, each used once (matcher.crypto.pool)
+        # Message sizes.
         self._max_chunk = max_chunk
         self._audience_chunk_rows = audience_chunk_rows
-        self._shuffler = np.random.default_rng(int.from_bytes(rng(32), "big"))
+        # The job's secrets: b, and the order of both returned streams.
         self._scalar = precomputed.scalar if precomputed is not None else group.random_scalar(rng)
+        self._shuffler = np.random.default_rng(int.from_bytes(rng(32), "big"))
         self._state = _State.NEW
-        self._received: list[np.ndarray] = []
+        # Set by start().
+        self._start: JobStart | None = None
+        self._dummies: tuple[int, ...] = ()
+        self._dummy_scalars: list[list[bytes]] = []  # per label, the r of each dummy match
+        self._merchant_base = b""                    # a·G
+        self.layout: PackingLayout | None = None
+        self._members = _MemberSource.FRESH
+        # The merchant's list, a·H(x) in, b·a·H(x) out: filled by receive_blinded(), emptied by double_blinded().
+        self._received_per_label = np.zeros(0, dtype=np.int64)
         self._blinding: deque[Future] = deque()
+        self._received: list[np.ndarray] = []
         self._received_labels: list[np.ndarray] = []
         self.stream_order: np.ndarray | None = None  # stream position -> audience row (or -1 for a dummy)
 
@@ -227,7 +256,9 @@ class PlatformSession:
         if start.list_size > self.layout.max_rows:
             raise InputError(f"a list of {start.list_size} IDs is longer than the {self.layout.max_rows} a sum can count")
         # Members' ciphertexts made with the precomputed stream serve if they were packed the same way.
-        self._stored_ciphertexts = self._precomputed is not None and self._precomputed.layout == self.layout
+        if self._precomputed is not None:
+            self._members = _MemberSource.PRECOMPUTED if self._precomputed.layout == self.layout \
+                else _MemberSource.PRECOMPUTED_POINTS
         self._state = _State.RECEIVING
         return JobAccepted(job_id=self._job_id, paillier_n=self._key.public_key.n_bytes(),
                            segments=self._audience.segments,
@@ -286,7 +317,7 @@ class PlatformSession:
         order = self._stream_order(len(dummy_points))
         self.stream_order = order
         size = self._key.public_key.ciphertext_size
-        feed = _StreamFeed(self._precomputed.pieces, size) if self._precomputed is not None else None
+        feed = _StreamFeed(self._precomputed.pieces, size) if self._members is not _MemberSource.FRESH else None
         encryption = EncryptionContext(self._key, rng=self._rng)
         pending: deque[tuple[np.ndarray, Future | None, Future]] = deque()
         for lo in range(0, len(order), self._audience_chunk_rows):
@@ -301,7 +332,7 @@ class PlatformSession:
             else:  # blinding goes to the workers first, so it runs while this thread encrypts
                 blinded = self._kernels.submit_blind(
                     self._scalar, np.ascontiguousarray(self._audience.points[rows[real]]).tobytes(), chosen=False)
-            if stored is not None and self._stored_ciphertexts:
+            if stored is not None and self._members is _MemberSource.PRECOMPUTED:
                 encrypted = self._with_dummies(encryption, stored, real)
             else:
                 encrypted = self._encrypt(encryption, self._payloads(rows, real))
@@ -317,7 +348,7 @@ class PlatformSession:
         With a precomputed stream the members keep its (random) order and the dummies go to
         uniformly random positions, which gives the same distribution."""
         n = len(self._audience)
-        if self._precomputed is None:
+        if self._members is _MemberSource.FRESH:
             order = self._shuffler.permutation(n + dummies).astype(np.int64)
             order[order >= n] = -1 - (order[order >= n] - n)
             return order

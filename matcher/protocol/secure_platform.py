@@ -93,11 +93,16 @@ class _Stream:
         self.received_per_label: np.ndarray | None = None
         self.merchant_base: bytes | None = None
         self.list_done = False
+        self.index: PointIndex | None = None   # the list copy's b_s·(a_s·H(x)), from finish_list to the count
         self.returned: list[np.ndarray] = []
         self.returned_count = 0
         self.expected: np.ndarray | None = None  # what a·(filler d) must be, row d
         self.sent = False
         self.finished = False
+        self.counts: np.ndarray | None = None  # per label, the list copy's values the stream met
+        # Ordered jobs only: the stream positions that met the list copy, and their labels.
+        self.matched_positions: np.ndarray | None = None
+        self.matched_labels: np.ndarray | None = None
 
     @property
     def size(self) -> int:
@@ -105,6 +110,14 @@ class _Stream:
 
 
 class SecurePlatformSession:
+    """One secure job on ``audience``: ``audit_rows`` fillers per stream plus ``padding(n_streams)``.
+
+    ``ordered`` makes it a blind activation (stream 0 comes back in stream order, so
+    :meth:`matched_rows` can say which members matched), restricted to ``activation_label`` when
+    one is named. ``precomputed(name)`` takes the idle-time slot for a stream, if one is ready;
+    ``max_chunk`` and ``chunk_rows`` size the messages.
+    """
+
     protocol = SECURE
 
     def __init__(self, audience: Audience, *, job_id: str, rng: Rng = os.urandom, kernels: Kernels | None = None,
@@ -128,6 +141,7 @@ class SecurePlatformSession:
         self._precomputed = precomputed or (lambda name: None)
         self._shuffler = np.random.default_rng(int.from_bytes(rng(32), "big"))
         self._state = _State.NEW
+        self._start: JobStart | None = None  # set by start()
         self._streams: list[_Stream] = []
 
     @property

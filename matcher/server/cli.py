@@ -20,6 +20,7 @@ from matcher.server import config as config_mod
 from matcher.server import keys as keys_mod
 from matcher._cli import ErrorReportingGroup, when
 from matcher.errors import InputError
+from matcher.policy import budget_after
 from matcher.server.store import Store
 
 console = Console(stderr=True)
@@ -244,7 +245,7 @@ def _list_principals(role: str, db: Path, as_json: bool) -> None:
         if role == "merchant":  # one indexed sum per merchant: cheap, and what an operator asks next
             pol = store.effective_policy(p["name"])
             used = store.budget_spent(store.principal(role, p["name"]).id, pol.budget_period_seconds)
-            row |= {"epsilon_used": used, "epsilon_left": max(0.0, pol.epsilon_budget - used),
+            row |= {"epsilon_used": used, "epsilon_left": budget_after(pol, used),
                     "budget_period": pol.budget_period}
         rows.append(row)
     if as_json:

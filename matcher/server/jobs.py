@@ -363,7 +363,7 @@ class MatchJob:
             "list_size": self.start.list_size,
             "labels": released,
             "epsilon_spent": self.epsilon,
-            "epsilon_left": max(0.0, self.policy.epsilon_budget - spent),
+            "epsilon_left": policy_mod.budget_after(self.policy, spent),
             "policy_digest": self.policy.digest(),
             "protocol": self.protocol,
         }

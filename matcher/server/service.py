@@ -11,6 +11,7 @@ import grpc
 from matcher.errors import AuthenticationError, InputError, MatcherError, NotFound, ProtocolError
 from matcher.server.jobs import ActivationRequest, JobRunner, MatchJob, Report
 from matcher.log.merkle import MerkleTree
+from matcher.policy import budget_after
 from matcher.protocol.messages import PROTOCOL_CHOICES, SECURE, SEMI_HONEST, BlindedChunk, JobAccepted, JobStart, LabelSums
 from matcher.server.store import Principal, Store
 from matcher.v1 import audit_pb2, audit_pb2_grpc, match_pb2, match_pb2_grpc
@@ -189,7 +190,7 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
             pol = store.effective_policy(merchant.name)
             spent = store.budget_spent(merchant.id, pol.budget_period_seconds)
             return match_pb2.Budget(epsilon_budget=pol.epsilon_budget, epsilon_spent=spent,
-                                    epsilon_left=max(0.0, pol.epsilon_budget - spent), period=pol.budget_period,
+                                    epsilon_left=budget_after(pol, spent), period=pol.budget_period,
                                     epsilon_per_job=pol.epsilon_per_job,
                                     policy_json=json.dumps(pol.to_dict(), sort_keys=True))
 

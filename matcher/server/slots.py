@@ -25,7 +25,7 @@ from typing import Iterable
 import numpy as np
 
 from matcher.crypto import pool
-from matcher.crypto.paillier import PackingLayout
+from matcher.crypto.packing import PackingLayout
 from matcher.protocol.platform import PrecomputedStream
 from matcher.server.store import Store
 
