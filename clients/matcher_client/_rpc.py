@@ -22,13 +22,18 @@ _BY_CODE = {
 }
 
 
-@contextlib.contextmanager
-def channel(server: str, tls_ca: str | None = None) -> Iterator[grpc.Channel]:
+def open_channel(server: str, tls_ca: str | None = None) -> grpc.Channel:
+    """A channel to ``server`` with matcher's message limits; TLS when ``tls_ca`` names the CA file. The caller closes it."""
     if tls_ca:
         creds = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
-        chan = grpc.secure_channel(server, creds, options=_OPTIONS)
-    else:
-        chan = grpc.insecure_channel(server, options=_OPTIONS)
+        return grpc.secure_channel(server, creds, options=_OPTIONS)
+    return grpc.insecure_channel(server, options=_OPTIONS)
+
+
+@contextlib.contextmanager
+def channel(server: str, tls_ca: str | None = None) -> Iterator[grpc.Channel]:
+    """:func:`open_channel`, closed on leaving the block."""
+    chan = open_channel(server, tls_ca)
     try:
         yield chan
     finally:
