@@ -9,10 +9,8 @@ from typing import Iterator
 import grpc
 
 from matcher import errors
+from matcher.protocol.wire import CHANNEL_OPTIONS
 
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InputError,
     grpc.StatusCode.FAILED_PRECONDITION: errors.ProtocolError,
@@ -26,8 +24,8 @@ def open_channel(server: str, tls_ca: str | None = None) -> grpc.Channel:
     """A channel to ``server`` with matcher's message limits; TLS when ``tls_ca`` names the CA file. The caller closes it."""
     if tls_ca:
         creds = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
-        return grpc.secure_channel(server, creds, options=_OPTIONS)
-    return grpc.insecure_channel(server, options=_OPTIONS)
+        return grpc.secure_channel(server, creds, options=CHANNEL_OPTIONS)
+    return grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
 
 
 @contextlib.contextmanager

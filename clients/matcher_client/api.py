@@ -35,8 +35,9 @@ from matcher import ids, tabular
 from matcher.crypto.kernels import Kernels, local_kernels
 from matcher.errors import InputError, LimitExceeded, PolicyRefused, ProtocolDeviation, ProtocolError
 from matcher.protocol.merchant import MerchantSession
-from matcher.protocol.messages import PROTOCOL_CHOICES, SECURE, SEMI_HONEST, AudienceChunk, BlindedChunk, JobAccepted
+from matcher.protocol.messages import PROTOCOL_CHOICES, SECURE, SEMI_HONEST, AudienceChunk, BlindedChunk
 from matcher.protocol.secure_merchant import SecureMerchantSession
+from matcher.protocol.wire import job_accepted_from_proto, job_start_to_proto
 from matcher.v1 import match_pb2, match_pb2_grpc
 from matcher_client import inputs
 from matcher_client._rpc import channel, rpc_errors
@@ -443,13 +444,6 @@ class _Conversation:
         self._outbox.put(None)
 
 
-def _accepted(accepted: match_pb2.JobAccepted) -> JobAccepted:
-    return JobAccepted(job_id=accepted.job_id, paillier_n=accepted.paillier_n, segments=tuple(accepted.segments),
-                       layout_json=accepted.layout_json, max_chunk_elements=accepted.max_chunk_elements,
-                       stream_elements=accepted.stream_elements, stream_names=tuple(accepted.stream_names),
-                       stream_sizes=tuple(accepted.stream_sizes), protocol=accepted.protocol or SEMI_HONEST)
-
-
 def _send_list(talk: _Conversation, session, list_size: int, notify: Progress) -> None:
     sent = 0
     for chunk in session.blinded_chunks():
@@ -459,22 +453,14 @@ def _send_list(talk: _Conversation, session, list_size: int, notify: Progress) -
     talk.send(list_end=match_pb2.ListEnd())
 
 
-def _start_message(start) -> match_pb2.JobStart:
-    return match_pb2.JobStart(protocol_version=start.protocol_version, id_kind=start.id_kind, labels=start.labels,
-                              label_sizes=start.label_sizes, merchant_base=start.merchant_base,
-                              segments=start.segments, all_segments=start.all_segments,
-                              protocol="" if start.protocol == "auto" else start.protocol,
-                              enrollment_key_id=start.enrollment_key_id)
-
-
 def _secure_exchange(call, token: str, session: SecureMerchantSession, start, list_size: int, notify: Progress,
                      timeout: float | None, *, opening: Callable[[match_pb2.JobStart], dict] | None = None,
                      result: str = "report"):
     """The secure protocol's conversation: start, list up, then each stream down and back blinded."""
     talk = _Conversation(call, token, timeout)
     try:
-        talk.send(**(opening(_start_message(start)) if opening else {"start": _start_message(start)}))
-        session.accept(_accepted(talk.expect("accepted")))
+        talk.send(**(opening(job_start_to_proto(start)) if opening else {"start": job_start_to_proto(start)}))
+        session.accept(job_accepted_from_proto(talk.expect("accepted")))
         # One copy of the list per stream: progress counts them all, and all the streams.
         total, done, sent = sum(session.stream_sizes), 0, 0
         for index, name in enumerate(session.stream_names):
@@ -516,9 +502,9 @@ def _semi_honest_exchange(stub, token: str, session: MerchantSession, list_size:
     """The older protocol: the merchant matches the stream against the double-blinded list and sums."""
     talk = _Conversation(stub.Match, token, timeout)
     try:
-        talk.send(start=_start_message(session.start()))
+        talk.send(start=job_start_to_proto(session.start()))
         accepted = talk.expect("accepted")
-        session.accept(_accepted(accepted))
+        session.accept(job_accepted_from_proto(accepted))
         _send_list(talk, session, list_size, notify)
         for response in talk.responses:
             kind = response.WhichOneof("msg")

@@ -202,6 +202,12 @@ def audience_show(db: Path) -> None:
     click.echo(json.dumps(Store(db).audience_info(), indent=2))
 
 
+def _require_tls_pair(tls_cert: Path | None, tls_key: Path | None) -> None:
+    """`serve` and `console` take TLS as a pair: a certificate without its key (or the reverse) is a usage error."""
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("TLS needs both --tls-cert and --tls-key")
+
+
 def _audit(store: Store, entry: dict) -> None:
     """Operator actions are logged like job decisions: auditors see every policy and principal change."""
     from matcher.server.auditlog import AuditLog
@@ -500,8 +506,7 @@ def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, wo
     from matcher.crypto.kernels import kernels_for
     from matcher.server.app import ServerConfig, build_server
 
-    if bool(tls_cert) != bool(tls_key):
-        raise click.UsageError("TLS needs both --tls-cert and --tls-key")
+    _require_tls_pair(tls_cert, tls_key)
     say = console.print
     if log_format == "json":  # text is what `main` set up already
         _logging.configure("json")
@@ -616,8 +621,7 @@ def console_command(db: Path, listen: str, tls_cert: Path | None, tls_key: Path 
                       "restart a running console to use it")
         _print_token(token, as_json)
         return
-    if bool(tls_cert) != bool(tls_key):
-        raise click.UsageError("TLS needs both --tls-cert and --tls-key")
+    _require_tls_pair(tls_cert, tls_key)
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
