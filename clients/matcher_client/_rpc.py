@@ -39,6 +39,16 @@ def channel(server: str, tls_ca: str | None = None) -> Iterator[grpc.Channel]:
 
 
 @contextlib.contextmanager
+def connect(server: str, tls_ca: str | None = None, given: grpc.Channel | None = None) -> Iterator[grpc.Channel]:
+    """The caller's channel ``given``, left open; else :func:`channel` to ``server``."""
+    if given is not None:
+        yield given
+        return
+    with channel(server, tls_ca) as chan:
+        yield chan
+
+
+@contextlib.contextmanager
 def rpc_errors(server: str | None = None) -> Iterator[None]:
     """Re-raise a failed call as the matcher error its status code stands for, with the server's text.
     ``server``: the address dialled, for the message when it cannot be reached."""

@@ -10,6 +10,8 @@ import collections
 import contextlib
 from typing import Iterable, Iterator, Protocol, Sequence
 
+import grpc
+
 from matcher.errors import CryptoError, InputError, NotFound, ProtocolError, VerificationError
 from matcher.v1 import audit_pb2, audit_pb2_grpc
 from matcher_client._rpc import open_channel, rpc_errors
@@ -53,10 +55,15 @@ class LogSource(Protocol):
 
 
 class GrpcLogSource:
-    """A :class:`LogSource` over a matcher server's AuditService. Use as a context manager (or call close)."""
+    """A :class:`LogSource` over a matcher server's AuditService. Use as a context manager (or call close).
 
-    def __init__(self, address: str, token: str, tls_ca: str | None = None, *, timeout: float = 60.0):
-        self._channel = open_channel(address, tls_ca)
+    ``channel``: a gRPC channel to use instead of dialling ``address``; closing the source leaves it open.
+    """
+
+    def __init__(self, address: str, token: str, tls_ca: str | None = None, *, timeout: float = 60.0,
+                 channel: grpc.Channel | None = None):
+        self._own_channel = channel is None
+        self._channel = open_channel(address, tls_ca) if channel is None else channel
         self._stub = audit_pb2_grpc.AuditServiceStub(self._channel)
         self._metadata = [("authorization", f"Bearer {token}")]
         self._timeout = timeout
@@ -68,7 +75,8 @@ class GrpcLogSource:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        if self._own_channel:
+            self._channel.close()
 
     def _call(self, method, request):
         with rpc_errors():
