@@ -40,8 +40,9 @@ the tree's ``VmRSS`` is also sampled every 0.2 s. The client's peak is this proc
 allows it, so data generation does not count) and the high-water marks of its pool workers.
 
 Bytes on the wire: measured, not estimated — the job runs over a channel with a counting
-interceptor (``run_job(..., channel=...)``), so every request and response message is counted as its protobuf size plus gRPC's 5-byte message prefix (HTTP/2
-frame headers, ~0.06 %, are not counted). The analytic estimate (32 B per point each way,
+interceptor (``run_job(..., channel=...)``), so every request and response message is counted
+as its protobuf size plus gRPC's 5-byte message prefix (HTTP/2 frame headers, ~0.06 %, are not
+counted). The analytic estimate (32 B per point each way,
 one ciphertext per platform row) is recorded beside it.
 """
 

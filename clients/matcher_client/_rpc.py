@@ -21,7 +21,8 @@ _BY_CODE = {
 
 
 def open_channel(server: str, tls_ca: str | None = None) -> grpc.Channel:
-    """A channel to ``server`` with matcher's message limits; TLS when ``tls_ca`` names the CA file. The caller closes it."""
+    """A channel to ``server`` with matcher's message limits, TLS when ``tls_ca`` names the CA file;
+    the caller closes it."""
     if tls_ca:
         creds = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
         return grpc.secure_channel(server, creds, options=CHANNEL_OPTIONS)

@@ -110,8 +110,8 @@ def _violation(index: int, entry: dict | None, problem: str) -> VerificationErro
     return VerificationError(f"entry {index}{who}: {problem}")
 
 
-def _check_entry(st: AuditState, index: int, data: bytes, jobs: dict[str, int], new_ledger: dict[str, list[LedgerItem]],
-                 warnings: list[str], releases: list[ReleaseCheck]) -> None:
+def _check_entry(st: AuditState, index: int, data: bytes, jobs: dict[str, int],
+                 new_ledger: dict[str, list[LedgerItem]], warnings: list[str], releases: list[ReleaseCheck]) -> None:
     try:
         entry = json.loads(data)
     except (ValueError, UnicodeDecodeError):
@@ -195,21 +195,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_job(st: AuditState, index: int, entry: dict, jobs: dict[str, int], new_ledger: dict[str, list[LedgerItem]],
-               warnings: list[str], releases: list[ReleaseCheck]) -> None:
+def _check_job(st: AuditState, index: int, entry: dict, jobs: dict[str, int],
+               new_ledger: dict[str, list[LedgerItem]], warnings: list[str], releases: list[ReleaseCheck]) -> None:
     """Check one job decision against the policy it records.
 
     Checkable, and checked, for every job: the recorded policy is valid and ``policy_digest`` is
     its digest; sizes are counts. Refused and failed jobs released nothing (no ``released``, no
     ``report_digest``) and spent ε 0 — except a failed job marked ``charged`` (secure protocol: it
     failed after data-dependent messages had left the server), which spent exactly the policy's
-    per-job ε, counted in the merchant's budget windows like a release. Released jobs and activations: the list size is within
-    [min_list_size, max_list_size], labels are at most max_labels and each holds at least
-    min_list_size IDs, the label sizes add up to the list size, every released cell is a
-    non-negative integer or null (suppressed), ε spent equals ``job_epsilon(policy)``, and the
-    merchant's ε over every budget_period window stays within epsilon_budget (see
-    :func:`_check_budget`). A released job has one cell set per label and a report digest; an
-    activation has one cell set, its slice.
+    per-job ε, counted in the merchant's budget windows like a release. Released jobs and
+    activations: the list size is within [min_list_size, max_list_size], labels are at most
+    max_labels and each holds at least min_list_size IDs, the label sizes add up to the list
+    size, every released cell is a non-negative integer or null (suppressed), ε spent equals
+    ``job_epsilon(policy)``, and the merchant's ε over every budget_period window stays within
+    epsilon_budget (see :func:`_check_budget`). A released job has one cell set per label and a
+    report digest; an activation has one cell set, its slice.
 
     With noise ``none`` the released values are the true counts, so: every released cell is at
     least k; a segment count never exceeds its label's matched count (each summed row adds 1 to

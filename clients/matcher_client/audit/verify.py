@@ -45,7 +45,8 @@ from typing import Sequence
 
 from matcher.errors import InputError, MatcherError, VerificationError
 from matcher.log.checkpoint import Checkpoint, open_checkpoint, parse_verifier_key
-from matcher.log.merkle import MemoryNodeStore, MerkleTree, hash_leaf, perfect_subtrees, verify_consistency, verify_inclusion
+from matcher.log.merkle import (MemoryNodeStore, MerkleTree, hash_leaf, perfect_subtrees, verify_consistency,
+                                verify_inclusion)
 from matcher_client.audit.rules import MerchantSummary, ReleaseCheck, check_entries, summaries
 from matcher_client.audit.source import LogSource, served
 from matcher_client.audit.state import AuditState
