@@ -39,9 +39,10 @@ the tree's ``VmRSS`` is also sampled every 0.2 s. The client's peak is this proc
 ``ru_maxrss`` (after resetting the high-water mark right before the job, where the kernel
 allows it, so data generation does not count) and the high-water marks of its pool workers.
 
-Bytes on the wire: measured, not estimated — the MatchService stub is wrapped so every request
-and response message is counted as its protobuf size plus gRPC's 5-byte message prefix (HTTP/2
-frame headers, ~0.06 %, are not counted). The analytic estimate (32 B per point each way,
+Bytes on the wire: measured, not estimated — the job runs over a channel with a counting
+interceptor (``run_job(..., channel=...)``), so every request and response message is counted
+as its protobuf size plus gRPC's 5-byte message prefix (HTTP/2 frame headers, ~0.06 %, are not
+counted). The analytic estimate (32 B per point each way,
 one ciphertext per platform row) is recorded beside it.
 """
 
@@ -63,7 +64,6 @@ import sys
 import tempfile
 import threading
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -306,38 +306,39 @@ class WireLog:
                 self.mark(key)
 
 
-def _counting_grpc_module(real_module, wire: WireLog):
-    """A stand-in for ``match_pb2_grpc`` whose stub counts every message of ``Match`` and ``Count``."""
+@contextlib.contextmanager
+def counted_channel(address: str, wire: WireLog):
+    """A channel to ``address`` that counts every message of its streaming calls (the jobs) into ``wire``;
+    give it to the client as ``channel=``."""
+    import grpc
 
-    class CountingStub:
-        def __init__(self, channel):
-            self._stub = real_module.MatchServiceStub(channel)
+    from matcher_client._rpc import open_channel
 
-        def _counted_call(self, method, request_iterator, **kwargs):
+    raw = open_channel(address)
+    try:
+        yield grpc.intercept_channel(raw, _counting_interceptor(wire))
+    finally:
+        raw.close()
+
+
+def _counting_interceptor(wire: WireLog):
+    import grpc
+
+    class Counting(grpc.StreamStreamClientInterceptor):
+        def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
             def requests():
                 for request in request_iterator:
                     wire.count(request, "sent")
                     yield request
 
-            responses = method(requests(), **kwargs)
-
-            def counted():
+            def counted(responses):
                 for response in responses:
                     wire.count(response, "received")
                     yield response
 
-            return counted()
+            return counted(continuation(client_call_details, requests()))
 
-        def Match(self, request_iterator, **kwargs):
-            return self._counted_call(self._stub.Match, request_iterator, **kwargs)
-
-        def Count(self, request_iterator, **kwargs):
-            return self._counted_call(self._stub.Count, request_iterator, **kwargs)
-
-        def __getattr__(self, name):
-            return getattr(self._stub, name)
-
-    return types.SimpleNamespace(MatchServiceStub=CountingStub)
+    return Counting()
 
 
 def _free_port() -> int:
@@ -429,7 +430,6 @@ def run_job(address: str, token: str, merchant_ids: list[str], cprofile: str | N
             count_only: bool = False, protocol: str = "secure", segments: list[str] | None = None) -> dict:
     """The client's job; ``cache`` is a warm merchant hash cache (the repeat-customer scenario)."""
     import matcher_client.api as api
-    from matcher.v1 import match_pb2_grpc
 
     started = time.perf_counter()
     merchant_list = api.prepare_rows(((m, None) for m in merchant_ids), id_type="phone")
@@ -453,27 +453,22 @@ def run_job(address: str, token: str, merchant_ids: list[str], cprofile: str | N
         now = time.perf_counter() - t0
         marks.setdefault(phase, [now, now])[1] = now
 
-    real = api.match_pb2_grpc
-    api.match_pb2_grpc = _counting_grpc_module(match_pb2_grpc, wire)
     profiler = cProfile.Profile() if cprofile else None
     usage_before = resource.getrusage(resource.RUSAGE_SELF)
     own_pid = os.getpid()
     # This process's children include the server (and py-spy): those subtrees are not the client.
     sampler = TreeSampler(own_pid, exclude={server_pid} | ({profiler_proc.pid} if profiler_proc else set()))
-    try:
-        with sampler:
-            if profiler:
-                profiler.enable()
-            if protocol == "secure":
-                report = api.run_job(address, token, merchant_list, progress=progress, cache=cache,
-                                     count_only=count_only, segments=segments, protocol=protocol)
-            else:  # every segment; the client has no count-only semi-honest job any more
-                report = api.run_job(address, token, merchant_list, progress=progress, cache=cache,
-                                     protocol=protocol)
-            if profiler:
-                profiler.disable()
-    finally:
-        api.match_pb2_grpc = real
+    with counted_channel(address, wire) as channel, sampler:
+        if profiler:
+            profiler.enable()
+        if protocol == "secure":
+            report = api.run_job(address, token, merchant_list, progress=progress, cache=cache,
+                                 count_only=count_only, segments=segments, protocol=protocol, channel=channel)
+        else:  # every segment; the client has no count-only semi-honest job any more
+            report = api.run_job(address, token, merchant_list, progress=progress, cache=cache,
+                                 protocol=protocol, channel=channel)
+        if profiler:
+            profiler.disable()
     total_s = time.perf_counter() - t0
     if profiler_proc:
         profiler_proc.send_signal(signal.SIGINT)
@@ -712,18 +707,20 @@ def _protocol_result(job: dict, args) -> dict:
 def _wait_pool(db: Path, values: int, streams: int = 1, timeout: float = 3600) -> float:
     """Seconds until the server's randomness pool holds ``values`` and a slot is ready for each of
     ``streams`` streams (every member, then one per segment: the secure protocol's)."""
-    import sqlite3
-
     from matcher.crypto import pool
+    from matcher.server.store import Store
 
     wanted = -(-values // pool.BATCH)
     started = time.perf_counter()
     while time.perf_counter() - started < timeout:
-        with contextlib.closing(sqlite3.connect(str(db), timeout=30)) as conn:
-            if (conn.execute("SELECT count(*) FROM randomness_pool").fetchone()[0] >= wanted
-                    and conn.execute("SELECT count(DISTINCT segment) FROM stream_slots WHERE taken = 0 "
-                                     "AND ready = 1").fetchone()[0] >= streams):
-                return time.perf_counter() - started
+        # What `matcher status` shows: the pool's sealed batches, and ready slots for the current
+        # audience (one stream of every member, then one per segment).
+        with contextlib.closing(Store(db, read_only=True)) as store:
+            status = store.status()
+        ready_streams = (status["stream_slots_ready"] > 0) + sum(
+            1 for count in status["segment_stream_slots_ready"].values() if count > 0)
+        if status["randomness_pool_batches"] >= wanted and ready_streams >= streams:
+            return time.perf_counter() - started
         time.sleep(0.5)
     raise TimeoutError("the randomness pool did not fill")
 

@@ -33,8 +33,8 @@ import numpy as np
 
 from bench.e2e import (
     WireLog,
-    _counting_grpc_module,
     _cpu_seconds,
+    counted_channel,
     _free_port,
     _matcher_executable,
     _wait_serving,
@@ -74,18 +74,13 @@ def _truth(members: dict[str, int], listed: list[str], n_segments: int) -> dict:
 def _job(address: str, token: str, listed: list[str], server_pid: int, members: dict[str, int] | None,
          n_segments: int) -> dict:
     import matcher_client.api as api
-    from matcher.v1 import match_pb2_grpc
 
     merchant_list = api.prepare_rows(((m, None) for m in listed), id_type="phone")
     wire = WireLog(time.perf_counter(), per_stream=True)
-    real = api.match_pb2_grpc
-    api.match_pb2_grpc = _counting_grpc_module(match_pb2_grpc, wire)
     cpu = _tree_cpu(server_pid)
     started = time.perf_counter()
-    try:
-        report = api.run_job(address, token, merchant_list, mode="unbalanced")
-    finally:
-        api.match_pb2_grpc = real
+    with counted_channel(address, wire) as channel:
+        report = api.run_job(address, token, merchant_list, mode="unbalanced", channel=channel)
     wall = time.perf_counter() - started
     released = report["labels"]["all"]
     return {"list": len(listed), "wall_s": round(wall, 2), "protocol": report["protocol"],

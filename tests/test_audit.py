@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from matcher.server import keys as keys_mod
 from matcher.errors import MatcherError, VerificationError
-from matcher.server.auditlog import AuditLog, canonical_json
+from matcher.log.entries import canonical_json
+from matcher.server.auditlog import AuditLog
 from matcher.log.checkpoint import Signer
 from matcher.policy import Policy
 from matcher_client import api

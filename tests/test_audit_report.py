@@ -8,7 +8,7 @@ import re
 from click.testing import CliRunner
 from matcher_client.audit_cli import main as audit_main
 
-from matcher.server.auditlog import canonical_json
+from matcher.log.entries import canonical_json
 from tests import test_audit
 
 log = test_audit.log  # the fixture: three released jobs and one refused, on a real server

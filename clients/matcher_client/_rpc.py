@@ -9,10 +9,8 @@ from typing import Iterator
 import grpc
 
 from matcher import errors
+from matcher.protocol.wire import CHANNEL_OPTIONS
 
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
 _BY_CODE = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InputError,
     grpc.StatusCode.FAILED_PRECONDITION: errors.ProtocolError,
@@ -22,17 +20,33 @@ _BY_CODE = {
 }
 
 
-@contextlib.contextmanager
-def channel(server: str, tls_ca: str | None = None) -> Iterator[grpc.Channel]:
+def open_channel(server: str, tls_ca: str | None = None) -> grpc.Channel:
+    """A channel to ``server`` with matcher's message limits, TLS when ``tls_ca`` names the CA file;
+    the caller closes it."""
     if tls_ca:
         creds = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
-        chan = grpc.secure_channel(server, creds, options=_OPTIONS)
-    else:
-        chan = grpc.insecure_channel(server, options=_OPTIONS)
+        return grpc.secure_channel(server, creds, options=CHANNEL_OPTIONS)
+    return grpc.insecure_channel(server, options=CHANNEL_OPTIONS)
+
+
+@contextlib.contextmanager
+def channel(server: str, tls_ca: str | None = None) -> Iterator[grpc.Channel]:
+    """:func:`open_channel`, closed on leaving the block."""
+    chan = open_channel(server, tls_ca)
     try:
         yield chan
     finally:
         chan.close()
+
+
+@contextlib.contextmanager
+def connect(server: str, tls_ca: str | None = None, given: grpc.Channel | None = None) -> Iterator[grpc.Channel]:
+    """The caller's channel ``given``, left open; else :func:`channel` to ``server``."""
+    if given is not None:
+        yield given
+        return
+    with channel(server, tls_ca) as chan:
+        yield chan
 
 
 @contextlib.contextmanager

@@ -31,15 +31,18 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping
 
+import grpc
+
 from matcher import ids, tabular
 from matcher.crypto.kernels import Kernels, local_kernels
 from matcher.errors import InputError, LimitExceeded, PolicyRefused, ProtocolDeviation, ProtocolError
 from matcher.protocol.merchant import MerchantSession
-from matcher.protocol.messages import PROTOCOL_CHOICES, SECURE, SEMI_HONEST, AudienceChunk, BlindedChunk, JobAccepted
+from matcher.protocol.messages import PROTOCOL_CHOICES, SECURE, SEMI_HONEST, AudienceChunk, BlindedChunk
 from matcher.protocol.secure_merchant import SecureMerchantSession
+from matcher.protocol.wire import job_accepted_from_proto, job_start_to_proto
 from matcher.v1 import match_pb2, match_pb2_grpc
 from matcher_client import inputs
-from matcher_client._rpc import channel, rpc_errors
+from matcher_client._rpc import connect, rpc_errors
 from matcher_client.enrollment_key import LazyEnrollmentKey, default_path
 from matcher_client.report import Report
 
@@ -193,11 +196,11 @@ class ServerCheck:
 
 
 def check_server(server: str, token: str, *, tls_ca: str | None = None,
-                 timeout: float | None = CHECK_TIMEOUT) -> ServerCheck:
+                 timeout: float | None = CHECK_TIMEOUT, channel: grpc.Channel | None = None) -> ServerCheck:
     """Reach the server and have it check the token (the authenticated GetBudget call: no job, no ε),
     before anything slow happens here. Raises :class:`~matcher.errors.ConnectionFailed` or
     :class:`~matcher.errors.AuthenticationError` with what to do about it."""
-    with rpc_errors(server), channel(server, tls_ca) as chan:
+    with rpc_errors(server), connect(server, tls_ca, channel) as chan:
         reply = match_pb2_grpc.MatchServiceStub(chan).GetBudget(
             match_pb2.GetBudgetRequest(), metadata=[("authorization", f"Bearer {token}")], timeout=timeout)
     try:
@@ -249,7 +252,7 @@ def match(server: str, token: str, data=None, *, id_column: str | None = None, i
           progress: Progress | bool | None = None, kernels: Kernels | None = None, timeout: float | None = None,
           rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
           segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 10,
-          mode: str = "auto", enrollment_key: str | None = None) -> Report:
+          mode: str = "auto", enrollment_key: str | None = None, channel: grpc.Channel | None = None) -> Report:
     """Run a match job on your list and return the released :class:`~matcher_client.report.Report`
     (a dict: the report JSON of ``matcher-client match --json``; plus ``.to_pandas()`` and ``.plot()``).
 
@@ -290,16 +293,20 @@ def match(server: str, token: str, data=None, *, id_column: str | None = None, i
     ``mode``: "auto" (the server picks by the sizes), "balanced" or "unbalanced" (the platform keeps
     this merchant's blinded copy of its audience between jobs; README "Unbalanced mode"). The
     unbalanced protocol's long-lived key lives in ``enrollment_key`` (default: one file per server
-    and token under ~/.matcher-client, or $MATCHER_CLIENT_HOME), encrypted with the token."""
+    and token under ~/.matcher-client, or $MATCHER_CLIENT_HOME), encrypted with the token.
+
+    ``channel``: a gRPC channel to use instead of dialling ``server`` (e.g. one wrapped with
+    ``grpc.intercept_channel`` to measure the traffic); it stays open. Every call here takes it."""
     with _progress_bars(progress) as progress:
         merchant_list, policy = read_checked(server, token, data, rows, id_column=id_column, id_type=id_type,
                                              label_column=label_column, delimiter=delimiter, region=region,
                                              hashed_kind=hashed_kind, tls_ca=tls_ca, progress=progress,
-                                             timeout=timeout)
+                                             timeout=timeout, channel=channel)
         with explained_refusals(policy, merchant_list):
             return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
                            timeout=timeout, rng=rng, cache=cache, count_only=count_only, segments=segments,
-                           protocol=protocol, retries=retries, mode=mode, enrollment_key=enrollment_key)
+                           protocol=protocol, retries=retries, mode=mode, enrollment_key=enrollment_key,
+                           channel=channel)
 
 
 @contextlib.contextmanager
@@ -319,7 +326,7 @@ def _progress_bars(progress: Progress | bool | None) -> Iterator[Progress | None
 def read_checked(server: str, token: str, data, rows=None, *, id_column: str | None = None, id_type: str,
                  label_column: str | None = None, delimiter: str | None = None, region: str = "CN",
                  hashed_kind: str = "phone", tls_ca: str | None = None, progress: Progress | None = None,
-                 timeout: float | None = None) -> tuple[MerchantList, dict]:
+                 timeout: float | None = None, channel: grpc.Channel | None = None) -> tuple[MerchantList, dict]:
     """The list of a job (:func:`read_list`), read only after the server answered and took the
     token (:func:`check_server`), and the policy the server publishes (for :func:`explained_refusals`).
     Local problems that need no reading (a bad id type, a missing file, an Excel workbook) come first."""
@@ -329,7 +336,8 @@ def read_checked(server: str, token: str, data, rows=None, *, id_column: str | N
     ids.hash_kind(id_type, hashed_kind)  # a bad id type or hashed kind, before anything else
     tabular.parse_delimiter(delimiter)   # a bad --delimiter
     inputs.check_local(data)              # a missing file too: no need to ask the server about it
-    checked = check_server(server, token, tls_ca=tls_ca, timeout=min(timeout or CHECK_TIMEOUT, CHECK_TIMEOUT))
+    checked = check_server(server, token, tls_ca=tls_ca, timeout=min(timeout or CHECK_TIMEOUT, CHECK_TIMEOUT),
+                           channel=channel)
     merchant_list = read_list(data, id_column=id_column, id_type=id_type, label_column=label_column,
                               region=region, hashed_kind=hashed_kind, progress=progress, delimiter=delimiter)
     return merchant_list, checked.policy
@@ -361,7 +369,7 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
             progress: Progress | None = None, kernels: Kernels | None = None, timeout: float | None = None,
             rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
             segments: Iterable[str] | None = None, protocol: str = SECURE, retries: int = 10,
-            mode: str = "auto", enrollment_key: str | None = None) -> Report:
+            mode: str = "auto", enrollment_key: str | None = None, channel: grpc.Channel | None = None) -> Report:
     """Run a job on a list already read (:func:`read_list`); see :func:`match`."""
     if protocol not in (SECURE, SEMI_HONEST):
         raise ValueError(f"protocol must be {SECURE!r} or {SEMI_HONEST!r}")
@@ -379,7 +387,7 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
     with _kernels(kernels, len(prepared.keys), cache) as kernels:
         for attempt in itertools.count():
             try:
-                with rpc_errors(server), channel(server, tls_ca) as chan:
+                with rpc_errors(server), connect(server, tls_ca, channel) as chan:
                     stub = match_pb2_grpc.MatchServiceStub(chan)
                     if protocol == SECURE:
                         session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind,
@@ -443,13 +451,6 @@ class _Conversation:
         self._outbox.put(None)
 
 
-def _accepted(accepted: match_pb2.JobAccepted) -> JobAccepted:
-    return JobAccepted(job_id=accepted.job_id, paillier_n=accepted.paillier_n, segments=tuple(accepted.segments),
-                       layout_json=accepted.layout_json, max_chunk_elements=accepted.max_chunk_elements,
-                       stream_elements=accepted.stream_elements, stream_names=tuple(accepted.stream_names),
-                       stream_sizes=tuple(accepted.stream_sizes), protocol=accepted.protocol or SEMI_HONEST)
-
-
 def _send_list(talk: _Conversation, session, list_size: int, notify: Progress) -> None:
     sent = 0
     for chunk in session.blinded_chunks():
@@ -459,22 +460,14 @@ def _send_list(talk: _Conversation, session, list_size: int, notify: Progress) -
     talk.send(list_end=match_pb2.ListEnd())
 
 
-def _start_message(start) -> match_pb2.JobStart:
-    return match_pb2.JobStart(protocol_version=start.protocol_version, id_kind=start.id_kind, labels=start.labels,
-                              label_sizes=start.label_sizes, merchant_base=start.merchant_base,
-                              segments=start.segments, all_segments=start.all_segments,
-                              protocol="" if start.protocol == "auto" else start.protocol,
-                              enrollment_key_id=start.enrollment_key_id)
-
-
 def _secure_exchange(call, token: str, session: SecureMerchantSession, start, list_size: int, notify: Progress,
                      timeout: float | None, *, opening: Callable[[match_pb2.JobStart], dict] | None = None,
                      result: str = "report"):
     """The secure protocol's conversation: start, list up, then each stream down and back blinded."""
     talk = _Conversation(call, token, timeout)
     try:
-        talk.send(**(opening(_start_message(start)) if opening else {"start": _start_message(start)}))
-        session.accept(_accepted(talk.expect("accepted")))
+        talk.send(**(opening(job_start_to_proto(start)) if opening else {"start": job_start_to_proto(start)}))
+        session.accept(job_accepted_from_proto(talk.expect("accepted")))
         # One copy of the list per stream: progress counts them all, and all the streams.
         total, done, sent = sum(session.stream_sizes), 0, 0
         for index, name in enumerate(session.stream_names):
@@ -516,9 +509,9 @@ def _semi_honest_exchange(stub, token: str, session: MerchantSession, list_size:
     """The older protocol: the merchant matches the stream against the double-blinded list and sums."""
     talk = _Conversation(stub.Match, token, timeout)
     try:
-        talk.send(start=_start_message(session.start()))
+        talk.send(start=job_start_to_proto(session.start()))
         accepted = talk.expect("accepted")
-        session.accept(_accepted(accepted))
+        session.accept(job_accepted_from_proto(accepted))
         _send_list(talk, session, list_size, notify)
         for response in talk.responses:
             kind = response.WhichOneof("msg")
@@ -552,7 +545,7 @@ def activate(server: str, token: str, merchant_list, *, name: str, where: str,
              kernels: Kernels | None = None, timeout: float | None = None,
              rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, id_column: str | None = None,
              id_type: str | None = None, label_column: str | None = None, delimiter: str | None = None,
-             region: str = "CN", hashed_kind: str = "phone") -> dict:
+             region: str = "CN", hashed_kind: str = "phone", channel: grpc.Channel | None = None) -> dict:
     """Opt in to tell the platform which of its members are your matches (optionally one label's),
     filtered by ``where``; the platform stores that slice for a campaign. You get a handle and a
     noisy size — never the members. The job's ε is spent whether or not the slice is large enough.
@@ -568,16 +561,17 @@ def activate(server: str, token: str, merchant_list, *, name: str, where: str,
         merchant_list, policy = read_checked(server, token, merchant_list, None, id_column=id_column,
                                               id_type=id_type, label_column=label_column, delimiter=delimiter,
                                               region=region, hashed_kind=hashed_kind, tls_ca=tls_ca,
-                                              progress=progress, timeout=timeout)
+                                              progress=progress, timeout=timeout, channel=channel)
         with explained_refusals(policy, merchant_list):
             return activate(server, token, merchant_list, name=name, where=where, label=label, tls_ca=tls_ca,
-                            progress=progress, kernels=kernels, timeout=timeout, rng=rng, cache=cache)
+                            progress=progress, kernels=kernels, timeout=timeout, rng=rng, cache=cache,
+                            channel=channel)
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
     with _kernels(kernels, len(prepared.keys), cache) as kernels:
         session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
                                         kernels=kernels, ordered=True)
-        with rpc_errors(server), channel(server, tls_ca) as chan:
+        with rpc_errors(server), connect(server, tls_ca, channel) as chan:
             result = _secure_exchange(
                 match_pb2_grpc.MatchServiceStub(chan).Activate, token, session, session.start(), len(prepared.keys),
                 notify, timeout, result="activation_result",
@@ -588,8 +582,9 @@ def activate(server: str, token: str, merchant_list, *, name: str, where: str,
             "list_size": len(prepared.keys), "invalid": dict(prepared.invalid), "duplicates": prepared.duplicates}
 
 
-def activations(server: str, token: str, *, tls_ca: str | None = None) -> list[dict]:
-    with rpc_errors(server), channel(server, tls_ca) as chan:
+def activations(server: str, token: str, *, tls_ca: str | None = None,
+                channel: grpc.Channel | None = None) -> list[dict]:
+    with rpc_errors(server), connect(server, tls_ca, channel) as chan:
         reply = match_pb2_grpc.MatchServiceStub(chan).ListActivations(
             match_pb2.ListActivationsRequest(), metadata=[("authorization", f"Bearer {token}")])
     return [{"handle": a.handle, "name": a.name, "where": a.where, "label": a.label or None,
@@ -604,8 +599,9 @@ def _expect(responses, kind: str):
     return response
 
 
-def budget(server: str, token: str, *, tls_ca: str | None = None) -> Mapping[str, float]:
-    with rpc_errors(server), channel(server, tls_ca) as chan:
+def budget(server: str, token: str, *, tls_ca: str | None = None,
+           channel: grpc.Channel | None = None) -> Mapping[str, float]:
+    with rpc_errors(server), connect(server, tls_ca, channel) as chan:
         reply = match_pb2_grpc.MatchServiceStub(chan).GetBudget(
             match_pb2.GetBudgetRequest(), metadata=[("authorization", f"Bearer {token}")])
     return _budget(reply)

@@ -30,6 +30,7 @@ __all__ = [
     "NodeStore",
     "hash_children",
     "hash_leaf",
+    "perfect_subtrees",
     "root_from_inclusion",
     "verify_consistency",
     "verify_inclusion",
@@ -61,8 +62,11 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def _perfect_nodes(begin: int, end: int) -> list[NodeID]:
+def perfect_subtrees(begin: int, end: int) -> list[NodeID]:
     """The perfect subtrees, largest first, whose right fold is MTH(D[begin:end]).
+
+    ``perfect_subtrees(0, size)`` is the compact range of a tree: its right edge, all that is
+    needed to append to it and compute every later root.
 
     Only valid for ranges the RFC recursion produces: ``begin`` is a multiple of a
     power of two that is at least ``end - begin``, so the binary decomposition of the
@@ -134,7 +138,7 @@ class MerkleTree:
 
     def _read(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         """MTH of each range, all nodes fetched with one get_nodes call."""
-        per_range = [_perfect_nodes(b, e) for b, e in ranges]
+        per_range = [perfect_subtrees(b, e) for b, e in ranges]
         wanted = list(dict.fromkeys(k for ids in per_range for k in ids))
         if not wanted:
             return []
@@ -177,7 +181,7 @@ class MerkleTree:
         if not entries:
             return self.size
         # The right border of the current tree: exactly the nodes a new leaf can be merged with.
-        border_ids = _perfect_nodes(0, self.size)
+        border_ids = perfect_subtrees(0, self.size)
         got = self.store.get_nodes(border_ids) if border_ids else {}
         missing = [k for k in border_ids if k not in got]
         if missing:

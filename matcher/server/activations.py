@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 from matcher.errors import InputError
+from matcher.log.entries import activation_entry
 from matcher.server.store import Store
 
 Audit = Callable[[dict], None]
@@ -21,7 +22,7 @@ def expire(store: Store, audit: Audit) -> list[str]:
     handles = store.expired_activations()
     for handle in handles:
         store.end_activation(handle, "expired")
-        audit({"type": "activation_expired", "activation": handle})
+        audit(activation_entry("expired", handle))
     return handles
 
 
@@ -42,7 +43,7 @@ def export(store: Store, audit: Audit, handle: str, out: Path) -> int:
             for batch in batches:
                 writer.writerows([m] for m in batch)
                 count += len(batch)
-    audit({"type": "activation_exported", "activation": handle, "rows": count})
+    audit(activation_entry("exported", handle, rows=count))
     return count
 
 
@@ -51,7 +52,7 @@ def delete(store: Store, audit: Audit, handle: str) -> None:
     if activation["state"] != "active":
         raise InputError(f"activation {handle} is already {activation['state']}")
     store.end_activation(handle, "deleted")
-    audit({"type": "activation_deleted", "activation": handle})
+    audit(activation_entry("deleted", handle))
 
 
 def _write_parquet(out: Path, batches) -> int:

@@ -26,14 +26,13 @@ from matcher.server.auditlog import AuditLog
 from matcher.server.metrics import MetricsEndpoint, PrometheusRecorder
 from matcher.policy import NoiseSource
 from matcher.protocol.platform import precompute_stream
+from matcher.protocol.wire import MAX_MESSAGE_BYTES
 from matcher.server.service import METHOD_ROLES, AuditServicer, Authenticator, MatchServicer
 from matcher.server.store import Store
 from matcher.v1 import audit_pb2, audit_pb2_grpc, match_pb2, match_pb2_grpc
 
 log = logging.getLogger("matcher.server")
 
-# A blinded chunk is at most 64k points (2 MiB); an audience chunk ~4k ciphertexts (~2 MiB).
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 _MATCH_SERVICE = match_pb2.DESCRIPTOR.services_by_name["MatchService"].full_name
 _AUDIT_SERVICE = audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name
 

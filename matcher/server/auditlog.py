@@ -1,4 +1,4 @@
-"""Appending to the audit log: canonical JSON entries, Merkle nodes and a signed checkpoint per append.
+"""Appending to the audit log: entries (built by matcher.log.entries), Merkle nodes and a signed checkpoint per append.
 
 Every append signs a new checkpoint and keeps it, so the operator cannot later re-sign a
 different history without contradicting a checkpoint it already published.
@@ -6,15 +6,11 @@ different history without contradicting a checkpoint it already published.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Mapping, Sequence
 
 from matcher.log.checkpoint import Checkpoint, Signer
+from matcher.log.entries import canonical_json
 from matcher.log.merkle import MerkleTree, NodeID
-
-
-def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class _PendingNodes:

@@ -20,6 +20,7 @@ from matcher.server import config as config_mod
 from matcher.server import keys as keys_mod
 from matcher._cli import ErrorReportingGroup, when
 from matcher.errors import InputError
+from matcher.log import entries
 from matcher.policy import budget_after
 from matcher.server.store import Store
 
@@ -184,8 +185,7 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
         # Auditors see which segments a report can name, and from which audience version on.
         added = [s for s in segments_now if s not in segments_before]
         removed = [s for s in segments_before if s not in segments_now]
-        _audit(store, {"type": "audience_segments", "segments": segments_now, "added": added, "removed": removed,
-                       "audience_version": store.get_meta("audience_version")})
+        _audit(store, entries.audience_segments_entry(segments_now, added, removed, store.get_meta("audience_version")))
         if segments_before and added:
             console.print(f"added segment{'s' if len(added) > 1 else ''} {', '.join(added)}: members this file "
                           "does not list are outside them", soft_wrap=True, highlight=False)
@@ -203,6 +203,12 @@ def audience_show(db: Path) -> None:
     click.echo(json.dumps(Store(db).audience_info(), indent=2))
 
 
+def _require_tls_pair(tls_cert: Path | None, tls_key: Path | None) -> None:
+    """`serve` and `console` take TLS as a pair: a certificate without its key (or the reverse) is a usage error."""
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("TLS needs both --tls-cert and --tls-key")
+
+
 def _audit(store: Store, entry: dict) -> None:
     """Operator actions are logged like job decisions: auditors see every policy and principal change."""
     from matcher.server.auditlog import AuditLog
@@ -213,7 +219,7 @@ def _audit(store: Store, entry: dict) -> None:
 def _add_principal(role: str, db: Path, name: str, as_json: bool) -> None:
     store = Store(db)
     _, token = store.add_principal(role, name)
-    _audit(store, {"type": f"{role}_added", "name": name})
+    _audit(store, entries.principal_entry(role, "added", name))
     console.print(f"{role} '{name}' added; the token is shown once, store it safely")
     _print_token(token, as_json)
 
@@ -221,7 +227,7 @@ def _add_principal(role: str, db: Path, name: str, as_json: bool) -> None:
 def _rotate_token(role: str, db: Path, name: str, as_json: bool) -> None:
     store = Store(db)
     token = store.rotate_token(role, name)
-    _audit(store, {"type": f"{role}_token_rotated", "name": name})
+    _audit(store, entries.principal_entry(role, "token_rotated", name))
     console.print(f"{role} '{name}' has a new token (the old one no longer works); it is shown once, store it safely")
     _print_token(token, as_json)
 
@@ -230,7 +236,7 @@ def _set_disabled(role: str, db: Path, name: str, disabled: bool) -> None:
     store = Store(db)
     store.set_disabled(role, name, disabled)
     state = "disabled" if disabled else "enabled"
-    _audit(store, {"type": f"{role}_{state}", "name": name})
+    _audit(store, entries.principal_entry(role, state, name))
     console.print(f"{role} '{name}' {state}")
 
 
@@ -362,8 +368,7 @@ def policy_set(db: Path, key: str, value: str, merchant: str | None, yes: bool) 
     if key == "noise" and value.strip().lower() == "none" and store.effective_policy(merchant).noise != "none":
         _confirm_no_dp(merchant, yes)
     effective = store.set_policy(key, value, merchant=merchant)
-    _audit(store, {"type": "policy", "key": key, "value": value, "merchant": merchant,
-                   "policy": effective.to_dict(), "policy_digest": effective.digest()})
+    _audit(store, entries.policy_entry(key, value, merchant, effective))
     console.print(f"{key} = {getattr(effective, key)}" + (f" for merchant '{merchant}'" if merchant else ""))
 
 
@@ -496,8 +501,7 @@ def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, wo
     from matcher.crypto.kernels import kernels_for
     from matcher.server.app import ServerConfig, build_server
 
-    if bool(tls_cert) != bool(tls_key):
-        raise click.UsageError("TLS needs both --tls-cert and --tls-key")
+    _require_tls_pair(tls_cert, tls_key)
     say = console.print
     if log_format == "json":  # text is what `main` set up already
         _logging.configure("json")
@@ -612,8 +616,7 @@ def console_command(db: Path, listen: str, tls_cert: Path | None, tls_key: Path 
                       "restart a running console to use it")
         _print_token(token, as_json)
         return
-    if bool(tls_cert) != bool(tls_key):
-        raise click.UsageError("TLS needs both --tls-cert and --tls-key")
+    _require_tls_pair(tls_cert, tls_key)
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or int(port) > 65535:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")

@@ -45,7 +45,8 @@ from matcher.crypto import pool
 from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError, LimitExceeded, MatcherError, PolicyRefused, ProtocolDeviation, ProtocolError
 from matcher.server.keys import OperatorKeys
-from matcher.server.auditlog import AuditLog, canonical_json
+from matcher.log.entries import canonical_json, job_entry, principal_entry
+from matcher.server.auditlog import AuditLog
 from matcher.server.metrics import PhaseClock, Recorder
 from matcher.server import unbalanced
 from matcher.protocol.messages import (
@@ -180,7 +181,7 @@ class JobRunner:
     def suspend(self, merchant: Principal, reason: str) -> None:
         """A merchant caught deviating from the protocol loses its access until the operator restores it."""
         self.store.set_disabled("merchant", merchant.name, True)
-        self.audit_log.record({"type": "merchant_disabled", "name": merchant.name, "reason": reason[:500]})
+        self.audit_log.record(principal_entry("merchant", "disabled", merchant.name, reason=reason[:500]))
         log.warning("merchant %s suspended: %s", merchant.name, reason[:200],
                     extra=fields(merchant=merchant.name, outcome="suspended"))
 
@@ -220,8 +221,8 @@ class JobRunner:
             self.metrics.job_refused(kind=job_kind(start, activation, protocol), protocol=protocol,
                                      reason=refused.reason)
             self.store.record_refusal(job_id, merchant, refused.reason, start.list_size, len(start.labels))
-            self.audit_log.append([_entry("refused", job_id, merchant, pol, start, self.store.now(),
-                                          reason=refused.reason, protocol=protocol)])
+            self.audit_log.append([job_entry("refused", job_id, merchant.name, pol, start.label_sizes,
+                                             self.store.now(), reason=refused.reason, protocol=protocol)])
             raise
         job = MatchJob(self, job_id, merchant, pol, epsilon, start, activation, expression, seat, protocol=protocol,
                        phases=phases)
@@ -369,8 +370,8 @@ class MatchJob:
         }
         report_json = canonical_json(report).decode()
         digest = hashlib.sha256(report_json.encode()).hexdigest()
-        entry = _entry("released", self.job_id, self.merchant, self.policy, self.start, runner.store.now(),
-                       started=self.started, protocol=self.protocol,
+        entry = job_entry("released", self.job_id, self.merchant.name, self.policy, self.start.label_sizes,
+                          runner.store.now(), started=self.started, protocol=self.protocol,
                        epsilon=self.epsilon, report_digest=digest, released=released)
         self._claim_end()
         faults.point("release.before_log")
@@ -455,8 +456,8 @@ class MatchJob:
         self._claim_end()
         now = runner.store.now()
         expires = now + self.policy.activation_ttl_seconds
-        entry = _entry("activated", self.job_id, self.merchant, self.policy, self.start, now,
-                       started=self.started, protocol=self.protocol,
+        entry = job_entry("activated", self.job_id, self.merchant.name, self.policy, self.start.label_sizes, now,
+                          started=self.started, protocol=self.protocol,
                        epsilon=self.epsilon)
         entry.update({"activation": handle, "name": activation.name, "where": str(self._expression),
                       "label": activation.label, "released": {"slice": {"matched": released, "segments": {}}},
@@ -493,8 +494,8 @@ class MatchJob:
         runner = self._runner
         log.info("job %s for %s failed: %s", self.job_id, self.merchant.name, reason[:200],
                  extra=self._record_end(state, code))
-        entry = _entry("failed", self.job_id, self.merchant, self.policy, self.start, runner.store.now(),
-                       started=self.started, reason=reason[:500], protocol=self.protocol,
+        entry = job_entry("failed", self.job_id, self.merchant.name, self.policy, self.start.label_sizes,
+                          runner.store.now(), started=self.started, reason=reason[:500], protocol=self.protocol,
                        epsilon=self.epsilon if self.charged else 0.0, charged=self.charged)
         faults.point("fail.before_log")
         runner.audit_log.append([entry], then=lambda conn, first: runner.store.finish_job_in(
@@ -529,38 +530,6 @@ def _interrupted_entry(job: dict, now: float, reason: str) -> dict:
         policy_mod.Policy()
     charged = job["budget_state"] == "committed"
     sizes = json.loads(job["label_sizes"]) if job["label_sizes"] else [job["list_size"] or 0]
-    start = JobStart(id_kind="", labels=tuple(f"l{i}" for i in range(len(sizes))), label_sizes=tuple(sizes),
-                     merchant_base=b"")
-    merchant = Principal(id=-1, role="merchant", name=job["merchant"])
-    return _entry("failed", job["job_id"], merchant, pol, start, now, started=job["created"], reason=reason,
-                  protocol=job["protocol"] or SEMI_HONEST, epsilon=float(job["epsilon"]) if charged else 0.0,
-                  charged=charged)
-
-
-def _entry(decision: str, job_id: str, merchant: Principal, pol: policy_mod.Policy, start: JobStart, now: float, *,
-           started: float | None = None, protocol: str = SECURE, charged: bool = False,
-           reason: str | None = None, epsilon: float = 0.0, report_digest: str | None = None,
-           released: dict | None = None) -> dict:
-    entry = {
-        "type": "job",
-        "decision": decision,
-        "job_id": job_id,
-        "merchant": merchant.name,
-        "list_size": start.list_size,
-        "label_sizes": sorted(start.label_sizes),
-        "policy": pol.to_dict(),
-        "policy_digest": pol.digest(),
-        "epsilon_spent": epsilon,
-        "time": round(now, 3),
-        # When the budget was reserved: the verifier's budget windows are exact with it.
-        "started": round(now if started is None else started, 3),
-        "protocol": protocol,
-    }
-    if charged:
-        entry["charged"] = True
-    if reason is not None:
-        entry["reason"] = reason
-    if report_digest is not None:
-        entry["report_digest"] = report_digest
-        entry["released"] = released
-    return entry
+    return job_entry("failed", job["job_id"], job["merchant"], pol, sizes, now, started=job["created"], reason=reason,
+                     protocol=job["protocol"] or SEMI_HONEST, epsilon=float(job["epsilon"]) if charged else 0.0,
+                     charged=charged)

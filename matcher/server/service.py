@@ -12,7 +12,8 @@ from matcher.errors import AuthenticationError, InputError, MatcherError, NotFou
 from matcher.server.jobs import ActivationRequest, JobRunner, MatchJob, Report
 from matcher.log.merkle import MerkleTree
 from matcher.policy import budget_after
-from matcher.protocol.messages import PROTOCOL_CHOICES, SECURE, SEMI_HONEST, BlindedChunk, JobAccepted, JobStart, LabelSums
+from matcher.protocol.messages import PROTOCOL_CHOICES, SECURE, SEMI_HONEST, BlindedChunk, JobStart, LabelSums
+from matcher.protocol.wire import job_accepted_to_proto, job_start_from_proto
 from matcher.server.store import Principal, Store
 from matcher.v1 import audit_pb2, audit_pb2_grpc, match_pb2, match_pb2_grpc
 
@@ -104,7 +105,7 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
             else:
                 job = self._runner.begin(merchant, _job_start(opening), protocol=protocol)
             context.add_callback(lambda: job.abort("the stream ended before the job finished"))
-            yield _accepted(job.accepted)
+            yield match_pb2.MatchResponse(accepted=job_accepted_to_proto(job.accepted))
             yield from exchange(job, requests, context)
         except MatcherError as err:
             if job is not None:
@@ -220,19 +221,7 @@ def _job_start(start: match_pb2.JobStart) -> JobStart:
         raise InputError(f"protocol must be one of {', '.join(PROTOCOL_CHOICES)}, not {start.protocol[:_MAX_NAME]!r}")
     if len(start.enrollment_key_id) not in (0, 16):
         raise InputError(f"enrollment_key_id must be 16 bytes, got {len(start.enrollment_key_id)}")
-    return JobStart(id_kind=start.id_kind, labels=tuple(start.labels), label_sizes=tuple(start.label_sizes),
-                    merchant_base=start.merchant_base, protocol_version=start.protocol_version,
-                    segments=tuple(start.segments), all_segments=start.all_segments,
-                    protocol=start.protocol, enrollment_key_id=bytes(start.enrollment_key_id))
-
-
-def _accepted(accepted: JobAccepted) -> match_pb2.MatchResponse:
-    return match_pb2.MatchResponse(accepted=match_pb2.JobAccepted(
-        job_id=accepted.job_id, paillier_n=accepted.paillier_n, segments=accepted.segments,
-        layout_json=accepted.layout_json, max_chunk_elements=accepted.max_chunk_elements,
-        stream_elements=accepted.stream_elements, stream_names=accepted.stream_names,
-        stream_sizes=accepted.stream_sizes, protocol=accepted.protocol))
-
+    return job_start_from_proto(start)
 
 
 def _next(requests, *expected: str):
