@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from matcher.policy import Policy
 
 __all__ = ["CHECKED_TYPES", "JOB_DECISIONS", "KNOWN_TYPES", "RECORDED_TYPES", "RELEASING", "activation_entry",
-           "audience_segments_entry", "canonical_json", "job_entry", "policy_entry", "principal_entry"]
+           "audience_entry", "audience_segments_entry", "canonical_json", "job_entry", "policy_entry", "principal_entry"]
 
 JOB_DECISIONS = ("released", "activated", "refused", "failed")
 # Decisions that let something out (a report, or an activated slice's noisy size) and spend ε.
@@ -29,7 +29,7 @@ CHECKED_TYPES = ("job", "policy", "merchant_disabled", "merchant_enabled")
 # Operator actions that change no release rule: logged so auditors see them, and only counted.
 RECORDED_TYPES = ("merchant_added", "auditor_added", "merchant_token_rotated", "auditor_token_rotated",
                   "auditor_disabled", "auditor_enabled", "activation_exported", "activation_deleted",
-                  "activation_expired", "audience_segments")
+                  "activation_expired", "audience_segments", "audience_changed")
 KNOWN_TYPES = CHECKED_TYPES + RECORDED_TYPES
 
 
@@ -40,8 +40,10 @@ def canonical_json(value: Any) -> bytes:
 
 def job_entry(decision: str, job_id: str, merchant: str, pol: Policy, label_sizes: Sequence[int], now: float, *,
               protocol: str, started: float | None = None, charged: bool = False, reason: str | None = None,
-              epsilon: float = 0.0, report_digest: str | None = None, released: dict | None = None) -> dict:
-    """A job's decision (one of :data:`JOB_DECISIONS`) with the full policy it was held to."""
+              epsilon: float = 0.0, report_digest: str | None = None, released: dict | None = None,
+              audience_version: str | None = None) -> dict:
+    """A job's decision (one of :data:`JOB_DECISIONS`) with the full policy it was held to, and for
+    a release the audience version it counted (see :func:`audience_entry`)."""
     entry = {
         "type": "job",
         "decision": decision,
@@ -64,7 +66,20 @@ def job_entry(decision: str, job_id: str, merchant: str, pol: Policy, label_size
     if report_digest is not None:
         entry["report_digest"] = report_digest
         entry["released"] = released
+    if audience_version is not None:
+        entry["audience_version"] = audience_version
     return entry
+
+
+AUDIENCE_CHANGES = ("import", "replace", "remove")
+
+
+def audience_entry(change: str, audience_version: str | None) -> dict:
+    """The audience changed (one of :data:`AUDIENCE_CHANGES`): releases from here on name this
+    version. No count: how many joined or left is the platform's own business, not the log's."""
+    if change not in AUDIENCE_CHANGES:
+        raise ValueError(f"unknown audience change {change!r}")
+    return {"type": "audience_changed", "change": change, "audience_version": audience_version}
 
 
 def policy_entry(key: str, value: str, merchant: str | None, effective: Policy) -> dict:

@@ -52,6 +52,9 @@ class BadValue:
     reason: str
 
 
+IMPORT_MODES = ("upsert", "replace")
+
+
 @dataclass
 class ImportSummary:
     rows: int = 0
@@ -61,6 +64,7 @@ class ImportSummary:
     invalid: dict[str, int] = field(default_factory=dict)  # skipped rows per reason (bad_segment_<column>, ...)
     segments: list[str] = field(default_factory=list)
     members: int = 0
+    removed: int = 0       # members the file did not name, taken out by --mode replace (or by `audience remove`)
     bad_segments: list[BadValue] = field(default_factory=list)  # the first EXAMPLES rows skipped for a segment
     bad_ids: list[BadValue] = field(default_factory=list)       # the first EXAMPLES rows skipped for their id
 
@@ -122,12 +126,16 @@ _SEGMENT_HINT = ("segment values must be 1/0, true/false or yes/no (blank is not
 def import_file(store: Store, path: str, *, id_column: str, id_type: str, segments: Sequence[str] = (),
                 region: str = "CN", hashed_kind: str = "phone", kernels: Kernels | None = None,
                 progress: Callable[[int], None] | None = None, skip_invalid: bool = False,
-                workers: int = 1, drop_segments: Sequence[str] = (), delimiter: str | None = None) -> ImportSummary:
+                workers: int = 1, drop_segments: Sequence[str] = (), delimiter: str | None = None,
+                mode: str = "upsert") -> ImportSummary:
     """Stream ``path`` into the store, a batch at a time. Invalid rows are counted per reason;
     ``workers`` processes normalize the ids (start-up costs a second or two: for large files).
     ``segments`` must name every segment the audience has, except those in ``drop_segments``
     (removed from every member once the file's segment values have passed their check); any it
     lacks are added (see :meth:`Store.segments_after_import`).
+
+    ``mode``: ``upsert`` adds new members, updates the ones it names and keeps the others;
+    ``replace`` also removes every member the file does not name, when the import ends.
 
     A bad segment value raises :class:`InputError` before anything is written unless
     ``skip_invalid``; then, like a row with an invalid id, its row is skipped. A file none of whose
@@ -136,6 +144,8 @@ def import_file(store: Store, path: str, *, id_column: str, id_type: str, segmen
         raise InputError(f"{len(segments)} segments; at most {MAX_SEGMENTS} are supported")
     if len(set(segments)) != len(segments):
         raise InputError("segment names must be distinct")
+    if mode not in IMPORT_MODES:
+        raise InputError(f"unknown import mode {mode!r}", hint=f"use one of {', '.join(IMPORT_MODES)}")
     kind = ids.hash_kind(id_type, hashed_kind)
     # A segment the audience lacks becomes a new column after the existing ones, whatever order the
     # flag lists them in: each segment keeps its bit (see Store.segments_after_import).
@@ -149,7 +159,7 @@ def import_file(store: Store, path: str, *, id_column: str, id_type: str, segmen
         store.drop_segments(drop_segments)
         return _import(store, readable, path, id_column=id_column, id_type=id_type, segments=segments,
                        region=region, kind=kind, kernels=kernels or Kernels(), progress=progress, workers=workers,
-                       delimiter=delimiter)
+                       delimiter=delimiter, replace=mode == "replace")
 
 
 def _check_segments(path: str, name: str, id_column: str, segments: Sequence[str],
@@ -233,8 +243,9 @@ def _normalized_batches(path: str, name: str, columns: Sequence[str], workers: i
 
 def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str, segments: Sequence[str],
             region: str, kind: str, kernels: Kernels, progress: Callable[[int], None] | None,
-            workers: int = 1, delimiter: str | None = None) -> ImportSummary:
+            workers: int = 1, delimiter: str | None = None, replace: bool = False) -> ImportSummary:
     dst = group.dst_for(kind)
+    added = 0
     summary = ImportSummary(segments=list(segments))
     invalid: Counter[str] = Counter()
     before = store.audience_info()["members"]
@@ -242,6 +253,7 @@ def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str,
                              region=region)
 
     def batches():
+        nonlocal added
         for batch in _normalized_batches(path, name, [id_column, *segments], workers, work, delimiter):
             members, keys, bits = batch.members, batch.keys, batch.bits
             invalid.update(batch.invalid)
@@ -253,8 +265,11 @@ def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str,
             # Members already imported keep their H(y) (hashing is the import's main cost); those
             # whose segments did not change are not written at all (nor touch the unbalanced
             # protocol's history, so a re-import of a mostly unchanged file costs little downstream).
+            if replace:
+                store.note_present(keys)
             known = store.known_members(keys)
             fresh = [i for i, k in enumerate(keys) if k not in known]
+            added += len({keys[i] for i in fresh})
             hashed = kernels.hash_to_curve([keys[i].encode() for i in fresh], dst) if fresh else b""
             points = {i: hashed[32 * j:32 * j + 32] for j, i in enumerate(fresh)}
             batch = []
@@ -276,11 +291,38 @@ def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str,
                          hint=f"check --id-column ({id_column}) and --id-type ({id_type})"
                               + (f" and --region ({region})" if id_type == "phone" else ""))
     valid = store.import_audience(itertools.chain([first] if first else [], pending), id_kind=kind,
-                                  segments=segments)
+                                  segments=segments, replace=replace)
     summary.invalid = dict(invalid)
     summary.members = store.audience_info()["members"]
     # Duplicates are left to the table's unique key (memory stays bounded by one batch): a valid row
     # that did not add a member repeated one seen earlier in this file or in an earlier import.
-    summary.imported = summary.members - before
+    summary.imported = added
+    summary.removed = before + added - summary.members
     summary.duplicates = valid + summary.unchanged - summary.imported
+    return summary
+
+
+def remove_file(store: Store, path: str, *, id_column: str, id_type: str, region: str = "CN",
+                hashed_kind: str = "phone", delimiter: str | None = None) -> ImportSummary:
+    """Remove the members ``path`` names (members who left, or asked to be forgotten), all at once
+    when the file has been read: see :meth:`Store.remove_members`. Ids that do not normalize are
+    counted per reason, as an import counts them; ids that are not members are left alone."""
+    kind = ids.hash_kind(id_type, hashed_kind)
+    info = store.audience_info()
+    if info["members"] and info["id_kind"] != kind:
+        raise InputError(f"the audience is keyed by '{info['id_kind']}', this file by '{kind}'",
+                         hint="give the --id-type (and --hashed-kind) the audience was imported with")
+    summary = ImportSummary(segments=list(info["segments"]))
+    invalid: Counter[str] = Counter()
+    keys: list[str] = []
+    with tabular.rereadable(path) as readable:
+        for batch in _normalized_batches(readable, path, [id_column], 1, functools.partial(
+                _normalize, segments=(), id_column=id_column, id_type=id_type, region=region), delimiter):
+            summary.rows += batch.rows
+            invalid.update(batch.invalid)
+            summary.bad_ids += batch.bad_ids[:EXAMPLES - len(summary.bad_ids)]
+            keys.extend(batch.keys)
+    summary.invalid = dict(invalid)
+    summary.removed = store.remove_members(sorted(set(keys)))
+    summary.members = store.audience_info()["members"]
     return summary

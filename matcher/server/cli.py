@@ -131,10 +131,13 @@ def audience() -> None:
                    "unbalanced copies of the streams it moves are made again by their next jobs.")
 @click.option("--delimiter", default=None, metavar="CHAR",
               help="The CSV delimiter, e.g. ';' or tab (default: sniffed from the header: , ; tab |).")
+@click.option("--mode", default="upsert", show_default=True, type=click.Choice(["upsert", "replace"]),
+              help="upsert: add new members, update the ones the file names, keep the others. replace: also "
+                   "remove every member the file does not name, when the import ends.")
 @json_option
 def audience_import(db: Path, file: str, id_column: str, id_type: str, segments: str, region: str,
                     hashed_kind: str, skip_invalid: bool, executor: str, drop: tuple[str, ...],
-                    delimiter: str | None, as_json: bool) -> None:
+                    delimiter: str | None, mode: str, as_json: bool) -> None:
     """Import (or update) members from a CSV (.csv.gz too) or Parquet FILE (or - for stdin); hashes each id to the
     group once.
 
@@ -156,6 +159,7 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
     store = Store(db)
     names = [s.strip() for s in segments.split(",") if s.strip()]
     before = store.audience_info()
+    version_before = store.get_meta("audience_version")
     segments_before = before["segments"] if before["members"] else []
     store.segments_after_import(names, drop)  # a segment left out fails here, before the file is read
     total = tabular.count_rows(file)  # a missing or unreadable file fails here, before any pool starts
@@ -170,12 +174,15 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
                               hashed_kind=hashed_kind, kernels=kernels, skip_invalid=skip_invalid,
                               progress=lambda n: progress.advance(task, n), drop_segments=drop,
                               workers=(os.cpu_count() or 1) if (total or 0) > 200_000 else 1,
-                              delimiter=tabular.parse_delimiter(delimiter))
+                              delimiter=tabular.parse_delimiter(delimiter), mode=mode)
     reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary.invalid.items()))
+    removed_text = f", removed {summary.removed} the file does not name" if mode == "replace" else ""
     console.print(f"read {summary.rows} rows: imported {summary.imported}, duplicates {summary.duplicates} "
-                  f"({summary.unchanged} unchanged, not written again), "
+                  f"({summary.unchanged} unchanged, not written again){removed_text}, "
                   f"invalid {sum(summary.invalid.values())}{f' ({reasons})' if reasons else ''}; "
                   f"audience has {summary.members} members", soft_wrap=True, highlight=False)
+    if store.get_meta("audience_version") != version_before:
+        _audit(store, entries.audience_entry(mode if mode == "replace" else "import", store.get_meta("audience_version")))
     if summary.skipped_segments:
         console.print(f"skipped {segment_problem(file, summary)}", soft_wrap=True, highlight=False)
     if summary.skipped_ids:
@@ -194,6 +201,41 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
                           soft_wrap=True, highlight=False)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(summary), indent=2))
+
+
+@audience.command("remove")
+@db_option
+@click.argument("file")
+@click.option("--id-column", required=True)
+@click.option("--id-type", required=True, type=click.Choice(["phone", "email", "sha256", "opaque"]))
+@click.option("--region", default="CN", show_default=True, help="Default region for phones without a country code.")
+@click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
+              help="With --id-type sha256: what was hashed.")
+@click.option("--delimiter", default=None, metavar="CHAR",
+              help="The CSV delimiter, e.g. ';' or tab (default: sniffed from the header: , ; tab |).")
+@json_option
+def audience_remove(db: Path, file: str, id_column: str, id_type: str, region: str, hashed_kind: str,
+                    delimiter: str | None, as_json: bool) -> None:
+    """Remove the members a CSV/Parquet FILE (or - for stdin) names: members who left, or asked to be
+    forgotten. They go with their identifiers and segments, all at once when the file has been read:
+    out of every later job, every precomputed stream (a new audience version), every activation slice,
+    and, at their merchants' next jobs, every unbalanced-mode copy. Logged (without a count)."""
+    from matcher import tabular
+    from matcher.server.audience import id_problem, remove_file
+
+    store = Store(db)
+    summary = remove_file(store, file, id_column=id_column, id_type=id_type, region=region, hashed_kind=hashed_kind,
+                          delimiter=tabular.parse_delimiter(delimiter))
+    if summary.removed:
+        _audit(store, entries.audience_entry("remove", store.get_meta("audience_version")))
+    console.print(f"read {summary.rows} rows: removed {summary.removed} members, invalid "
+                  f"{sum(summary.invalid.values())}; audience has {summary.members} members",
+                  soft_wrap=True, highlight=False)
+    if summary.skipped_ids:
+        console.print(f"skipped {id_problem(file, summary)}", soft_wrap=True, highlight=False)
+    if as_json:
+        click.echo(json.dumps({"rows": summary.rows, "removed": summary.removed, "invalid": summary.invalid,
+                               "members": summary.members}, indent=2))
 
 
 @audience.command("show")

@@ -233,6 +233,7 @@ class JobRunner:
         audience = Audience(id_kind=info["id_kind"] or "", points=np.empty((0, 32), np.uint8),
                             segment_bits=np.empty(0, np.uint64), segments=segments) \
             if protocol == UNBALANCED else self.store.load_audience()
+        job.audience_version = self.store.get_meta("audience_version") if protocol == UNBALANCED else audience.version
         try:
             secure = dict(job_id=job_id, rng=self.rng, kernels=self.kernels, audit_rows=pol.audit_rows,
                           padding=lambda n_streams: policy_mod.stream_padding(pol, n_streams=n_streams, noise=self.noise))
@@ -305,6 +306,8 @@ class MatchJob:
         self.policy = pol
         self.epsilon = epsilon
         self.start = start
+        # The audience version the job ran against: its log entry names it (imports and removals change it).
+        self.audience_version: str | None = None
         self.session: PlatformSession | SecurePlatformSession
         self.accepted: JobAccepted
         self._ended = threading.Event()
@@ -372,7 +375,8 @@ class MatchJob:
         digest = hashlib.sha256(report_json.encode()).hexdigest()
         entry = job_entry("released", self.job_id, self.merchant.name, self.policy, self.start.label_sizes,
                           runner.store.now(), started=self.started, protocol=self.protocol,
-                       epsilon=self.epsilon, report_digest=digest, released=released)
+                       epsilon=self.epsilon, report_digest=digest, released=released,
+                          audience_version=self.audience_version)
         self._claim_end()
         faults.point("release.before_log")
         # The log entry, the job's state and its ε ledger row land in one transaction: a crash
@@ -458,7 +462,7 @@ class MatchJob:
         expires = now + self.policy.activation_ttl_seconds
         entry = job_entry("activated", self.job_id, self.merchant.name, self.policy, self.start.label_sizes, now,
                           started=self.started, protocol=self.protocol,
-                       epsilon=self.epsilon)
+                       epsilon=self.epsilon, audience_version=self.audience_version)
         entry.update({"activation": handle, "name": activation.name, "where": str(self._expression),
                       "label": activation.label, "released": {"slice": {"matched": released, "segments": {}}},
                       "expires": round(expires, 3)})

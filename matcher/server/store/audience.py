@@ -35,9 +35,13 @@ class AudienceTables(Database):
         }
 
     def import_audience(self, batches: Iterable[Sequence[tuple[str, str, bytes, int]]], *, id_kind: str,
-                        segments: Sequence[str]) -> int:
+                        segments: Sequence[str], replace: bool = False) -> int:
         """Upsert batches of (member_id, match_key, point, segment_bits); one transaction per batch,
-        so memory is bounded by the batch and an interrupted import keeps whole batches only."""
+        so memory is bounded by the batch and an interrupted import keeps whole batches only.
+
+        ``replace``: members the import did not name (see :meth:`note_present`) are removed, in the
+        transaction that makes the import visible, so no job sees the new file beside members who
+        left (see :meth:`remove_members` for what a removal takes with it)."""
         if len(segments) > MAX_SEGMENTS:
             raise InputError(f"{len(segments)} segments; at most {MAX_SEGMENTS} are supported")
         info = self.audience_info()
@@ -63,10 +67,43 @@ class AudienceTables(Database):
         finally:
             self.db.execute(f"PRAGMA cache_size = {previous_cache}")
         with self.transaction() as conn:
+            if replace:
+                self._remove_where(conn, "match_key NOT IN (SELECT match_key FROM temp.import_present)", [])
+                conn.execute("DROP TABLE temp.import_present")
             # The import's rows (audience_history since = audience_seq + 1) become visible to the
             # unbalanced protocol at once, only now that the whole file is in.
             conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
         return total
+
+    def note_present(self, match_keys: Sequence[str]) -> None:
+        """For an import that replaces the audience: these members are in the new file (changed or
+        not). Kept in a temporary table of this connection, not in memory: 10^9 keys do not fit."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS import_present (match_key TEXT PRIMARY KEY)")
+        self.db.conn.executemany("INSERT OR IGNORE INTO temp.import_present VALUES (?)", ((k,) for k in match_keys))
+
+    def remove_members(self, match_keys: Sequence[str]) -> int:
+        """Delete these members (by match key) with their identifiers and segments, all at once, and
+        return how many there were. In the same transaction: the history triggers record each
+        removal, which the unbalanced protocol's next delta takes out of every merchant's copy; their
+        rows leave every activation slice (SQLite hands a deleted row id to a later member); and a new
+        audience version retires every precomputed stream made before, so no job streams them again."""
+        removed = 0
+        with self.transaction() as conn:
+            for lo in range(0, len(match_keys), 500):
+                chunk = list(match_keys[lo:lo + 500])
+                removed += self._remove_where(conn, f"match_key IN ({','.join('?' * len(chunk))})", chunk)
+            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
+        return removed
+
+    @staticmethod
+    def _remove_where(conn, condition: str, params: Sequence) -> int:
+        conn.execute(f"DELETE FROM activation_members WHERE row_id IN (SELECT row_id FROM audience WHERE {condition})",
+                     params)
+        removed = conn.execute(f"DELETE FROM audience WHERE {condition}", params).rowcount
+        if removed:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('audience_version', ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", [secrets.token_hex(8)])
+        return removed
 
     def segments_after_import(self, segments: Sequence[str], drop: Sequence[str] = ()) -> list[str]:
         """The segment columns, in stored order, after an import that lists ``segments`` and drops
