@@ -17,6 +17,7 @@ def test_every_builder_writes_a_type_the_verifier_knows():
         entries.job_entry("released", "j", "m", pol, [3, 5], 10.0, protocol="secure"),
         entries.policy_entry("k", "7", None, pol),
         entries.audience_segments_entry(["a"], ["a"], [], "1"),
+        *(entries.audience_entry(change, "1") for change in entries.AUDIENCE_CHANGES),
         *(entries.principal_entry(role, event, "n") for role in ("merchant", "auditor")
           for event in ("added", "token_rotated", "disabled", "enabled")),
         *(entries.activation_entry(event, "act_1") for event in ("exported", "deleted", "expired")),
