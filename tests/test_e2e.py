@@ -121,7 +121,7 @@ def test_merchant_hash_cache_gives_the_same_report_and_skips_rehashing(operator,
     assert oct(cache_path.stat().st_mode & 0o777) == "0o600"
     counting = CachingKernels(Kernels(), HashCache(cache_path))
     second = api.match(served.address, token, rows=rows, id_type="phone", kernels=counting)
-    assert (counting._cache.hits, counting._cache.misses) == (80, 0)
+    assert (counting.hits, counting.misses) == (80, 0)
     assert first["labels"] == second["labels"] == ground_truth(members, [(n, "all") for n, _ in rows])
 
 

@@ -344,23 +344,28 @@ def read_checked(server: str, token: str, data, rows=None, *, id_column: str | N
 
 
 @contextlib.contextmanager
-def _kernels(kernels: Kernels | None, list_size: int, cache: str | None) -> Iterator[Kernels]:
-    """The caller's kernels, or our own (a pool for big lists), behind the hash cache when asked.
-    What we create we close; the caller's kernels stay open."""
+def _kernels(kernels: Kernels | None, list_size: int, cache: str | None,
+             notify: Progress | None = None) -> Iterator[Kernels]:
+    """The caller's kernels, or our own (a pool for big lists), behind the hash cache when asked
+    (``"auto"``: the merchant's own cache directory, see :func:`hash_cache.default_dir`). What we
+    create we close; the caller's kernels stay open. How many IDs came from the cache is reported
+    as the progress phase ``from the hash cache`` (done = reused, total = hashed or reused)."""
     own = kernels is None
     # A pool of spawned workers re-imports __main__: not from unguarded scripts or `python -`
     # (see _worker_context), where the job blinds in this process instead (slower, same result).
     kernels = kernels or local_kernels(parallel=list_size > 20_000 and _spawn_is_safe())
     caching = None
-    if cache:
-        from matcher_client.hash_cache import CachingKernels, HashCache
+    if cache and cache != "none":
+        from matcher_client.hash_cache import CachingKernels, open_cache
 
-        caching = CachingKernels(kernels, HashCache(cache))
+        caching = CachingKernels(kernels, open_cache(cache))
     try:
         yield caching or kernels
     finally:
         if caching:
             caching.flush()
+            if notify and caching.hits + caching.misses:
+                notify("from the hash cache", caching.hits, caching.hits + caching.misses)
         if own:
             kernels.close()
 
@@ -384,7 +389,7 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
         raise ValueError("the semi-honest protocol always sums every segment")
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
-    with _kernels(kernels, len(prepared.keys), cache) as kernels:
+    with _kernels(kernels, len(prepared.keys), cache, notify) as kernels:
         for attempt in itertools.count():
             try:
                 with rpc_errors(server), connect(server, tls_ca, channel) as chan:
@@ -568,7 +573,7 @@ def activate(server: str, token: str, merchant_list, *, name: str, where: str,
                             channel=channel)
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
-    with _kernels(kernels, len(prepared.keys), cache) as kernels:
+    with _kernels(kernels, len(prepared.keys), cache, notify) as kernels:
         session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
                                         kernels=kernels, ordered=True)
         with rpc_errors(server), connect(server, tls_ca, channel) as chan:

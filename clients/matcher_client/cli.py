@@ -19,8 +19,11 @@ console = Console(stderr=True)
 server_option = click.option("--server", required=True, help="HOST:PORT of the matcher server.")
 token_option = click.option("--token", envvar="MATCHER_TOKEN", required=True,
                             help="Your bearer token (or set MATCHER_TOKEN).")
-cache_option = click.option("--cache", type=click.Path(dir_okay=False),
-                            help="Local file caching hashed IDs between runs (created 0600).")
+cache_option = click.option("--cache", default="auto", show_default=True,
+                            help="Where hashed IDs are kept between runs, so a list that comes back with a few "
+                                 "new rows hashes only those: auto (~/.matcher-client/hash-cache, or "
+                                 "$MATCHER_CLIENT_HOME's; one file per ID kind, 0600, as sensitive as your "
+                                 "lists), a directory, a file, or none.")
 json_option_client = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 tls_option = click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
                           help="CA certificate of a TLS server (plaintext when omitted).")

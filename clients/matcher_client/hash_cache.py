@@ -13,6 +13,7 @@ written for another suite or DST is ignored (and replaced on the next write), ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -31,8 +32,6 @@ _RECORD = np.dtype([("msg", f"S{_MSG}"), ("point", "V32")])
 class HashCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.hits = 0
-        self.misses = 0
         self._dst: bytes | None = None
         self._records = np.empty(0, _RECORD)
 
@@ -78,13 +77,52 @@ class HashCache:
         self._records = merged
 
 
+def default_dir() -> Path:
+    """The merchant's own cache, shared by every list it matches (so a list that comes back next
+    month with 2% new rows hashes only those): ``$MATCHER_CLIENT_HOME/hash-cache`` (default
+    ``~/.matcher-client``), one file per identifier kind."""
+    home = os.environ.get("MATCHER_CLIENT_HOME")
+    return (Path(home).expanduser() if home else Path.home() / ".matcher-client") / "hash-cache"
+
+
+class HashCacheDir:
+    """A :class:`HashCache` per domain-separation tag (identifier kind) in one directory (0700), so
+    phone and email lists do not evict each other's entries."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._files: dict[bytes, HashCache] = {}
+
+    def _for(self, dst: bytes) -> HashCache:
+        if dst not in self._files:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._files[dst] = HashCache(self.root / f"{hashlib.sha256(dst).hexdigest()[:16]}.cache")
+        return self._files[dst]
+
+    def get(self, msgs: Sequence[bytes], dst: bytes) -> tuple[np.ndarray, np.ndarray]:
+        return self._for(dst).get(msgs, dst)
+
+    def put(self, msgs: Sequence[bytes], points: bytes, dst: bytes) -> None:
+        self._for(dst).put(msgs, points, dst)
+
+
+def open_cache(cache: str | Path) -> HashCache | HashCacheDir:
+    """``auto`` (the CLI's default): the merchant's cache directory; an existing directory: a cache
+    per kind in it; anything else: one cache file, as ``--cache FILE`` always was."""
+    if str(cache) == "auto":
+        return HashCacheDir(default_dir())
+    return HashCacheDir(cache) if Path(cache).is_dir() else HashCache(cache)
+
+
 class CachingKernels(Kernels):
     """Kernels whose hashing consults the cache first; everything else goes to the inner kernels.
     New points are written back when the kernels are closed (one rewrite per job)."""
 
-    def __init__(self, inner: Kernels, cache: HashCache):
+    def __init__(self, inner: Kernels, cache: HashCache | HashCacheDir):
         self._inner = inner
         self._cache = cache
+        self.hits = 0      # match keys this job found in the cache
+        self.misses = 0    # and those it hashed (and adds to it)
         self._pending_msgs: list[bytes] = []
         self._pending_points: list[bytes] = []
         self._pending_dst: bytes | None = None
@@ -105,8 +143,8 @@ class CachingKernels(Kernels):
             self._pending_msgs += missing
             self._pending_points.append(fresh)
             self._pending_dst = dst
-        self._cache.hits += len(msgs) - len(missing)
-        self._cache.misses += len(missing)
+        self.hits += len(msgs) - len(missing)
+        self.misses += len(missing)
         return out.tobytes()
 
     def flush(self) -> None:
