@@ -59,16 +59,8 @@ static inline void fe_sub(fe *r, const fe *a, const fe *b) {
     fe_carry(r);
 }
 
-/* Inputs with limbs below 2^54; output limbs below 2^52. */
-static inline void fe_mul(fe *r, const fe *a, const fe *b) {
-    const uint64_t a0 = a->v[0], a1 = a->v[1], a2 = a->v[2], a3 = a->v[3], a4 = a->v[4];
-    const uint64_t b0 = b->v[0], b1 = b->v[1], b2 = b->v[2], b3 = b->v[3], b4 = b->v[4];
-    const uint64_t b1_19 = 19 * b1, b2_19 = 19 * b2, b3_19 = 19 * b3, b4_19 = 19 * b4;
-    u128 t0 = (u128)a0 * b0 + (u128)a1 * b4_19 + (u128)a2 * b3_19 + (u128)a3 * b2_19 + (u128)a4 * b1_19;
-    u128 t1 = (u128)a0 * b1 + (u128)a1 * b0 + (u128)a2 * b4_19 + (u128)a3 * b3_19 + (u128)a4 * b2_19;
-    u128 t2 = (u128)a0 * b2 + (u128)a1 * b1 + (u128)a2 * b0 + (u128)a3 * b4_19 + (u128)a4 * b3_19;
-    u128 t3 = (u128)a0 * b3 + (u128)a1 * b2 + (u128)a2 * b1 + (u128)a3 * b0 + (u128)a4 * b4_19;
-    u128 t4 = (u128)a0 * b4 + (u128)a1 * b3 + (u128)a2 * b2 + (u128)a3 * b1 + (u128)a4 * b0;
+/* The five 128-bit column sums of a product, carried into limbs below 2^52 (2^255 = 19 mod p). */
+static inline void fe_reduce_wide(fe *r, u128 t0, u128 t1, u128 t2, u128 t3, u128 t4) {
     uint64_t r0, r1, r2, r3, r4, c;
     r0 = (uint64_t)t0 & M51; t1 += (uint64_t)(t0 >> 51);
     r1 = (uint64_t)t1 & M51; t2 += (uint64_t)(t1 >> 51);
@@ -80,6 +72,19 @@ static inline void fe_mul(fe *r, const fe *a, const fe *b) {
     r->v[0] = r0; r->v[1] = r1; r->v[2] = r2; r->v[3] = r3; r->v[4] = r4;
 }
 
+/* Inputs with limbs below 2^54; output limbs below 2^52. */
+static inline void fe_mul(fe *r, const fe *a, const fe *b) {
+    const uint64_t a0 = a->v[0], a1 = a->v[1], a2 = a->v[2], a3 = a->v[3], a4 = a->v[4];
+    const uint64_t b0 = b->v[0], b1 = b->v[1], b2 = b->v[2], b3 = b->v[3], b4 = b->v[4];
+    const uint64_t b1_19 = 19 * b1, b2_19 = 19 * b2, b3_19 = 19 * b3, b4_19 = 19 * b4;
+    u128 t0 = (u128)a0 * b0 + (u128)a1 * b4_19 + (u128)a2 * b3_19 + (u128)a3 * b2_19 + (u128)a4 * b1_19;
+    u128 t1 = (u128)a0 * b1 + (u128)a1 * b0 + (u128)a2 * b4_19 + (u128)a3 * b3_19 + (u128)a4 * b2_19;
+    u128 t2 = (u128)a0 * b2 + (u128)a1 * b1 + (u128)a2 * b0 + (u128)a3 * b4_19 + (u128)a4 * b3_19;
+    u128 t3 = (u128)a0 * b3 + (u128)a1 * b2 + (u128)a2 * b1 + (u128)a3 * b0 + (u128)a4 * b4_19;
+    u128 t4 = (u128)a0 * b4 + (u128)a1 * b3 + (u128)a2 * b2 + (u128)a3 * b1 + (u128)a4 * b0;
+    fe_reduce_wide(r, t0, t1, t2, t3, t4);
+}
+
 /* fe_mul(r, a, a) with the symmetric products taken once: 15 multiplications instead of 25. */
 static inline void fe_sq(fe *r, const fe *a) {
     const uint64_t a0 = a->v[0], a1 = a->v[1], a2 = a->v[2], a3 = a->v[3], a4 = a->v[4];
@@ -89,15 +94,7 @@ static inline void fe_sq(fe *r, const fe *a) {
     u128 t2 = (u128)d0 * a2 + (u128)a1 * a1 + (u128)a3_38 * a4;
     u128 t3 = (u128)d0 * a3 + (u128)d1 * a2 + (u128)a4_19 * a4;
     u128 t4 = (u128)d0 * a4 + (u128)d1 * a3 + (u128)a2 * a2;
-    uint64_t r0, r1, r2, r3, r4, c;
-    r0 = (uint64_t)t0 & M51; t1 += (uint64_t)(t0 >> 51);
-    r1 = (uint64_t)t1 & M51; t2 += (uint64_t)(t1 >> 51);
-    r2 = (uint64_t)t2 & M51; t3 += (uint64_t)(t2 >> 51);
-    r3 = (uint64_t)t3 & M51; t4 += (uint64_t)(t3 >> 51);
-    r4 = (uint64_t)t4 & M51; c = (uint64_t)(t4 >> 51);
-    r0 += 19 * c;
-    r1 += r0 >> 51; r0 &= M51;
-    r->v[0] = r0; r->v[1] = r1; r->v[2] = r2; r->v[3] = r3; r->v[4] = r4;
+    fe_reduce_wide(r, t0, t1, t2, t3, t4);
 }
 
 static inline void fe_sq_times(fe *r, const fe *a, int times) {
