@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from matcher.server.cli import main
 from matcher_client import api
 from matcher_client.audit import GrpcLogSource, verify
-from tests.conftest import exact_policy, ground_truth, phone, wait_until
+from tests.conftest import exact_policy, ground_truth, match_key, phone, wait_until
 
 SEGMENTS = ("a", "b")
 
@@ -58,6 +58,9 @@ def test_removed_members_are_never_matched_again(operator, serve, tmp_path, mode
 
     leaving = [phone(i) for i in range(120, 160)] + ["+8613999999999"]   # the last one was never a member
     version = operator.store.get_meta("audience_version")
+    leaving_points = [bytes(p) for (p,) in operator.store.db.execute(
+        f"SELECT point FROM audience WHERE member_id IN ({','.join('?' * len(leaving))})", leaving)]
+    assert len(leaving_points) == 40
     summary = _remove(operator.db, tmp_path / "leaving.csv", leaving)
     assert (summary["removed"], summary["members"]) == (40, 160)
     assert operator.store.get_meta("audience_version") != version
@@ -65,6 +68,11 @@ def test_removed_members_are_never_matched_again(operator, serve, tmp_path, mode
     report = api.match(served.address, token, rows=customers, id_type="phone", mode=mode)
     assert report["labels"] == ground_truth(after, customers, segments=SEGMENTS)
     assert report["labels"] != ground_truth(members, customers, segments=SEGMENTS)   # the removal mattered
+    # Forgotten: once no stored copy can need them (at the removal without copies, after the next
+    # job's sync with them), the leavers' H(y) are gone from the unbalanced history too.
+    held = operator.store.db.execute(f"SELECT count(*) FROM audience_history WHERE point IN "
+                                     f"({','.join('?' * len(leaving_points))})", leaving_points).fetchone()[0]
+    assert held == 0
 
     entries = [json.loads(data) for _, data in operator.store.log_entries(0, operator.store.log_size())]
     changes = [e for e in entries if e["type"] == "audience_changed"]
@@ -112,3 +120,24 @@ def test_a_removed_member_leaves_every_activation_slice(operator, tmp_path):
     slice_members = {m for (m,) in store.db.execute(
         "SELECT member_id FROM audience JOIN activation_members USING (row_id) WHERE handle = 'act_x'")}
     assert slice_members == {phone(i) for i in range(9)}
+
+
+def test_a_running_unbalanced_job_keeps_the_history_it_will_read(operator):
+    """A job reads the history as of its start, stream after stream; a removal in between must not
+    prune what a new copy at that point still needs. The job's end releases it."""
+    from matcher.policy import Policy
+    from matcher.server import unbalanced
+
+    store = operator.store
+    operator.add_members({phone(i): 1 for i in range(5)})
+    merchant, _ = store.add_principal("merchant", "shop")
+    store.open_job("job1", merchant, pol=Policy(), epsilon=0.0, list_size=10, labels=1)
+    upto = store.read_history_for("job1")
+    point = bytes(store.db.execute("SELECT point FROM audience WHERE member_id = ?", [phone(0)]).fetchone()[0])
+    assert store.remove_members([match_key(phone(0))]) == 1
+    kept = lambda: store.db.execute("SELECT count(*) FROM audience_history WHERE point = ?", [point]).fetchone()[0]
+    assert kept() == 1
+    assert point in {p.tobytes() for p in unbalanced.delta(store, None, since=-1, upto=upto)}
+    store.finish_job("job1", released=False, reason="test")
+    store.prune_history()
+    assert kept() == 0

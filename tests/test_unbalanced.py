@@ -172,10 +172,19 @@ def test_a_client_without_a_key_gets_balanced_unless_unbalanced_is_required():
                                    list_size=10, client_can_enroll=False)
 
 
+def copy_synced_at(store, seq: int, name: str = "shop") -> None:
+    """A merchant's (empty) copy synced at import ``seq``: it keeps the history after ``seq`` from
+    being pruned, as a real copy would (with no copy, nothing needs an old import's records)."""
+    merchant, _ = store.add_principal("merchant", name)
+    assert unbalanced.save_sync(store, merchant.id, "", key_id=b"k", merchant_base=b"b", was=None, synced=seq,
+                                toggles=np.empty((0, 16), np.uint8))
+
+
 def test_delta_follows_members_in_and_out_of_a_segment(operator):
     store = operator.store
     operator.add_members({phone(1): 0b01, phone(2): 0b10, phone(3): 0b11})
     v1 = unbalanced.audience_seq(store)
+    copy_synced_at(store, v1)
     operator.add_members({phone(1): 0b10})          # leaves segment 0
     v2 = unbalanced.audience_seq(store)
     operator.add_members({phone(1): 0b01, phone(4): 0b01})  # back in, and a new member
@@ -304,6 +313,7 @@ def test_a_reimport_hashes_only_new_members_and_writes_only_changed_ones(operato
     audience_mod.import_file(operator.store, write(first), id_column="phone", id_type="phone",
                              segments=["member", "paid"])
     seq = unbalanced.audience_seq(operator.store)
+    copy_synced_at(operator.store, seq)
     history = operator.store.db.execute("SELECT count(*) FROM audience_history").fetchone()[0]
     again = first[:90] + [(phone(i), 1 - i % 2, 1) for i in range(90, 100)] + [(phone(i), 1, 0) for i in range(100, 105)]
     hashed.clear()
@@ -325,6 +335,7 @@ def test_delta_is_the_difference_between_any_two_imports(imports):
     replay: the delta between any two imports is exactly the members whose presence differs."""
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "h.db", create=True)
+        copy_synced_at(store, 0)   # every import's records stay: deltas from any point are asked for
         points = {i: group.hash_to_curve(b"m%d" % i, group.dst_for("phone")) for i in range(12)}
         state: dict[int, int] = {}
         snapshots = [dict(state)]

@@ -394,7 +394,9 @@ class MatchJob:
         """The unbalanced session's access to this merchant's stored copies (matcher.server.unbalanced), as of
         the last whole import."""
         store, merchant, key_id = self._runner.store, self.merchant, self.start.enrollment_key_id
-        upto = unbalanced.audience_seq(store)
+        # Registered as a reader of the history as of `upto`: each stream's delta is read later, when
+        # the stream is reached, and no prune may take what it needs in between.
+        upto = store.read_history_for(self.job_id)
         read: dict[str, unbalanced.Enrollment | None] = {}
 
         def copies(key: str) -> StoredCopy:

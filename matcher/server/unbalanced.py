@@ -141,6 +141,7 @@ def save_sync(store: Store, merchant_id: int, stream: str, *, key_id: bytes, mer
             enrollment_id, bits = was.id, was.bucket_bits
             conn.execute("UPDATE enrollments SET synced = ? WHERE id = ?", [synced, enrollment_id])
         _append_pieces(conn, enrollment_id, bits, toggles)
+    store.prune_history()   # this copy moved on: records only it still needed can go
     return True
 
 

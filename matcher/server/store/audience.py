@@ -73,7 +73,29 @@ class AudienceTables(Database):
             # The import's rows (audience_history since = audience_seq + 1) become visible to the
             # unbalanced protocol at once, only now that the whole file is in.
             conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
+        self.prune_history()
         return total
+
+    def read_history_for(self, job_id: str) -> int:
+        """The import (``audience_seq``) a running unbalanced job reads the history as of, registered
+        in the same transaction: no prune deletes a record its deltas, read later, will need."""
+        with self.transaction() as conn:
+            upto = int(conn.execute("SELECT value FROM meta WHERE key = 'audience_seq'").fetchone()[0])
+            conn.execute("INSERT OR REPLACE INTO history_readers (job_id, upto) VALUES (?, ?)", [job_id, upto])
+        return upto
+
+    def prune_history(self) -> int:
+        """Delete the closed history records nothing can need, and return how many. A delta from
+        import v to u reads records closed after v; a new copy at u reads records open at u. So a
+        record closed at or before every stored copy's sync, every running reader's import and the
+        last visible import is never read again, and with it goes a removed member's H(y)."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM history_readers WHERE job_id NOT IN (SELECT id FROM jobs WHERE state = 'running')")
+            seq = int(conn.execute("SELECT value FROM meta WHERE key = 'audience_seq'").fetchone()[0])
+            floor = conn.execute("SELECT min(v) FROM (SELECT min(synced) AS v FROM enrollments UNION ALL "
+                                 "SELECT min(upto) FROM history_readers UNION ALL SELECT ?)", [seq]).fetchone()[0]
+            return conn.execute("DELETE FROM audience_history WHERE until IS NOT NULL AND until <= ?",
+                                [floor]).rowcount
 
     def note_present(self, match_keys: Sequence[str]) -> None:
         """For an import that replaces the audience: these members are in the new file (changed or
@@ -93,6 +115,7 @@ class AudienceTables(Database):
                 chunk = list(match_keys[lo:lo + 500])
                 removed += self._remove_where(conn, f"match_key IN ({','.join('?' * len(chunk))})", chunk)
             conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
+        self.prune_history()
         return removed
 
     @staticmethod

@@ -173,5 +173,12 @@ MIGRATIONS: list[str | tuple[str, ...]] = [
             PRIMARY KEY (enrollment_id, bucket, idx)
         ) WITHOUT ROWID""",
     ),
+    # 9: the import each running unbalanced job reads the history as of. A closed history record
+    # (a member who left, or an old set of segments) is deleted once no stored copy and no running
+    # job can need it any more, so a removed member's H(y) does not outlive every copy's sync.
+    """CREATE TABLE history_readers (
+        job_id TEXT PRIMARY KEY REFERENCES jobs(id),
+        upto INTEGER NOT NULL
+    )""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
