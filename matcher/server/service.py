@@ -8,7 +8,7 @@ from typing import Iterator
 
 import grpc
 
-from matcher.errors import AuthenticationError, InputError, MatcherError, NotFound, ProtocolError
+from matcher.errors import AuthenticationError, InputError, MatcherError, NotFound, ProtocolDeviation, ProtocolError
 from matcher.server.jobs import ActivationRequest, JobRunner, MatchJob, Report
 from matcher.log.merkle import MerkleTree
 from matcher.policy import budget_after
@@ -109,7 +109,12 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
             yield from exchange(job, requests, context)
         except MatcherError as err:
             if job is not None:
-                job.fail(err)
+                if context.is_active() or isinstance(err, ProtocolDeviation):
+                    job.fail(err)
+                else:
+                    # The client went away: the error is the handler seeing it, racing the cancel
+                    # callback. Either way the job was cancelled (and a deviation still suspends).
+                    job.abort("the stream ended before the job finished")
             _abort(context, err)
 
     @staticmethod
