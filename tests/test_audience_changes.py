@@ -141,3 +141,13 @@ def test_a_running_unbalanced_job_keeps_the_history_it_will_read(operator):
     store.finish_job("job1", released=False, reason="test")
     store.prune_history()
     assert kept() == 0
+
+
+def test_replace_with_a_file_of_no_valid_row_removes_nobody(operator, tmp_path):
+    _import(operator.db, tmp_path / "members.csv", {phone(i): 1 for i in range(20)})
+    (tmp_path / "bad.csv").write_text("phone,a,b\nnot-a-phone,yes,no\n")
+    result = CliRunner().invoke(main, ["audience", "import", "--db", str(operator.db), str(tmp_path / "bad.csv"),
+                                       "--id-column", "phone", "--id-type", "phone", "--segments", "a,b",
+                                       "--executor", "inline", "--mode", "replace"])
+    assert result.exit_code == 1 and "would remove every member" in result.output
+    assert operator.store.audience_info()["members"] == 20

@@ -281,9 +281,15 @@ def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str,
             if batch:
                 yield batch
 
+    if replace:
+        store.note_present([])   # a fresh list of the members the file names
     pending = batches()
     first = next(pending, None)  # read up to the first valid row before touching the store
     summary.invalid = dict(invalid)
+    if replace and first is None and not summary.unchanged:
+        raise InputError(f"{name}: no valid row, so --mode replace would remove every member; nothing was changed",
+                         hint="check the file, --id-column and --id-type; `matcher audience remove` removes "
+                              "members by name")
     if first is None and summary.rows and not summary.unchanged:
         problems = "; ".join(p for p in (summary.skipped_segments and segment_problem(name, summary),
                                          summary.skipped_ids and id_problem(name, summary)) if p)

@@ -100,6 +100,8 @@ class AudienceTables(Database):
     def note_present(self, match_keys: Sequence[str]) -> None:
         """For an import that replaces the audience: these members are in the new file (changed or
         not). Kept in a temporary table of this connection, not in memory: 10^9 keys do not fit."""
+        if not match_keys:   # the start of an import: forget an earlier one's
+            self.db.execute("DROP TABLE IF EXISTS temp.import_present")
         self.db.execute("CREATE TEMP TABLE IF NOT EXISTS import_present (match_key TEXT PRIMARY KEY)")
         self.db.conn.executemany("INSERT OR IGNORE INTO temp.import_present VALUES (?)", ((k,) for k in match_keys))
 
