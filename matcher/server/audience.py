@@ -282,7 +282,7 @@ def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str,
                 yield batch
 
     if replace:
-        store.note_present([])   # a fresh list of the members the file names
+        store.begin_replacement()
     pending = batches()
     first = next(pending, None)  # read up to the first valid row before touching the store
     summary.invalid = dict(invalid)

@@ -72,7 +72,7 @@ class AudienceTables(Database):
                 conn.execute("DROP TABLE temp.import_present")
             # The import's rows (audience_history since = audience_seq + 1) become visible to the
             # unbalanced protocol at once, only now that the whole file is in.
-            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
+            _publish_import(conn)
         self.prune_history()
         return total
 
@@ -80,7 +80,7 @@ class AudienceTables(Database):
         """The import (``audience_seq``) a running unbalanced job reads the history as of, registered
         in the same transaction: no prune deletes a record its deltas, read later, will need."""
         with self.transaction() as conn:
-            upto = int(conn.execute("SELECT value FROM meta WHERE key = 'audience_seq'").fetchone()[0])
+            upto = _visible_import(conn)
             conn.execute("INSERT OR REPLACE INTO history_readers (job_id, upto) VALUES (?, ?)", [job_id, upto])
         return upto
 
@@ -91,18 +91,21 @@ class AudienceTables(Database):
         last visible import is never read again, and with it goes a removed member's H(y)."""
         with self.transaction() as conn:
             conn.execute("DELETE FROM history_readers WHERE job_id NOT IN (SELECT id FROM jobs WHERE state = 'running')")
-            seq = int(conn.execute("SELECT value FROM meta WHERE key = 'audience_seq'").fetchone()[0])
+            seq = _visible_import(conn)
             floor = conn.execute("SELECT min(v) FROM (SELECT min(synced) AS v FROM enrollments UNION ALL "
                                  "SELECT min(upto) FROM history_readers UNION ALL SELECT ?)", [seq]).fetchone()[0]
             return conn.execute("DELETE FROM audience_history WHERE until IS NOT NULL AND until <= ?",
                                 [floor]).rowcount
 
+    def begin_replacement(self) -> None:
+        """Start the list of members an import that replaces the audience names (see
+        :meth:`note_present`): a temporary table of this connection, not memory, since 10^9 keys
+        do not fit, and emptied of an earlier import's."""
+        self.db.execute("DROP TABLE IF EXISTS temp.import_present")
+        self.db.execute("CREATE TEMP TABLE import_present (match_key TEXT PRIMARY KEY)")
+
     def note_present(self, match_keys: Sequence[str]) -> None:
-        """For an import that replaces the audience: these members are in the new file (changed or
-        not). Kept in a temporary table of this connection, not in memory: 10^9 keys do not fit."""
-        if not match_keys:   # the start of an import: forget an earlier one's
-            self.db.execute("DROP TABLE IF EXISTS temp.import_present")
-        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS import_present (match_key TEXT PRIMARY KEY)")
+        """These members are in the replacing file (changed or not)."""
         self.db.conn.executemany("INSERT OR IGNORE INTO temp.import_present VALUES (?)", ((k,) for k in match_keys))
 
     def remove_members(self, match_keys: Sequence[str]) -> int:
@@ -116,7 +119,7 @@ class AudienceTables(Database):
             for lo in range(0, len(match_keys), 500):
                 chunk = list(match_keys[lo:lo + 500])
                 removed += self._remove_where(conn, f"match_key IN ({','.join('?' * len(chunk))})", chunk)
-            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
+            _publish_import(conn)
         self.prune_history()
         return removed
 
@@ -126,8 +129,7 @@ class AudienceTables(Database):
                      params)
         removed = conn.execute(f"DELETE FROM audience WHERE {condition}", params).rowcount
         if removed:
-            conn.execute("INSERT INTO meta (key, value) VALUES ('audience_version', ?) "
-                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", [secrets.token_hex(8)])
+            _new_version(conn)
         return removed
 
     def segments_after_import(self, segments: Sequence[str], drop: Sequence[str] = ()) -> list[str]:
@@ -177,10 +179,9 @@ class AudienceTables(Database):
             conn.execute(f"DELETE FROM enrollment_pieces WHERE enrollment_id IN (SELECT id FROM enrollments "
                          f"WHERE stream IN ({marks}))", moved)
             conn.execute(f"DELETE FROM enrollments WHERE stream IN ({marks})", moved)
-            conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
-                             "value = excluded.value", [("segments", json.dumps(current)),
-                                                        ("audience_version", secrets.token_hex(8))])
-            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'segments'", [json.dumps(current)])
+            _new_version(conn)
+            _publish_import(conn)
 
     def _import_batches(self, batches: Iterable[Sequence[tuple[str, str, bytes, int]]]) -> int:
         total = 0
@@ -198,8 +199,7 @@ class AudienceTables(Database):
                              "WHERE key = 'audience_seq') FROM audience WHERE row_id > ? AND row_id NOT IN "
                              "(SELECT row_id FROM audience_history WHERE row_id > ? AND until IS NULL)",
                              [last_row, last_row])
-                conn.execute("INSERT INTO meta (key, value) VALUES ('audience_version', ?) "
-                             "ON CONFLICT(key) DO UPDATE SET value = excluded.value", [secrets.token_hex(8)])
+                _new_version(conn)
             total += len(batch)
         return total
 
@@ -248,3 +248,19 @@ class AudienceTables(Database):
         current = self.db.execute("SELECT count(*) FROM audience_history WHERE until IS NULL AND since <= ?",
                                   [seq]).fetchone()[0]
         return current == self.audience_info()["members"]
+
+
+def _visible_import(conn) -> int:
+    """The last import the unbalanced protocol sees (``audience_seq``)."""
+    return int(conn.execute("SELECT value FROM meta WHERE key = 'audience_seq'").fetchone()[0])
+
+
+def _publish_import(conn) -> None:
+    """Make the rows written under ``audience_seq + 1`` (and the history they closed) visible."""
+    conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'audience_seq'")
+
+
+def _new_version(conn) -> None:
+    """The audience changed: cached audiences and precomputed streams of the old one are not used."""
+    conn.execute("INSERT INTO meta (key, value) VALUES ('audience_version', ?) "
+                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value", [secrets.token_hex(8)])
