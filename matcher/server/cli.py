@@ -112,15 +112,26 @@ def audience() -> None:
     """The platform's member audience."""
 
 
+def _member_file_options(command):
+    """FILE and how to read the members' ids in it: shared by `audience import` and `audience remove`."""
+    for option in reversed((
+            click.argument("file"),
+            click.option("--id-column", required=True),
+            click.option("--id-type", required=True, type=click.Choice(["phone", "email", "sha256", "opaque"])),
+            click.option("--region", default="CN", show_default=True,
+                         help="Default region for phones without a country code."),
+            click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
+                         help="For --id-type sha256: what was hashed."),
+            click.option("--delimiter", default=None, metavar="CHAR",
+                         help="The CSV delimiter, e.g. ';' or tab (default: sniffed from the header: , ; tab |)."))):
+        command = option(command)
+    return command
+
+
 @audience.command("import")
 @db_option
-@click.argument("file")
-@click.option("--id-column", required=True)
-@click.option("--id-type", required=True, type=click.Choice(["phone", "email", "sha256", "opaque"]))
+@_member_file_options
 @click.option("--segments", default="", help="Comma-separated yes/no columns, e.g. member,paid_with_platform.")
-@click.option("--region", default="CN", show_default=True, help="Default region for phones without a country code.")
-@click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
-              help="For --id-type sha256: what was hashed.")
 @click.option("--skip-invalid", is_flag=True,
               help="Skip rows whose segment value is not yes/no (blank included) and import the rest; "
                    "without it such a row fails the import and nothing is written.")
@@ -129,8 +140,6 @@ def audience() -> None:
 @click.option("--drop-segment", "drop", multiple=True, metavar="NAME",
               help="Remove segment NAME from the audience (every member; repeatable). Merchants' stored "
                    "unbalanced copies of the streams it moves are made again by their next jobs.")
-@click.option("--delimiter", default=None, metavar="CHAR",
-              help="The CSV delimiter, e.g. ';' or tab (default: sniffed from the header: , ; tab |).")
 @click.option("--mode", default="upsert", show_default=True, type=click.Choice(["upsert", "replace"]),
               help="upsert: add new members, update the ones the file names, keep the others. replace: also "
                    "remove every member the file does not name, when the import ends.")
@@ -205,14 +214,7 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
 
 @audience.command("remove")
 @db_option
-@click.argument("file")
-@click.option("--id-column", required=True)
-@click.option("--id-type", required=True, type=click.Choice(["phone", "email", "sha256", "opaque"]))
-@click.option("--region", default="CN", show_default=True, help="Default region for phones without a country code.")
-@click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
-              help="With --id-type sha256: what was hashed.")
-@click.option("--delimiter", default=None, metavar="CHAR",
-              help="The CSV delimiter, e.g. ';' or tab (default: sniffed from the header: , ; tab |).")
+@_member_file_options
 @json_option
 def audience_remove(db: Path, file: str, id_column: str, id_type: str, region: str, hashed_kind: str,
                     delimiter: str | None, as_json: bool) -> None:
