@@ -66,9 +66,27 @@ class Audience:
     segments: tuple[str, ...]
     row_ids: np.ndarray | None = None  # the store's row ids, kept for activation
     version: str = ""                  # which snapshot: precomputed streams are tied to it
+    # A member's further identifiers (an email beside the phone, an OpenID, ...): extra_points[i] is
+    # H(identifier) of the member at position extra_owner[i] (ascending), under its own kind's DST.
+    # An identifier belongs to one member only, so no two points of the audience are equal.
+    extra_points: np.ndarray | None = None  # (m, 32) uint8
+    extra_owner: np.ndarray | None = None   # (m,) int64 audience positions
+    id_kinds: tuple[str, ...] = ()          # every kind the audience holds, id_kind first ((): id_kind only)
 
     def __len__(self) -> int:
         return len(self.segment_bits)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return self.id_kinds or (self.id_kind,)
+
+    @property
+    def width(self) -> int:
+        """Identifiers of the member who has the most: a stream carries each member as a tuple of
+        this many points (1: the single-identifier protocol)."""
+        if self.extra_owner is None or not len(self.extra_owner):
+            return 1
+        return 1 + int(np.bincount(self.extra_owner).max())
 
     def segment_rows(self, segment: str) -> np.ndarray:
         """Rows of the members holding ``segment``, in row order."""
