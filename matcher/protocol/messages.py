@@ -37,10 +37,16 @@ class JobStart:
     protocol: str = ""
     # Names the merchant's long-lived key for unbalanced copies; empty: the client cannot run them.
     enrollment_key_id: bytes = b""
+    # Every kind the list's identifiers hold, id_kind first; (): id_kind only.
+    id_kinds: tuple[str, ...] = ()
 
     @property
     def list_size(self) -> int:
         return sum(self.label_sizes)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return self.id_kinds or (self.id_kind,)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class JobAccepted:
     stream_names: tuple[str, ...] = ()
     stream_sizes: tuple[int, ...] = ()
     protocol: str = "semi_honest"
+    # Secure protocol: a member is this many consecutive values of a stream (its identifiers, padded).
+    tuple_width: int = 1
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ matcher.protocol.secure_platform.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import os
 from collections import deque
@@ -80,13 +81,31 @@ class Audience:
     def kinds(self) -> tuple[str, ...]:
         return self.id_kinds or (self.id_kind,)
 
-    @property
+    @functools.cached_property
     def width(self) -> int:
         """Identifiers of the member who has the most: a stream carries each member as a tuple of
         this many points (1: the single-identifier protocol)."""
         if self.extra_owner is None or not len(self.extra_owner):
             return 1
         return 1 + int(np.bincount(self.extra_owner).max())
+
+    @functools.cached_property
+    def all_points(self) -> np.ndarray:
+        """Every identifier's H: the members' first ones (``points``), then ``extra_points``."""
+        return self.points if self.width == 1 else np.concatenate([self.points, self.extra_points])
+
+    @functools.cached_property
+    def tuple_slots(self) -> np.ndarray:
+        """(members, width) rows of ``all_points`` per member: its first identifier, its further
+        ones, then -1 for padding."""
+        n, width = len(self), self.width
+        slots = np.full((n, width), -1, dtype=np.int64)
+        slots[:, 0] = np.arange(n)
+        if width > 1:
+            owner = self.extra_owner
+            first = np.searchsorted(owner, owner, side="left")
+            slots[owner, 1 + np.arange(len(owner)) - first] = n + np.arange(len(owner))
+        return slots
 
     def segment_rows(self, segment: str) -> np.ndarray:
         """Rows of the members holding ``segment``, in row order."""

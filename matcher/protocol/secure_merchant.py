@@ -66,10 +66,14 @@ class _State(enum.Enum):
 class SecureMerchantSession:
     def __init__(self, keys: Sequence[str], labels: Sequence[str], *, id_kind: str, rng: Rng = os.urandom,
                  kernels: Kernels | None = None, chunk_size: int = MAX_CHUNK_ELEMENTS, ordered: bool = False,
-                 protocol: str = "auto", enrollment: LongLivedScalars | None = None):
-        shuffled = shuffled_list(keys, labels, rng, chunk_size)
+                 protocol: str = "auto", enrollment: LongLivedScalars | None = None,
+                 kinds: Sequence[str] | None = None):
+        shuffled = shuffled_list(keys, labels, rng, chunk_size, kinds)
         self.label_names = shuffled.label_names
         self._id_kind = id_kind
+        # Several kinds: each key is hashed under its own kind's DST (id_kind names the first column's).
+        self._kind_names = shuffled.kind_names or (kinds[0] if kinds else id_kind,)
+        self._kind_idx = shuffled.kind_idx
         self._rng = rng
         self._kernels = kernels or Kernels()
         self._chunk_size = chunk_size
@@ -82,6 +86,7 @@ class SecureMerchantSession:
         self._state = _State.NEW
         self.stream_names: tuple[str, ...] = ()
         self.stream_sizes: tuple[int, ...] = ()
+        self.tuple_width = 1
         self._current = -1
         self._values = np.empty((0, group.ELEMENT_SIZE), np.uint8)
         self._pending: deque[tuple[int, int, Future]] = deque()
@@ -95,7 +100,8 @@ class SecureMerchantSession:
         self._expect(_State.NEW)
         sizes = np.bincount(self._label_idx, minlength=len(self.label_names))
         self._state = _State.STARTED
-        return JobStart(id_kind=self._id_kind, labels=self.label_names, label_sizes=tuple(int(s) for s in sizes),
+        return JobStart(id_kind=self._id_kind, id_kinds=self._kind_names if len(self._kind_names) > 1 else (),
+                        labels=self.label_names, label_sizes=tuple(int(s) for s in sizes),
                         merchant_base=group.base_mult(self._scalars[0]), segments=tuple(segments),
                         all_segments=all_segments, protocol=self._protocol,
                         enrollment_key_id=self._enrollment.key_id if self._enrollment else b"")
@@ -111,6 +117,12 @@ class SecureMerchantSession:
         self.segments = tuple(accepted.segments)
         self.stream_names = tuple(accepted.stream_names)
         self.stream_sizes = tuple(int(n) for n in accepted.stream_sizes)
+        self.tuple_width = int(accepted.tuple_width or 1)
+        if self.tuple_width < 1 or any(n % self.tuple_width for n in self.stream_sizes):
+            raise ProtocolError(f"the server announced streams of {list(self.stream_sizes)} values in tuples of "
+                                f"{self.tuple_width}: not whole tuples")
+        if self.tuple_width > 1 and accepted.protocol == UNBALANCED:
+            raise ProtocolError("the server chose the unbalanced protocol for members of several identifiers")
         self._chunk_size = min(self._chunk_size, accepted.max_chunk_elements)
         if accepted.protocol == UNBALANCED:
             # The platform keeps our copy of each stream, blinded with these: the same in every job.
@@ -133,13 +145,12 @@ class SecureMerchantSession:
             self._hashed = np.empty((len(self._keys), group.ELEMENT_SIZE), np.uint8)
         else:
             order = np.random.default_rng(int.from_bytes(self._rng(32), "big")).permutation(len(self._keys))
-        dst = group.dst_for(self._id_kind)
         pending: deque[tuple[Future, bytes]] = deque()
         for lo in range(0, len(self._keys), self._chunk_size):
             rows = order[lo:lo + self._chunk_size]
             if index == 0:  # order is the identity here
-                hashed = self._kernels.hash_to_curve([k.encode() for k in self._keys[lo:lo + len(rows)]], dst)
-                self._hashed[lo:lo + len(rows)] = np.frombuffer(hashed, np.uint8).reshape(-1, group.ELEMENT_SIZE)
+                self._hash(lo, lo + len(rows))
+                hashed = self._hashed[lo:lo + len(rows)].tobytes()
             else:
                 hashed = np.ascontiguousarray(self._hashed[rows]).tobytes()
             pending.append((self._kernels.submit_blind(scalar, hashed, chosen=False), self._label_idx[rows].tobytes()))
@@ -148,6 +159,17 @@ class SecureMerchantSession:
                 yield BlindedChunk(points=blinded.result(), labels=labels)
         for blinded, labels in pending:
             yield BlindedChunk(points=blinded.result(), labels=labels)
+
+    def _hash(self, lo: int, hi: int) -> None:
+        """H(x) of keys lo..hi, each under its kind's DST (one batch a kind)."""
+        if self._kind_idx is None:
+            groups = [(self._kind_names[0], np.arange(hi - lo))]
+        else:
+            kinds = self._kind_idx[lo:hi]
+            groups = [(self._kind_names[k], np.flatnonzero(kinds == k)) for k in np.unique(kinds)]
+        for kind, rows in groups:
+            hashed = self._kernels.hash_to_curve([self._keys[lo + i].encode() for i in rows], group.dst_for(kind))
+            self._hashed[lo + rows] = np.frombuffer(hashed, np.uint8).reshape(-1, group.ELEMENT_SIZE)
 
     def merchant_base(self, index: int) -> bytes:
         """a_s·G for stream ``index``: the platform checks that stream's audit rows against it."""
@@ -203,8 +225,15 @@ class SecureMerchantSession:
     def transform_returned(self, index: int, values: np.ndarray) -> np.ndarray:
         """The whole blinded stream, about to go back: shuffled in place unless ordered. (The one
         place a modified client would tamper; tests/attacks/ does exactly that.)"""
+        shuffler = np.random.default_rng(int.from_bytes(self._rng(32), "big"))
+        width = self.tuple_width
         if not self.ordered:
-            # A 1-D view of 32-byte records shuffles ~15x faster than the rows of the 2-D array.
-            records = values.view(f"V{group.ELEMENT_SIZE}").ravel()
-            np.random.default_rng(int.from_bytes(self._rng(32), "big")).shuffle(records)
+            # A 1-D view of records (a tuple each) shuffles ~15x faster than the rows of the 2-D array.
+            records = values.reshape(-1, width * group.ELEMENT_SIZE).view(f"V{width * group.ELEMENT_SIZE}").ravel()
+            shuffler.shuffle(records)
+        if width > 1:
+            # And inside every tuple: which of a member's values met the list then says nothing of its kind.
+            tuples = values.reshape(-1, width, group.ELEMENT_SIZE)
+            inside = np.argsort(shuffler.random(tuples.shape[:2]), axis=1)
+            tuples[:] = np.take_along_axis(tuples, inside[:, :, None], axis=1)
         return values

@@ -65,6 +65,8 @@ from matcher.protocol.platform import Audience, PrecomputedStream, _StreamFeed
 
 Rng = Callable[[int], bytes]
 STREAM_CHUNK_ROWS = 65_536  # 2 MiB of points per message
+# Padding of a member's tuple: H(random bytes) under a DST of its own, a point nobody knows the log of.
+_PADDING_DST = b"matcher-v1-tuple-padding_XMD:SHA-512_ELL2_RO_"
 _GRID_COLUMNS = 64
 
 
@@ -79,15 +81,16 @@ class _Stream:
 
     def __init__(self, name: str, rows: np.ndarray, fillers: int, scalar: bytes,
                  slot: PrecomputedStream | None = None, points: np.ndarray | None = None,
-                 outgoing_scalar: bytes | None = None):
+                 outgoing_scalar: bytes | None = None, width: int = 1):
         self.name = name
         self.rows = rows              # rows of ``points`` in this stream (before shuffling)
         self.points = points          # H(y) the rows index: None for the session's audience
-        self.fillers = fillers
+        self.fillers = fillers        # filler tuples: the audit rows and the DP padding
+        self.width = width            # values a tuple: a member's identifiers, padded
         self.scalar = scalar          # b_s: T_s = b_s·(the list copy)
         self.outgoing_scalar = outgoing_scalar or scalar  # what the members' H(y) go out blinded with
         self.slot = slot              # b_s, the members' order and b_s·H(y), made while the server was idle
-        self.order: np.ndarray | None = None  # position -> audience row, or -1-d for filler d
+        self.order: np.ndarray | None = None  # tuple position -> audience row, or -1-d for filler tuple d
         self.table: list[Future] = []          # b_s·(a_s·H(x)) of the list copy, in pieces
         self.received_labels: list[np.ndarray] = []
         self.received_per_label: np.ndarray | None = None
@@ -96,7 +99,7 @@ class _Stream:
         self.index: PointIndex | None = None   # the list copy's b_s·(a_s·H(x)), from finish_list to the count
         self.returned: list[np.ndarray] = []
         self.returned_count = 0
-        self.expected: np.ndarray | None = None  # what a·(filler d) must be, row d
+        self.expected: np.ndarray | None = None  # what a·(filler value d) must be, row d (tuple d // width)
         self.sent = False
         self.finished = False
         self.counts: np.ndarray | None = None  # per label, the list copy's values the stream met
@@ -105,8 +108,13 @@ class _Stream:
         self.matched_labels: np.ndarray | None = None
 
     @property
-    def size(self) -> int:
+    def tuples(self) -> int:
         return len(self.rows) + self.fillers
+
+    @property
+    def size(self) -> int:
+        """Values in the stream: ``width`` for each member and each filler tuple."""
+        return self.tuples * self.width
 
 
 class SecurePlatformSession:
@@ -161,9 +169,7 @@ class SecurePlatformSession:
         if start.protocol_version != PROTOCOL_VERSION:
             raise ProtocolError(f"protocol version {start.protocol_version} is not supported (this server speaks "
                                 f"{PROTOCOL_VERSION})", hint="upgrade matcher-client")
-        if start.id_kind != self._audience.id_kind:
-            raise InputError(f"this platform's audience is keyed by '{self._audience.id_kind}', the list by "
-                             f"'{start.id_kind}'", hint=f"submit a {self._audience.id_kind} column (or sha256 hashes of one)")
+        self._check_kinds(start)
         if not start.labels or len(start.labels) != len(start.label_sizes) or len(start.labels) > MAX_LABELS:
             raise InputError(f"a job needs 1..{MAX_LABELS} labels, each with a size")
         if len(set(start.labels)) != len(start.labels):
@@ -183,12 +189,29 @@ class SecurePlatformSession:
                            max_chunk_elements=self._max_chunk,
                            stream_elements=sum(s.size for s in self._streams),
                            stream_names=self.stream_names, stream_sizes=tuple(s.size for s in self._streams),
-                           protocol=self.protocol)
+                           protocol=self.protocol, tuple_width=self._width)
+
+    def _check_kinds(self, start: JobStart) -> None:
+        """Every kind of identifier in the list is one the audience holds (the DSTs keep kinds apart,
+        so a list kind the platform lacks could only ever miss)."""
+        held = self._audience.kinds
+        missing = [kind for kind in start.kinds if kind not in held]
+        if missing:
+            raise InputError(f"this platform's audience holds {', '.join(repr(k) for k in held)} identifiers, the "
+                             f"list {', '.join(repr(k) for k in start.kinds)}: it has no {', '.join(missing)}",
+                             hint=f"submit {' or '.join(held)} columns (or sha256 hashes of one)")
+
+    @property
+    def _width(self) -> int:
+        return self._audience.width
 
     def _new_stream(self, name: str, key: str, fillers: int) -> _Stream:
         """Stream ``name`` (``key``: '' for every member, else the segment), with a fresh b_s or the
         idle-time slot's."""
         rows = np.arange(len(self._audience), dtype=np.int64) if key == "" else self._audience.segment_rows(key)
+        if self._width > 1:
+            # Slots hold one value a member; tuples are made here (issue 19 left their precomputation).
+            return _Stream(name, rows, fillers, group.random_scalar(self._rng), width=self._width)
         slot = self._precomputed(key)
         if slot is not None and len(slot.order) != len(rows):
             raise ProtocolError(f"the precomputed stream for '{name}' belongs to another audience")
@@ -275,6 +298,9 @@ class SecurePlatformSession:
         stream.sent = True
         fillers, stream.expected = self._filler_grid(stream)
         stream.order = self._order(stream)
+        if stream.width > 1:
+            yield from self._tuple_stream(stream, fillers)
+            return
         # A slot made while the semi-honest protocol was on also holds ciphertexts: not needed here.
         feed = _StreamFeed(stream.slot.pieces, None) if stream.slot else None
         pending: deque[tuple[np.ndarray, Future | None]] = deque()
@@ -295,10 +321,51 @@ class SecurePlatformSession:
         while pending:
             yield _chunk(*pending.popleft(), fillers)
 
+    def _tuple_stream(self, stream: _Stream, fillers: np.ndarray) -> Iterator[bytes]:
+        """A stream of tuples: each member's identifiers blinded with b_s, then padding to the width
+        (fresh random points of the group, whose logarithm nobody knows, so that not even the platform
+        can recognise a padding value when it comes back), or a filler tuple of audit values."""
+        width = stream.width
+        slots = self._audience.tuple_slots
+        points = self._audience.all_points
+        per_chunk = max(1, self._chunk_rows // width)
+        pending: deque[tuple[np.ndarray, np.ndarray, Future | None]] = deque()
+
+        def chunk(rows: np.ndarray, members: np.ndarray, blinded: Future | None) -> bytes:
+            out = np.empty((len(rows), width, group.ELEMENT_SIZE), np.uint8)
+            filler = rows < 0
+            if filler.any():
+                first = (-1 - rows[filler]) * width
+                out[filler] = fillers[first[:, None] + np.arange(width)]
+            if blinded is not None:
+                taken = members >= 0
+                values = np.empty((members.size, group.ELEMENT_SIZE), np.uint8)
+                values[taken.ravel()] = point_rows(blinded.result())
+                pad = int((~taken).sum())
+                if pad:
+                    values[~taken.ravel()] = point_rows(self._kernels.hash_to_curve(
+                        [self._rng(32) for _ in range(pad)], _PADDING_DST))
+                out[~filler] = values.reshape(-1, width, group.ELEMENT_SIZE)
+            return out.tobytes()
+
+        for lo in range(0, len(stream.order), per_chunk):
+            rows = stream.order[lo:lo + per_chunk]
+            members = slots[rows[rows >= 0]]
+            blinded = None
+            if len(members):
+                wanted = members[members >= 0]
+                blinded = self._kernels.submit_blind(stream.scalar, np.ascontiguousarray(points[wanted]).tobytes(),
+                                                     chosen=False)
+            pending.append((rows, members, blinded))
+            if len(pending) > 2:
+                yield chunk(*pending.popleft())
+        while pending:
+            yield chunk(*pending.popleft())
+
     def _order(self, stream: _Stream) -> np.ndarray:
-        """Position -> audience row, or -1-d for filler d: members in a uniformly random order (the
-        precomputed slot's, when there is one) with the fillers at uniformly random positions."""
-        total = stream.size
+        """Tuple position -> audience row, or -1-d for filler tuple d: members in a uniformly random
+        order (the precomputed slot's, when there is one) with the fillers at uniformly random positions."""
+        total = stream.tuples
         at_filler = np.zeros(total, dtype=bool)
         at_filler[self._shuffler.choice(total, size=stream.fillers, replace=False)] = True
         order = np.empty(total, dtype=np.int64)
@@ -307,9 +374,11 @@ class SecurePlatformSession:
         return order
 
     def _filler_grid(self, stream: _Stream) -> tuple[np.ndarray, np.ndarray]:
-        """F filler points r_i·(t_j·G) and what the merchant must return for each, r_i·(t_j·(a·G))."""
-        columns = min(_GRID_COLUMNS, stream.fillers)
-        rows = math.ceil(stream.fillers / columns)
+        """F filler points r_i·(t_j·G) (``width`` for each filler tuple) and what the merchant must
+        return for each, r_i·(t_j·(a·G))."""
+        count = stream.fillers * stream.width
+        columns = min(_GRID_COLUMNS, count)
+        rows = math.ceil(count / columns)
         column_scalars = [group.random_scalar(self._rng) for _ in range(columns)]
         bases = b"".join(group.base_mult(t) for t in column_scalars)
         shifted = b"".join(group.blind(t, stream.merchant_base) for t in column_scalars)
@@ -318,7 +387,7 @@ class SecurePlatformSession:
             r = group.random_scalar(self._rng)
             fillers.append(group.blind(r, bases, chosen=False))
             expected.append(group.blind(r, shifted))
-        take = stream.fillers * group.ELEMENT_SIZE
+        take = count * group.ELEMENT_SIZE
         return point_rows(b"".join(fillers)[:take]), point_rows(b"".join(expected)[:take])
 
     def _list_due(self, index: int) -> _Stream:
@@ -357,25 +426,44 @@ class SecurePlatformSession:
             raise ProtocolDeviation(f"stream '{stream.name}' came back with {len(returned)} of its {stream.size} values")
         if len(np.unique(returned.view(f"V{group.ELEMENT_SIZE}").ravel())) != len(returned):
             raise ProtocolDeviation(f"stream '{stream.name}' came back with a value twice")
-        if self.ordered:
-            at = np.flatnonzero(stream.order < 0)
-            audited = bool((returned[at] == stream.expected[-1 - stream.order[at]]).all())
-        else:
-            audit = PointIndex([stream.expected], [np.zeros(stream.fillers, np.uint8)])
-            at = audit.lookup(returned)[0]
-            audited = len(at) == stream.fillers
-        if not audited:
+        audit = PointIndex([stream.expected], [np.zeros(len(stream.expected), np.uint8)])
+        at, filler, _ = audit.lookup_ids(returned)
+        if len(at) != len(stream.expected):
             raise ProtocolDeviation(f"stream '{stream.name}' failed its audit: values that a_s·(the stream) must "
                                     "contain are missing, so it was not blinded with the one scalar behind a_s·G")
+        self._audit_tuples(stream, at, filler)
         stream.counts = self._count(stream, returned, at)
         stream.finished = True
         if all(s.finished for s in self._streams):
             self._state = _State.DONE
 
+    def _audit_tuples(self, stream: _Stream, at: np.ndarray, filler: np.ndarray) -> None:
+        """Every filler tuple came back whole, as one returned tuple and nothing else (in its own
+        position when ordered). A merchant that cannot tell filler tuples from members cannot break a
+        member's tuple apart (to have each identifier count on its own) without risking one."""
+        width = stream.width
+        # ``at`` ascends, so with every filler tuple whole its values fill consecutive rows here.
+        returned_tuple = (at // width).reshape(-1, width)
+        sent_tuple = (filler // width).reshape(-1, width)
+        whole = bool((returned_tuple == returned_tuple[:, :1]).all() and (sent_tuple == sent_tuple[:, :1]).all())
+        if whole and self.ordered:
+            whole = bool((stream.order[returned_tuple[:, 0]] == -1 - sent_tuple[:, 0]).all())
+        if not whole:
+            what = "tuple" if width > 1 else "value"
+            raise ProtocolDeviation(f"stream '{stream.name}' failed its audit: an audit {what} came back "
+                                    f"{'broken apart or ' if width > 1 else ''}moved, so the stream was not "
+                                    f"returned {'tuple by tuple' if width > 1 else 'as sent'}")
+
     def _count(self, stream: _Stream, returned: np.ndarray, filler_positions: np.ndarray) -> np.ndarray:
-        """Per-label counts of the list copy's values that the returned stream holds."""
+        """Per-label counts of the returned tuples that hold a value of the list copy: each tuple (a
+        member) counts once, under the first of the labels (in label order) of the values it holds."""
         positions, labels = stream.index.lookup(returned)
         stream.index = None
+        if stream.width > 1 and len(positions):
+            tuples = positions // stream.width
+            first = np.lexsort((labels, tuples))
+            keep = first[np.r_[True, tuples[first][1:] != tuples[first][:-1]]]
+            positions, labels = tuples[keep], labels[keep]
         if self.ordered:
             stream.matched_positions = positions
             stream.matched_labels = labels

@@ -28,14 +28,15 @@ def job_start_to_proto(start: JobStart) -> match_pb2.JobStart:
                               segments=start.segments, all_segments=start.all_segments,
                               # On the wire "" means the server picks, which a caller may spell "auto".
                               protocol="" if start.protocol == "auto" else start.protocol,
-                              enrollment_key_id=start.enrollment_key_id)
+                              enrollment_key_id=start.enrollment_key_id, id_kinds=start.id_kinds)
 
 
 def job_start_from_proto(start: match_pb2.JobStart) -> JobStart:
     return JobStart(id_kind=start.id_kind, labels=tuple(start.labels), label_sizes=tuple(start.label_sizes),
                     merchant_base=start.merchant_base, protocol_version=start.protocol_version,
                     segments=tuple(start.segments), all_segments=start.all_segments,
-                    protocol=start.protocol, enrollment_key_id=bytes(start.enrollment_key_id))
+                    protocol=start.protocol, enrollment_key_id=bytes(start.enrollment_key_id),
+                    id_kinds=tuple(start.id_kinds))
 
 
 def job_accepted_to_proto(accepted: JobAccepted) -> match_pb2.JobAccepted:
@@ -43,7 +44,7 @@ def job_accepted_to_proto(accepted: JobAccepted) -> match_pb2.JobAccepted:
         job_id=accepted.job_id, paillier_n=accepted.paillier_n, segments=accepted.segments,
         layout_json=accepted.layout_json, max_chunk_elements=accepted.max_chunk_elements,
         stream_elements=accepted.stream_elements, stream_names=accepted.stream_names,
-        stream_sizes=accepted.stream_sizes, protocol=accepted.protocol)
+        stream_sizes=accepted.stream_sizes, protocol=accepted.protocol, tuple_width=accepted.tuple_width)
 
 
 def job_accepted_from_proto(accepted: match_pb2.JobAccepted) -> JobAccepted:
@@ -52,4 +53,6 @@ def job_accepted_from_proto(accepted: match_pb2.JobAccepted) -> JobAccepted:
                        stream_elements=accepted.stream_elements, stream_names=tuple(accepted.stream_names),
                        stream_sizes=tuple(accepted.stream_sizes),
                        # A server from before the secure protocol names none: it ran the semi-honest one.
-                       protocol=accepted.protocol or SEMI_HONEST)
+                       protocol=accepted.protocol or SEMI_HONEST,
+                       # A server from before several identifiers per member sends 0: one value a member.
+                       tuple_width=accepted.tuple_width or 1)

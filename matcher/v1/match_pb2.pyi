@@ -137,7 +137,7 @@ class ActivationList(_message.Message):
     def __init__(self, activations: _Optional[_Iterable[_Union[Activation, _Mapping]]] = ...) -> None: ...
 
 class JobStart(_message.Message):
-    __slots__ = ("protocol_version", "id_kind", "labels", "label_sizes", "merchant_base", "segments", "all_segments", "protocol", "enrollment_key_id")
+    __slots__ = ("protocol_version", "id_kind", "labels", "label_sizes", "merchant_base", "segments", "all_segments", "protocol", "enrollment_key_id", "id_kinds")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ID_KIND_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,7 @@ class JobStart(_message.Message):
     ALL_SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     ENROLLMENT_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ID_KINDS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     id_kind: str
     labels: _containers.RepeatedScalarFieldContainer[str]
@@ -156,10 +157,11 @@ class JobStart(_message.Message):
     all_segments: bool
     protocol: str
     enrollment_key_id: bytes
-    def __init__(self, protocol_version: _Optional[int] = ..., id_kind: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., label_sizes: _Optional[_Iterable[int]] = ..., merchant_base: _Optional[bytes] = ..., segments: _Optional[_Iterable[str]] = ..., all_segments: _Optional[bool] = ..., protocol: _Optional[str] = ..., enrollment_key_id: _Optional[bytes] = ...) -> None: ...
+    id_kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, protocol_version: _Optional[int] = ..., id_kind: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., label_sizes: _Optional[_Iterable[int]] = ..., merchant_base: _Optional[bytes] = ..., segments: _Optional[_Iterable[str]] = ..., all_segments: _Optional[bool] = ..., protocol: _Optional[str] = ..., enrollment_key_id: _Optional[bytes] = ..., id_kinds: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class JobAccepted(_message.Message):
-    __slots__ = ("job_id", "paillier_n", "segments", "layout_json", "max_chunk_elements", "stream_elements", "stream_names", "stream_sizes", "protocol")
+    __slots__ = ("job_id", "paillier_n", "segments", "layout_json", "max_chunk_elements", "stream_elements", "stream_names", "stream_sizes", "protocol", "tuple_width")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PAILLIER_N_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +171,7 @@ class JobAccepted(_message.Message):
     STREAM_NAMES_FIELD_NUMBER: _ClassVar[int]
     STREAM_SIZES_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    TUPLE_WIDTH_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     paillier_n: bytes
     segments: _containers.RepeatedScalarFieldContainer[str]
@@ -178,7 +181,8 @@ class JobAccepted(_message.Message):
     stream_names: _containers.RepeatedScalarFieldContainer[str]
     stream_sizes: _containers.RepeatedScalarFieldContainer[int]
     protocol: str
-    def __init__(self, job_id: _Optional[str] = ..., paillier_n: _Optional[bytes] = ..., segments: _Optional[_Iterable[str]] = ..., layout_json: _Optional[str] = ..., max_chunk_elements: _Optional[int] = ..., stream_elements: _Optional[int] = ..., stream_names: _Optional[_Iterable[str]] = ..., stream_sizes: _Optional[_Iterable[int]] = ..., protocol: _Optional[str] = ...) -> None: ...
+    tuple_width: int
+    def __init__(self, job_id: _Optional[str] = ..., paillier_n: _Optional[bytes] = ..., segments: _Optional[_Iterable[str]] = ..., layout_json: _Optional[str] = ..., max_chunk_elements: _Optional[int] = ..., stream_elements: _Optional[int] = ..., stream_names: _Optional[_Iterable[str]] = ..., stream_sizes: _Optional[_Iterable[int]] = ..., protocol: _Optional[str] = ..., tuple_width: _Optional[int] = ...) -> None: ...
 
 class BlindedChunk(_message.Message):
     __slots__ = ("points", "labels", "stream")
