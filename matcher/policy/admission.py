@@ -15,11 +15,19 @@ UNBALANCED_MIN_RATIO = 10
 
 
 def choose_protocol(policy: Policy, *, requested: str, audience_size: int, list_size: int,
-                    client_can_enroll: bool) -> str:
+                    client_can_enroll: bool, several_identifiers: bool = False) -> str:
     """"balanced" or "unbalanced" for a secure job. The operator's fixed choice wins; under "auto" the
     merchant's wish does, else the sizes (UNBALANCED_MIN_AUDIENCE, UNBALANCED_MIN_RATIO). A client
-    without an enrollment key runs balanced unless the operator requires unbalanced (then refused)."""
+    without an enrollment key runs balanced unless the operator requires unbalanced (then refused).
+    ``several_identifiers`` (the audience's columns, or the list's): the unbalanced protocol keeps
+    copies of one identifier a member, so "auto" runs balanced and "unbalanced" is refused."""
     wish = requested or "auto"
+    if several_identifiers:
+        if "unbalanced" in (policy.protocol, wish):
+            raise PolicyRefused("the unbalanced protocol matches one identifier a person, and this job has several "
+                                "(in the audience or in the list)", reason="protocol_not_allowed",
+                                hint="run the job with --protocol balanced (or auto), or with one --id-column")
+        return "balanced"
     if policy.protocol != "auto" and wish not in ("auto", policy.protocol):
         raise PolicyRefused(f"this server runs the {policy.protocol} protocol only (policy 'protocol'); the job "
                             f"asked for {wish}", reason="protocol_not_allowed",

@@ -73,6 +73,10 @@ class Audience:
     extra_points: np.ndarray | None = None  # (m, 32) uint8
     extra_owner: np.ndarray | None = None   # (m,) int64 audience positions
     id_kinds: tuple[str, ...] = ()          # every kind the audience holds, id_kind first ((): id_kind only)
+    # The identifier columns the audience was imported with: the tuple width. It is the operator's
+    # schema, not the data's, so no member (one with more identifiers than all others) changes it.
+    # 0: the widest member's count (engine tests, which build audiences by hand).
+    identifier_columns: int = 0
 
     def __len__(self) -> int:
         return len(self.segment_bits)
@@ -85,14 +89,18 @@ class Audience:
     def width(self) -> int:
         """Identifiers of the member who has the most: a stream carries each member as a tuple of
         this many points (1: the single-identifier protocol)."""
-        if self.extra_owner is None or not len(self.extra_owner):
-            return 1
-        return 1 + int(np.bincount(self.extra_owner).max())
+        widest = 1 if self.extra_owner is None or not len(self.extra_owner) else \
+            1 + int(np.bincount(self.extra_owner).max())
+        if self.identifier_columns and widest > self.identifier_columns:
+            raise ValueError(f"a member holds {widest} identifiers; the audience has {self.identifier_columns} columns")
+        return self.identifier_columns or widest
 
     @functools.cached_property
     def all_points(self) -> np.ndarray:
         """Every identifier's H: the members' first ones (``points``), then ``extra_points``."""
-        return self.points if self.width == 1 else np.concatenate([self.points, self.extra_points])
+        if self.extra_points is None or not len(self.extra_points):
+            return self.points
+        return np.concatenate([self.points, self.extra_points])
 
     @functools.cached_property
     def tuple_slots(self) -> np.ndarray:
@@ -101,7 +109,7 @@ class Audience:
         n, width = len(self), self.width
         slots = np.full((n, width), -1, dtype=np.int64)
         slots[:, 0] = np.arange(n)
-        if width > 1:
+        if self.extra_owner is not None and len(self.extra_owner):
             owner = self.extra_owner
             first = np.searchsorted(owner, owner, side="left")
             slots[owner, 1 + np.arange(len(owner)) - first] = n + np.arange(len(owner))

@@ -214,7 +214,8 @@ class _Precomputer(threading.Thread):
         audience = store.load_audience()
         # Spent slots, and those of an older snapshot (a new import), are useless.
         store.drop_stream_slots(keep_version=audience.version)
-        if not len(audience):
+        if not len(audience) or audience.width > 1:
+            # Members of several identifiers go out as tuples, which slots do not hold (yet).
             return None
         for segment in ("", *audience.segments):
             if store.stream_slots(audience.version, segment) < self._stream_slots:

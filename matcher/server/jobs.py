@@ -207,9 +207,15 @@ class JobRunner:
                                     hint="upgrade matcher-client: it uses the secure protocol by default")
             policy_mod.check_request(pol, list_size=start.list_size, label_sizes=sizes,
                                      n_segments=len(segments))
+            several = len(start.kinds) > 1 or _identifier_columns(self.store) > 1
+            if protocol == SEMI_HONEST and several:
+                raise PolicyRefused("the semi-honest protocol matches one identifier a person, and this job has "
+                                    "several (in the audience or in the list)", reason="protocol_not_allowed",
+                                    hint="use the secure protocol (matcher-client's default)")
             if protocol == SECURE and activation is None and policy_mod.choose_protocol(
                     pol, requested=start.protocol, audience_size=info["members"], list_size=start.list_size,
-                    client_can_enroll=bool(start.enrollment_key_id)) == "unbalanced":
+                    client_can_enroll=bool(start.enrollment_key_id),
+                    several_identifiers=several) == "unbalanced":
                 protocol = UNBALANCED
                 self._one_copy_user(merchant)
             epsilon = policy_mod.job_epsilon(pol)
@@ -539,3 +545,8 @@ def _interrupted_entry(job: dict, now: float, reason: str) -> dict:
     return job_entry("failed", job["job_id"], job["merchant"], pol, sizes, now, started=job["created"], reason=reason,
                      protocol=job["protocol"] or SEMI_HONEST, epsilon=float(job["epsilon"]) if charged else 0.0,
                      charged=charged)
+
+
+def _identifier_columns(store: Store) -> int:
+    """The identifier columns of the audience (the tuple width of its streams)."""
+    return 1 + len(json.loads(store.get_meta("audience_kinds", "[]") or "[]"))
