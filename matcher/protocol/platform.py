@@ -71,7 +71,7 @@ class Audience:
     # H(identifier) of the member at position extra_owner[i] (ascending), under its own kind's DST.
     # An identifier belongs to one member only, so no two points of the audience are equal.
     extra_points: np.ndarray | None = None  # (m, 32) uint8
-    extra_owner: np.ndarray | None = None   # (m,) int64 audience positions
+    extra_owner: np.ndarray | None = None   # (m,) int64 audience positions (ascending, as the store reads them)
     id_kinds: tuple[str, ...] = ()          # every kind the audience holds, id_kind first ((): id_kind only)
     # The identifier columns the audience was imported with: the tuple width. It is the operator's
     # schema, not the data's, so no member (one with more identifiers than all others) changes it.
@@ -110,9 +110,10 @@ class Audience:
         slots = np.full((n, width), -1, dtype=np.int64)
         slots[:, 0] = np.arange(n)
         if self.extra_owner is not None and len(self.extra_owner):
-            owner = self.extra_owner
-            first = np.searchsorted(owner, owner, side="left")
-            slots[owner, 1 + np.arange(len(owner)) - first] = n + np.arange(len(owner))
+            order = np.argsort(self.extra_owner, kind="stable")
+            owner = self.extra_owner[order]
+            rank = np.arange(len(owner)) - np.searchsorted(owner, owner, side="left")
+            slots[owner, 1 + rank] = n + order
         return slots
 
     def segment_rows(self, segment: str) -> np.ndarray:
