@@ -113,6 +113,55 @@ def hash_kind(id_type: str, hashed_kind: str = "phone") -> str:
     return hashed_kind if id_type == "sha256" else id_type
 
 
+@dataclass(frozen=True)
+class IdColumn:
+    """One identifier column of a file: its name, how to normalize it (``id_type``) and the kind
+    its hash-to-curve DST names (``kind``: a ``sha256`` column is named after what was hashed)."""
+
+    column: str
+    id_type: str
+    kind: str
+
+
+def parse_id_columns(specs: Iterable[str], id_type: str | None = None, *,
+                     hashed_kind: str = "phone") -> list[IdColumn]:
+    """The identifier columns of ``--id-column`` options: ``COLUMN:TYPE`` (repeatable; TYPE one of
+    :data:`ID_TYPES`, and ``COLUMN:sha256:email`` for a column of hashed emails), or one bare
+    ``COLUMN`` with ``id_type`` (the older ``--id-column C --id-type T``). A column name may itself
+    hold colons: only a known TYPE at the end is split off."""
+    specs = list(specs)
+    if not specs:
+        raise InputError("no identifier column", hint="give --id-column COLUMN:TYPE (phone, email, sha256, opaque)")
+    columns = []
+    for spec in specs:
+        name, typ, hashed = spec, None, hashed_kind
+        for candidate in HASHED_KINDS:
+            if spec.endswith(f":sha256:{candidate}"):
+                name, typ, hashed = spec[:-len(f":sha256:{candidate}")], "sha256", candidate
+        if typ is None:
+            head, sep, tail = spec.rpartition(":")
+            if sep and tail in ID_TYPES:
+                name, typ = head, tail
+        if typ is None:
+            if len(specs) > 1 or id_type is None:
+                raise InputError(f"--id-column {spec!r} does not say what it holds",
+                                 hint=f"write COLUMN:TYPE with TYPE one of {', '.join(ID_TYPES)} "
+                                      "(e.g. --id-column phone:phone --id-column email:email)"
+                                      + ("" if len(specs) > 1 else ", or give --id-type"))
+            typ = id_type
+        elif id_type is not None and typ != id_type and len(specs) == 1:
+            raise InputError(f"--id-column {spec!r} says {typ}, --id-type says {id_type}", hint="give the type once")
+        if not name:
+            raise InputError(f"--id-column {spec!r} names no column", hint="write COLUMN:TYPE")
+        columns.append(IdColumn(name, typ, hash_kind(typ, hashed)))
+    names = [c.column for c in columns]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(f"column {', '.join(repr(n) for n in repeated)} is given twice in --id-column",
+                         hint="name each identifier column once")
+    return columns
+
+
 def prepare(
     rows: Iterable[tuple[str, str | None]], id_type: str, *, region: str = "CN"
 ) -> PreparedList:
