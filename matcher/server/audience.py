@@ -31,7 +31,7 @@ from matcher import ids, tabular
 from matcher.crypto import group
 from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError
-from matcher.server.store import MAX_SEGMENTS, Store
+from matcher.server.store import MAX_SEGMENTS, MemberRow, Store
 
 _TRUE = frozenset({"1", "true", "t", "yes", "y", "on", "x"})
 _FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
@@ -65,6 +65,11 @@ class ImportSummary:
     segments: list[str] = field(default_factory=list)
     members: int = 0
     removed: int = 0       # members the file did not name, taken out by --mode replace (or by `audience remove`)
+    # Further identifiers (columns after the first) left out of a member that was imported: per
+    # ``column:reason`` when the value does not normalize (a blank one is no identifier, not a fault).
+    dropped_identifiers: dict[str, int] = field(default_factory=dict)
+    shared_identifiers: int = 0  # further identifiers another member holds already: they stay with it
+    id_columns: list[str] = field(default_factory=list)  # COLUMN:TYPE of each identifier column
     bad_segments: list[BadValue] = field(default_factory=list)  # the first EXAMPLES rows skipped for a segment
     bad_ids: list[BadValue] = field(default_factory=list)       # the first EXAMPLES rows skipped for their id
 
@@ -123,13 +128,32 @@ _SEGMENT_HINT = ("segment values must be 1/0, true/false or yes/no (blank is not
                  "or pass --skip-invalid to import the other rows")
 
 
-def import_file(store: Store, path: str, *, id_column: str, id_type: str, segments: Sequence[str] = (),
+def id_columns_of(id_columns: Sequence[ids.IdColumn] = (), id_column: str | None = None,
+                  id_type: str | None = None, hashed_kind: str = "phone") -> list[ids.IdColumn]:
+    """The identifier columns: ``id_columns``, or the one ``id_column`` of ``id_type``."""
+    if id_columns:
+        if id_column is not None:
+            raise InputError("give the identifier columns once: id_columns, or id_column and id_type")
+        return list(id_columns)
+    if id_column is None or id_type is None:
+        raise InputError("no identifier column", hint="give --id-column COLUMN:TYPE")
+    return [ids.IdColumn(id_column, id_type, ids.hash_kind(id_type, hashed_kind))]
+
+
+def import_file(store: Store, path: str, *, id_column: str | None = None, id_type: str | None = None,
+                id_columns: Sequence[ids.IdColumn] = (), segments: Sequence[str] = (),
                 region: str = "CN", hashed_kind: str = "phone", kernels: Kernels | None = None,
                 progress: Callable[[int], None] | None = None, skip_invalid: bool = False,
                 workers: int = 1, drop_segments: Sequence[str] = (), delimiter: str | None = None,
                 mode: str = "upsert") -> ImportSummary:
     """Stream ``path`` into the store, a batch at a time. Invalid rows are counted per reason;
     ``workers`` processes normalize the ids (start-up costs a second or two: for large files).
+
+    The identifiers: ``id_column`` of ``id_type``, or several ``id_columns`` (a phone, an email, an
+    OpenID ...: :func:`matcher.ids.parse_id_columns`). The first is the member's key: a row without
+    a valid one is skipped, as with one column. The others are the member's further identifiers,
+    each optional; a person matches through any of them and counts once (see
+    :meth:`Store.import_audience` for who keeps an identifier two members share).
     ``segments`` must name every segment the audience has, except those in ``drop_segments``
     (removed from every member once the file's segment values have passed their check); any it
     lacks are added (see :meth:`Store.segments_after_import`).
@@ -146,20 +170,20 @@ def import_file(store: Store, path: str, *, id_column: str, id_type: str, segmen
         raise InputError("segment names must be distinct")
     if mode not in IMPORT_MODES:
         raise InputError(f"unknown import mode {mode!r}", hint=f"use one of {', '.join(IMPORT_MODES)}")
-    kind = ids.hash_kind(id_type, hashed_kind)
+    columns = id_columns_of(id_columns, id_column, id_type, hashed_kind)
     # A segment the audience lacks becomes a new column after the existing ones, whatever order the
     # flag lists them in: each segment keeps its bit (see Store.segments_after_import).
     segments = store.segments_after_import(segments, drop_segments)
     with tabular.rereadable(path) as readable:
         if segments and not skip_invalid:
-            checked = _check_segments(readable, path, id_column, segments, delimiter)
+            checked = _check_segments(readable, path, columns[0].column, segments, delimiter)
             if checked.skipped_segments:
                 raise InputError(f"{path}: {segment_problem(path, checked)}; nothing was imported",
                                  hint=_SEGMENT_HINT)
         store.drop_segments(drop_segments)
-        return _import(store, readable, path, id_column=id_column, id_type=id_type, segments=segments,
-                       region=region, kind=kind, kernels=kernels or Kernels(), progress=progress, workers=workers,
-                       delimiter=delimiter, replace=mode == "replace")
+        return _import(store, readable, path, columns=columns, segments=segments, region=region,
+                       kernels=kernels or Kernels(), progress=progress, workers=workers, delimiter=delimiter,
+                       replace=mode == "replace")
 
 
 def _check_segments(path: str, name: str, id_column: str, segments: Sequence[str],
@@ -200,27 +224,52 @@ class _Normalized:
     invalid: Counter
     bad_segments: list[BadValue]
     bad_ids: list[BadValue]
+    # Per member: its further identifiers as (slot, kind, match key), when there are further columns.
+    further: list[tuple[tuple[int, str, str], ...]] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)  # further identifiers left out, per column:reason
 
 
-def _normalize(rows: Sequence, segments: Sequence[str], id_column: str, id_type: str, region: str) -> _Normalized:
+def _normalize(rows: Sequence, segments: Sequence[str], columns: Sequence[ids.IdColumn], region: str) -> _Normalized:
     batch = _Normalized(len(rows), [], [], [], Counter(), [], [])
+    first, others = columns[0], tuple(enumerate(columns[1:], 1))
     for line, raw, *values in rows:
+        further_raw, values = values[:len(others)], values[len(others):]
         # Segments first: a row with a bad segment value counts under that reason whatever its
         # id, so the count matches the check that fails an import without --skip-invalid.
         mask = _bad_segment(line, segments, values, batch.invalid, batch.bad_segments)
         if mask is None:
             continue
         try:
-            normalized = ids.normalize(raw or "", id_type, region=region)
+            normalized = ids.normalize(raw or "", first.id_type, region=region)
         except ids.InvalidId as bad:
             batch.invalid[bad.reason] += 1
             if len(batch.bad_ids) < EXAMPLES:
-                batch.bad_ids.append(BadValue(line, id_column, raw, bad.reason))
+                batch.bad_ids.append(BadValue(line, first.column, raw, bad.reason))
             continue
+        key = ids.match_key(normalized, "sha256" if first.id_type == "sha256" else first.id_type, region=region)
         batch.members.append(normalized)
-        batch.keys.append(ids.match_key(normalized, "sha256" if id_type == "sha256" else id_type, region=region))
+        batch.keys.append(key)
         batch.bits.append(mask)
+        if others:
+            batch.further.append(_further_identifiers(others, further_raw, (first.kind, key), region, batch.dropped))
     return batch
+
+
+def _further_identifiers(columns, values, first: tuple[str, str], region: str, dropped: Counter):
+    """A member's further identifiers, ``(slot, kind, match key)``: one each, none equal to its first."""
+    held, seen = [], {first}
+    for (slot, column), raw in zip(columns, values):
+        if raw is None or not str(raw).strip():
+            continue
+        try:
+            key = ids.match_key(raw, column.id_type, region=region)
+        except ids.InvalidId as bad:
+            dropped[f"{column.column}:{bad.reason}"] += 1
+            continue
+        if (column.kind, key) not in seen:
+            seen.add((column.kind, key))
+            held.append((slot, column.kind, key))
+    return tuple(held)
 
 
 def _normalized_batches(path: str, name: str, columns: Sequence[str], workers: int, work,
@@ -241,22 +290,26 @@ def _normalized_batches(path: str, name: str, columns: Sequence[str], workers: i
             yield pending.popleft().result()
 
 
-def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str, segments: Sequence[str],
-            region: str, kind: str, kernels: Kernels, progress: Callable[[int], None] | None,
+def _import(store: Store, path: str, name: str, *, columns: Sequence[ids.IdColumn], segments: Sequence[str],
+            region: str, kernels: Kernels, progress: Callable[[int], None] | None,
             workers: int = 1, delimiter: str | None = None, replace: bool = False) -> ImportSummary:
+    id_column, id_type, kind = columns[0].column, columns[0].id_type, columns[0].kind
     dst = group.dst_for(kind)
     added = 0
-    summary = ImportSummary(segments=list(segments))
+    summary = ImportSummary(segments=list(segments), id_columns=[f"{c.column}:{c.id_type}" for c in columns])
     invalid: Counter[str] = Counter()
+    dropped: Counter[str] = Counter()
     before = store.audience_info()["members"]
-    work = functools.partial(_normalize, segments=tuple(segments), id_column=id_column, id_type=id_type,
-                             region=region)
+    work = functools.partial(_normalize, segments=tuple(segments), columns=tuple(columns), region=region)
+    several = len(columns) > 1
 
     def batches():
         nonlocal added
-        for batch in _normalized_batches(path, name, [id_column, *segments], workers, work, delimiter):
+        for batch in _normalized_batches(path, name, [c.column for c in columns] + list(segments), workers, work,
+                                         delimiter):
             members, keys, bits = batch.members, batch.keys, batch.bits
             invalid.update(batch.invalid)
+            dropped.update(batch.dropped)
             summary.bad_segments += batch.bad_segments[:EXAMPLES - len(summary.bad_segments)]
             summary.bad_ids += batch.bad_ids[:EXAMPLES - len(summary.bad_ids)]
             summary.rows += batch.rows
@@ -272,14 +325,18 @@ def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str,
             added += len({keys[i] for i in fresh})
             hashed = kernels.hash_to_curve([keys[i].encode() for i in fresh], dst) if fresh else b""
             points = {i: hashed[32 * j:32 * j + 32] for j, i in enumerate(fresh)}
-            batch = []
+            further = batch.further or [()] * len(keys)
+            held = store.known_identifiers(keys) if several else {}
+            rows = []
             for i, (m, k, b) in enumerate(zip(members, keys, bits)):
-                if k in known and known[k][0] == b:
+                if k in known and known[k][0] == b and held.get(k, ()) == tuple(sorted(further[i])):
                     summary.unchanged += 1
                     continue
-                batch.append((m, k, points[i] if i in points else known[k][1], b))
-            if batch:
-                yield batch
+                rows.append((m, k, points[i] if i in points else known[k][1], b, further[i]))
+            if rows:
+                found = _further_points(store, kernels, [row[4] for row in rows]) if several else {}
+                yield [MemberRow(m, k, p, b, tuple((slot, kind, key, found[kind, key]) for slot, kind, key in held))
+                       for m, k, p, b, held in rows]
 
     if replace:
         store.begin_replacement()
@@ -296,9 +353,13 @@ def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str,
         raise InputError(f"{name}: none of the {_rows(summary.rows)} is valid: {problems}; nothing was imported",
                          hint=f"check --id-column ({id_column}) and --id-type ({id_type})"
                               + (f" and --region ({region})" if id_type == "phone" else ""))
+    stats: dict = {}
     valid = store.import_audience(itertools.chain([first] if first else [], pending), id_kind=kind,
-                                  segments=segments, replace=replace)
+                                  segments=segments, replace=replace, further_kinds=[c.kind for c in columns[1:]],
+                                  stats=stats)
     summary.invalid = dict(invalid)
+    summary.dropped_identifiers = dict(dropped)
+    summary.shared_identifiers = stats.get("shared_identifiers", 0)
     summary.members = store.audience_info()["members"]
     # Duplicates are left to the table's unique key (memory stays bounded by one batch): a valid row
     # that did not add a member repeated one seen earlier in this file or in an earlier import.
@@ -308,27 +369,59 @@ def _import(store: Store, path: str, name: str, *, id_column: str, id_type: str,
     return summary
 
 
-def remove_file(store: Store, path: str, *, id_column: str, id_type: str, region: str = "CN",
-                hashed_kind: str = "phone", delimiter: str | None = None) -> ImportSummary:
+def _further_points(store: Store, kernels: Kernels, held: Sequence[tuple[tuple[int, str, str], ...]]
+                    ) -> dict[tuple[str, str], bytes]:
+    """H(identifier) of every further identifier of a batch, by (kind, match key): those the audience
+    holds already are read back, the others hashed (one call a kind)."""
+    by_kind: dict[str, set[str]] = {}
+    for identifiers in held:
+        for _, kind, key in identifiers:
+            by_kind.setdefault(kind, set()).add(key)
+    points: dict[tuple[str, str], bytes] = {}
+    for kind, wanted in by_kind.items():
+        keys = sorted(wanted)
+        known = store.identifier_points(kind, keys)
+        fresh = [k for k in keys if k not in known]
+        hashed = kernels.hash_to_curve([k.encode() for k in fresh], group.dst_for(kind)) if fresh else b""
+        points.update(((kind, k), p) for k, p in known.items())
+        points.update(((kind, k), hashed[32 * j:32 * j + 32]) for j, k in enumerate(fresh))
+    return points
+
+
+def remove_file(store: Store, path: str, *, id_column: str | None = None, id_type: str | None = None,
+                id_columns: Sequence[ids.IdColumn] = (), region: str = "CN", hashed_kind: str = "phone",
+                delimiter: str | None = None) -> ImportSummary:
     """Remove the members ``path`` names (members who left, or asked to be forgotten), all at once
-    when the file has been read: see :meth:`Store.remove_members`. Ids that do not normalize are
-    counted per reason, as an import counts them; ids that are not members are left alone."""
-    kind = ids.hash_kind(id_type, hashed_kind)
+    when the file has been read: see :meth:`Store.remove_members`. A member is named by any of its
+    identifiers, first or further, in any of the file's identifier columns (``id_columns``, or
+    ``id_column`` of ``id_type``); it goes with all of them. Ids that do not normalize are counted
+    per reason, as an import counts them (per ``column:reason`` for several columns, where a blank
+    cell names nobody); ids that are not members are left alone."""
+    columns = id_columns_of(id_columns, id_column, id_type, hashed_kind)
     info = store.audience_info()
-    if info["members"] and info["id_kind"] != kind:
-        raise InputError(f"the audience is keyed by '{info['id_kind']}', this file by '{kind}'",
+    held = info["id_kinds"] or [info["id_kind"]]
+    foreign = [c for c in columns if c.kind not in held]
+    if info["members"] and foreign:
+        raise InputError(f"the audience's identifiers are {', '.join(repr(k) for k in held)}; "
+                         f"{', '.join(repr(c.column) for c in foreign)} holds '{foreign[0].kind}'",
                          hint="give the --id-type (and --hashed-kind) the audience was imported with")
-    summary = ImportSummary(segments=list(info["segments"]))
+    summary = ImportSummary(segments=list(info["segments"]), id_columns=[f"{c.column}:{c.id_type}" for c in columns])
     invalid: Counter[str] = Counter()
-    keys: list[str] = []
+    keys: dict[str, set[str]] = {}
     with tabular.rereadable(path) as readable:
-        for batch in _normalized_batches(readable, path, [id_column], 1, functools.partial(
-                _normalize, segments=(), id_column=id_column, id_type=id_type, region=region), delimiter):
-            summary.rows += batch.rows
-            invalid.update(batch.invalid)
-            summary.bad_ids += batch.bad_ids[:EXAMPLES - len(summary.bad_ids)]
-            keys.extend(batch.keys)
+        for n, column in enumerate(columns):
+            work = functools.partial(_normalize, segments=(), columns=(column,), region=region)
+            for batch in _normalized_batches(readable, path, [column.column], 1, work, delimiter):
+                summary.rows += batch.rows if n == 0 else 0
+                if len(columns) == 1:
+                    invalid.update(batch.invalid)
+                    summary.bad_ids += batch.bad_ids[:EXAMPLES - len(summary.bad_ids)]
+                else:
+                    invalid.update({f"{column.column}:{r}": k for r, k in batch.invalid.items() if r != "empty"})
+                keys.setdefault(column.kind, set()).update(batch.keys)
     summary.invalid = dict(invalid)
-    summary.removed = store.remove_members(sorted(set(keys)))
+    first = info["id_kind"] or columns[0].kind
+    further = [(kind, sorted(found)) for kind, found in keys.items()] if len(held) > 1 else []
+    summary.removed = store.remove_members(sorted(keys.get(first, ())), further=further)
     summary.members = store.audience_info()["members"]
     return summary

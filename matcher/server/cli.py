@@ -116,8 +116,13 @@ def _member_file_options(command):
     """FILE and how to read the members' ids in it: shared by `audience import` and `audience remove`."""
     for option in reversed((
             click.argument("file"),
-            click.option("--id-column", required=True),
-            click.option("--id-type", required=True, type=click.Choice(["phone", "email", "sha256", "opaque"])),
+            click.option("--id-column", "id_column", required=True, multiple=True, metavar="COLUMN[:TYPE]",
+                         help="An identifier column, as COLUMN:TYPE (TYPE: phone, email, sha256, opaque; "
+                              "COLUMN:sha256:email for hashed emails), or COLUMN with --id-type. Repeat it for "
+                              "members known by several identifiers: the first is the member's key, the others "
+                              "optional; a person matches through any of them and counts once."),
+            click.option("--id-type", default=None, type=click.Choice(["phone", "email", "sha256", "opaque"]),
+                         help="The type of a single --id-column given without :TYPE."),
             click.option("--region", default="CN", show_default=True,
                          help="Default region for phones without a country code."),
             click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
@@ -144,7 +149,7 @@ def _member_file_options(command):
               help="upsert: add new members, update the ones the file names, keep the others. replace: also "
                    "remove every member the file does not name, when the import ends.")
 @json_option
-def audience_import(db: Path, file: str, id_column: str, id_type: str, segments: str, region: str,
+def audience_import(db: Path, file: str, id_column: tuple[str, ...], id_type: str | None, segments: str, region: str,
                     hashed_kind: str, skip_invalid: bool, executor: str, drop: tuple[str, ...],
                     delimiter: str | None, mode: str, as_json: bool) -> None:
     """Import (or update) members from a CSV (.csv.gz too) or Parquet FILE (or - for stdin); hashes each id to the
@@ -165,6 +170,7 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
     from matcher.server.audience import id_problem, import_file, segment_problem
     from matcher.crypto.kernels import kernels_for
 
+    columns = _id_columns(id_column, id_type, hashed_kind)
     store = Store(db)
     names = [s.strip() for s in segments.split(",") if s.strip()]
     before = store.audience_info()
@@ -179,7 +185,7 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
     with kernels, Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(),
                                               TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("import", total=total)
-        summary = import_file(store, file, id_column=id_column, id_type=id_type, segments=names, region=region,
+        summary = import_file(store, file, id_columns=columns, segments=names, region=region,
                               hashed_kind=hashed_kind, kernels=kernels, skip_invalid=skip_invalid,
                               progress=lambda n: progress.advance(task, n), drop_segments=drop,
                               workers=(os.cpu_count() or 1) if (total or 0) > 200_000 else 1,
@@ -216,7 +222,7 @@ def audience_import(db: Path, file: str, id_column: str, id_type: str, segments:
 @db_option
 @_member_file_options
 @json_option
-def audience_remove(db: Path, file: str, id_column: str, id_type: str, region: str, hashed_kind: str,
+def audience_remove(db: Path, file: str, id_column: tuple[str, ...], id_type: str | None, region: str, hashed_kind: str,
                     delimiter: str | None, as_json: bool) -> None:
     """Remove the members a CSV/Parquet FILE (or - for stdin) names: members who left, or asked to be
     forgotten. They go with their identifiers and segments, all at once when the file has been read:
@@ -225,9 +231,9 @@ def audience_remove(db: Path, file: str, id_column: str, id_type: str, region: s
     from matcher import tabular
     from matcher.server.audience import id_problem, remove_file
 
+    columns = _id_columns(id_column, id_type, hashed_kind)
     store = Store(db)
-    summary = remove_file(store, file, id_column=id_column, id_type=id_type, region=region, hashed_kind=hashed_kind,
-                          delimiter=tabular.parse_delimiter(delimiter))
+    summary = remove_file(store, file, id_columns=columns, region=region, delimiter=tabular.parse_delimiter(delimiter))
     if summary.removed:
         _audit(store, entries.audience_entry("remove", store.get_meta("audience_version")))
     console.print(f"read {summary.rows} rows: removed {summary.removed} members, invalid "
@@ -245,6 +251,16 @@ def audience_remove(db: Path, file: str, id_column: str, id_type: str, region: s
 def audience_show(db: Path) -> None:
     """Size, id kind and segments of the audience."""
     click.echo(json.dumps(Store(db).audience_info(), indent=2))
+
+
+def _id_columns(specs: tuple[str, ...], id_type: str | None, hashed_kind: str) -> list:
+    """``--id-column`` options as :class:`matcher.ids.IdColumn`; a malformed one is a usage error naming it."""
+    from matcher import ids
+
+    try:
+        return ids.parse_id_columns(specs, id_type, hashed_kind=hashed_kind)
+    except InputError as err:
+        raise click.BadParameter(str(err), param_hint="--id-column") from None
 
 
 def _require_tls_pair(tls_cert: Path | None, tls_key: Path | None) -> None:

@@ -207,7 +207,7 @@ class JobRunner:
                                     hint="upgrade matcher-client: it uses the secure protocol by default")
             policy_mod.check_request(pol, list_size=start.list_size, label_sizes=sizes,
                                      n_segments=len(segments))
-            several = len(start.kinds) > 1 or _identifier_columns(self.store) > 1
+            several = len(start.kinds) > 1 or self.store.identifier_columns() > 1
             if protocol == SEMI_HONEST and several:
                 raise PolicyRefused("the semi-honest protocol matches one identifier a person, and this job has "
                                     "several (in the audience or in the list)", reason="protocol_not_allowed",
@@ -545,8 +545,3 @@ def _interrupted_entry(job: dict, now: float, reason: str) -> dict:
     return job_entry("failed", job["job_id"], job["merchant"], pol, sizes, now, started=job["created"], reason=reason,
                      protocol=job["protocol"] or SEMI_HONEST, epsilon=float(job["epsilon"]) if charged else 0.0,
                      charged=charged)
-
-
-def _identifier_columns(store: Store) -> int:
-    """The identifier columns of the audience (the tuple width of its streams)."""
-    return 1 + len(json.loads(store.get_meta("audience_kinds", "[]") or "[]"))

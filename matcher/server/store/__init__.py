@@ -28,7 +28,7 @@ the same connection and lock, and every call site keeps reading ``store.x(...)``
 from __future__ import annotations
 
 from matcher.server.store.activations import ActivationTables
-from matcher.server.store.audience import MAX_SEGMENTS, AudienceTables
+from matcher.server.store.audience import MAX_SEGMENTS, AudienceTables, MemberRow
 from matcher.server.store.db import Clock, Database
 from matcher.server.store.ledger import LedgerTables
 from matcher.server.store.log import LogTables
@@ -37,8 +37,8 @@ from matcher.server.store.precomputed import PrecomputedTables, SlotState, Store
 from matcher.server.store.principals import Principal, PrincipalTables, hash_token
 from matcher.server.store.schema import SCHEMA_VERSION
 
-__all__ = ["MAX_SEGMENTS", "SCHEMA_VERSION", "Clock", "Database", "Principal", "SlotState", "Store", "StoredSlot",
-           "hash_token"]
+__all__ = ["MAX_SEGMENTS", "SCHEMA_VERSION", "Clock", "Database", "MemberRow", "Principal", "SlotState", "Store",
+           "StoredSlot", "hash_token"]
 
 
 class Store(AudienceTables, PrincipalTables, PolicyTable, LedgerTables, ActivationTables, PrecomputedTables,

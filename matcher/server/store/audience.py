@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -19,6 +19,19 @@ from matcher.server.store.db import Database
 _IMPORT_CACHE_KIB = 262_144
 # Segment bits live in one signed 64-bit SQLite integer.
 MAX_SEGMENTS = 63
+# Rows a statement names at once with IN (...) (SQLite's default limit on parameters is far above).
+_IN_CHUNK = 500
+
+
+class MemberRow(NamedTuple):
+    """One member as an import writes it. ``identifiers``: its further identifiers (columns 2, 3,
+    ...) as ``(slot, kind, match_key, point)``; a row of an audience of one identifier column has none."""
+
+    member_id: str
+    match_key: str
+    point: bytes
+    segments: int
+    identifiers: tuple[tuple[int, str, str, bytes], ...] = ()
 
 
 class AudienceTables(Database):
@@ -28,16 +41,35 @@ class AudienceTables(Database):
     _audience_cache: tuple[str, Audience] | None = None
 
     def audience_info(self) -> dict:
+        further = self.further_id_kinds()
         return {
             "id_kind": self.get_meta("audience_kind"),
+            # Every identifier column's kind, the first (``id_kind``, the member's key) first.
+            "id_kinds": [self.get_meta("audience_kind"), *further] if further else [],
             "segments": json.loads(self.get_meta("segments", "[]")),
             "members": self.db.execute("SELECT count(*) FROM audience").fetchone()[0],
         }
 
-    def import_audience(self, batches: Iterable[Sequence[tuple[str, str, bytes, int]]], *, id_kind: str,
-                        segments: Sequence[str], replace: bool = False) -> int:
-        """Upsert batches of (member_id, match_key, point, segment_bits); one transaction per batch,
-        so memory is bounded by the batch and an interrupted import keeps whole batches only.
+    def further_id_kinds(self) -> list[str]:
+        """The kinds of the audience's further identifier columns (an email beside the phone, ...)."""
+        return json.loads(self.get_meta("audience_id_kinds", "[]") or "[]")
+
+    def identifier_columns(self) -> int:
+        """The audience's identifier columns: the tuple width of its streams (1: one identifier a member)."""
+        return 1 + len(self.further_id_kinds())
+
+    def import_audience(self, batches: Iterable[Sequence[MemberRow | tuple[str, str, bytes, int]]], *,
+                        id_kind: str, segments: Sequence[str], replace: bool = False,
+                        further_kinds: Sequence[str] = (), stats: dict | None = None) -> int:
+        """Upsert batches of :class:`MemberRow` (or plain (member_id, match_key, point, segment_bits));
+        one transaction per batch, so memory is bounded by the batch and an interrupted import keeps
+        whole batches only.
+
+        ``further_kinds``: the kinds of the further identifier columns. A member the import names
+        gets exactly the further identifiers of its row (its last row, when it has several). An
+        identifier names one member only: a member's first identifier wins over another member's
+        further one (taken from it), and a further identifier another member already holds stays
+        with that member (counted in ``stats["shared_identifiers"]``).
 
         ``replace``: members the import did not name (see :meth:`note_present`) are removed, in the
         transaction that makes the import visible, so no job sees the new file beside members who
@@ -52,7 +84,17 @@ class AudienceTables(Database):
                 f"{info['segments']}; this import has '{id_kind}' with {list(segments)}",
                 hint="import with the same id type and every existing segment column (new ones are added after "
                      "them: see Store.segments_after_import), or start a new database")
-        meta = {"audience_kind": id_kind, "segments": json.dumps(list(segments))}
+        further = self.further_id_kinds() if info["members"] else []
+        if list(further_kinds)[:len(further)] != further:
+            raise InputError(
+                f"the audience's identifier columns are {[id_kind, *further]}; this import has "
+                f"{[id_kind, *further_kinds]}",
+                hint="give the audience's identifier columns in the same order (a new one may be added after "
+                     "them), or start a new database")
+        meta = {"audience_kind": id_kind, "segments": json.dumps(list(segments)),
+                "audience_id_kinds": json.dumps(list(further_kinds))}
+        if list(further_kinds) != further:
+            meta["audience_version"] = secrets.token_hex(8)  # a new tuple width: old streams do not fit
         if list(segments) != info["segments"]:
             # A new segment column changes every member's payload even when no row changes (all "no"):
             # a new version, so cached audiences and precomputed streams of the old layout are not used.
@@ -63,7 +105,7 @@ class AudienceTables(Database):
         previous_cache = self.db.execute("PRAGMA cache_size").fetchone()[0]
         self.db.execute(f"PRAGMA cache_size = -{_IMPORT_CACHE_KIB}")
         try:
-            total = self._import_batches(batches)
+            total = self._import_batches(batches, id_kind, bool(further_kinds), stats if stats is not None else {})
         finally:
             self.db.execute(f"PRAGMA cache_size = {previous_cache}")
         with self.transaction() as conn:
@@ -108,17 +150,23 @@ class AudienceTables(Database):
         """These members are in the replacing file (changed or not)."""
         self.db.conn.executemany("INSERT OR IGNORE INTO temp.import_present VALUES (?)", ((k,) for k in match_keys))
 
-    def remove_members(self, match_keys: Sequence[str]) -> int:
-        """Delete these members (by match key) with their identifiers and segments, all at once, and
-        return how many there were. In the same transaction: the history triggers record each
-        removal, which the unbalanced protocol's next delta takes out of every merchant's copy; their
-        rows leave every activation slice (SQLite hands a deleted row id to a later member); and a new
-        audience version retires every precomputed stream made before, so no job streams them again."""
+    def remove_members(self, match_keys: Sequence[str], *, further: Iterable[tuple[str, Sequence[str]]] = ()) -> int:
+        """Delete these members (by the match key of their first identifier; ``further``: by
+        ``(kind, match keys)`` of further identifiers too) with all their identifiers and segments,
+        all at once, and return how many there were. In the same transaction: the history triggers
+        record each removal, which the unbalanced protocol's next delta takes out of every merchant's
+        copy; their rows leave every activation slice (SQLite hands a deleted row id to a later
+        member); and a new audience version retires every precomputed stream made before, so no job
+        streams them again."""
         removed = 0
         with self.transaction() as conn:
-            for lo in range(0, len(match_keys), 500):
-                chunk = list(match_keys[lo:lo + 500])
-                removed += self._remove_where(conn, f"match_key IN ({','.join('?' * len(chunk))})", chunk)
+            for chunk in _chunks(match_keys):
+                removed += self._remove_where(conn, f"match_key IN ({_marks(chunk)})", chunk)
+            for other_kind, keys in further:
+                for chunk in _chunks(keys):
+                    removed += self._remove_where(
+                        conn, f"row_id IN (SELECT row_id FROM audience_ids WHERE kind = ? AND match_key IN "
+                              f"({_marks(chunk)}))", [other_kind, *chunk])
             _publish_import(conn)
         self.prune_history()
         return removed
@@ -183,15 +231,19 @@ class AudienceTables(Database):
             _new_version(conn)
             _publish_import(conn)
 
-    def _import_batches(self, batches: Iterable[Sequence[tuple[str, str, bytes, int]]]) -> int:
+    def _import_batches(self, batches: Iterable[Sequence[MemberRow | tuple]], id_kind: str, several: bool,
+                        stats: dict) -> int:
         total = 0
+        stats.setdefault("shared_identifiers", 0)
         for batch in batches:
             with self.transaction() as conn:
                 last_row = conn.execute("SELECT coalesce(max(row_id), 0) FROM audience").fetchone()[0]
                 conn.executemany(
                     "INSERT INTO audience (member_id, match_key, point, segments) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(match_key) DO UPDATE SET member_id = excluded.member_id, "
-                    "point = excluded.point, segments = excluded.segments", batch)
+                    "point = excluded.point, segments = excluded.segments", (row[:4] for row in batch))
+                if several:
+                    stats["shared_identifiers"] += _write_identifiers(conn, batch, id_kind)
                 # New members have row ids above every existing one (SQLite's max + 1); one that a later
                 # row of the batch changed again already has its record, from the update trigger.
                 conn.execute("INSERT INTO audience_history (row_id, point, bits, since) "
@@ -202,6 +254,27 @@ class AudienceTables(Database):
                 _new_version(conn)
             total += len(batch)
         return total
+
+    def known_identifiers(self, match_keys: Sequence[str]) -> dict[str, tuple[tuple[int, str, str], ...]]:
+        """The further identifiers ``(slot, kind, match key)`` of those of ``match_keys`` (first
+        identifiers) that are members and hold any, each sorted: a re-import compares them."""
+        found: dict[str, list] = {}
+        for chunk in _chunks(match_keys):
+            rows = self.db.execute(
+                f"SELECT a.match_key, i.slot, i.kind, i.match_key FROM audience a JOIN audience_ids i "
+                f"ON i.row_id = a.row_id WHERE a.match_key IN ({_marks(chunk)})", chunk)
+            for member, slot, kind, key in rows:
+                found.setdefault(member, []).append((slot, kind, key))
+        return {member: tuple(sorted(held)) for member, held in found.items()}
+
+    def identifier_points(self, kind: str, match_keys: Sequence[str]) -> dict[str, bytes]:
+        """H(identifier) of those further identifiers of ``kind`` the audience holds already."""
+        points: dict[str, bytes] = {}
+        for chunk in _chunks(match_keys):
+            rows = self.db.execute(f"SELECT match_key, point FROM audience_ids WHERE kind = ? AND match_key IN "
+                                   f"({_marks(chunk)})", [kind, *chunk])
+            points.update((key, bytes(point)) for key, point in rows)
+        return points
 
     def known_members(self, match_keys: Sequence[str]) -> dict[str, tuple[int, bytes]]:
         """The segments and H(y) of those of ``match_keys`` already in the audience: a re-import
@@ -222,8 +295,11 @@ class AudienceTables(Database):
                 return self._audience_cache[1]
             info = self.audience_info()
             row_ids, points, bits = self._audience_rows(info["members"])
+            extra_points, extra_owner = self._further_identifiers(row_ids)
             audience = Audience(id_kind=info["id_kind"] or "", points=points, segment_bits=bits,
-                                segments=tuple(info["segments"]), row_ids=row_ids, version=version)
+                                segments=tuple(info["segments"]), row_ids=row_ids, version=version,
+                                extra_points=extra_points, extra_owner=extra_owner,
+                                id_kinds=tuple(info["id_kinds"]), identifier_columns=self.identifier_columns())
             self._audience_cache = (version, audience)
             return audience
 
@@ -241,6 +317,21 @@ class AudienceTables(Database):
             at += len(rows)
         return row_ids, points, bits
 
+    def _further_identifiers(self, row_ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Every further identifier's H(y) and the audience position of its member (ascending)."""
+        n = self.db.execute("SELECT count(*) FROM audience_ids").fetchone()[0]
+        if not n:
+            return None, None
+        points = np.empty((n, 32), dtype=np.uint8)
+        owners = np.empty(n, dtype=np.int64)
+        cursor = self.db.execute("SELECT row_id, point FROM audience_ids ORDER BY row_id, slot")
+        at = 0
+        while rows := cursor.fetchmany(65_536):
+            owners[at:at + len(rows)] = [r[0] for r in rows]
+            points[at:at + len(rows)] = np.frombuffer(b"".join(r[1] for r in rows), np.uint8).reshape(-1, 32)
+            at += len(rows)
+        return points[:at], np.searchsorted(row_ids, owners[:at])
+
     def preprocessing_ready(self) -> bool:
         """True when the unbalanced protocol's history covers every member: no import is half-done
         (its rows wait for the import's end) and every member has an open record."""
@@ -248,6 +339,34 @@ class AudienceTables(Database):
         current = self.db.execute("SELECT count(*) FROM audience_history WHERE until IS NULL AND since <= ?",
                                   [seq]).fetchone()[0]
         return current == self.audience_info()["members"]
+
+
+def _write_identifiers(conn, batch: Sequence[MemberRow | tuple], id_kind: str) -> int:
+    """Give each member of ``batch`` exactly the further identifiers of its last row in it, and
+    return how many were left out because another member holds them."""
+    latest = {row[1]: (row[4] if len(row) > 4 else ()) for row in batch}
+    # A member's first identifier wins: no other member keeps it as a further one.
+    conn.executemany("DELETE FROM audience_ids WHERE kind = ? AND match_key = ?", ((id_kind, k) for k in latest))
+    conn.executemany("DELETE FROM audience_ids WHERE row_id = (SELECT row_id FROM audience WHERE match_key = ?)",
+                     ((k,) for k in latest))
+    wanted = [(kind, key, slot, point, member, kind, id_kind, key) for member, held in latest.items()
+              for slot, kind, key, point in held]
+    if not wanted:
+        return 0
+    inserted = conn.executemany(
+        "INSERT OR IGNORE INTO audience_ids (kind, match_key, row_id, slot, point) "
+        "SELECT ?, ?, row_id, ?, ? FROM audience WHERE match_key = ? "
+        "AND NOT (? = ? AND EXISTS (SELECT 1 FROM audience WHERE match_key = ?))", wanted).rowcount
+    return len(wanted) - inserted
+
+
+def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
+    for lo in range(0, len(items), _IN_CHUNK):
+        yield list(items[lo:lo + _IN_CHUNK])
+
+
+def _marks(chunk: Sequence) -> str:
+    return ",".join("?" * len(chunk))
 
 
 def _visible_import(conn) -> int:

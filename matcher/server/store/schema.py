@@ -180,5 +180,23 @@ MIGRATIONS: list[str | tuple[str, ...]] = [
         job_id TEXT PRIMARY KEY REFERENCES jobs(id),
         upto INTEGER NOT NULL
     )""",
+    # 10: a member's further identifiers (issue 19): an email beside the phone, an OpenID, ... Each
+    # (kind, match key) names one member only, across first and further identifiers alike, so no two
+    # points of the audience are equal. A member's identifiers go with it (the trigger), whatever
+    # deletes it. ``meta.audience_id_kinds``: the kinds of the further identifier columns, in order.
+    (
+        """CREATE TABLE audience_ids (
+            kind TEXT NOT NULL,              -- the hash-to-curve DST's kind (phone, email, opaque)
+            match_key TEXT NOT NULL,         -- SHA-256 hex of the normalized identifier
+            row_id INTEGER NOT NULL,         -- the member (audience.row_id)
+            slot INTEGER NOT NULL,           -- its identifier column (1, 2, ...; 0 is audience.match_key)
+            point BLOB NOT NULL,             -- H(identifier) under the kind's DST
+            PRIMARY KEY (kind, match_key)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX audience_ids_by_member ON audience_ids (row_id, slot)",
+        """CREATE TRIGGER audience_ids_delete AFTER DELETE ON audience BEGIN
+            DELETE FROM audience_ids WHERE row_id = OLD.row_id;
+        END""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
