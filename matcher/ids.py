@@ -243,7 +243,7 @@ MAX_ID_COLUMNS = 255
 
 def prepare_columns(rows: Iterable[tuple], columns: Sequence[IdColumn], *, region: str = "CN") -> PreparedList:
     """Normalize, key and de-duplicate rows of several identifier columns: each row is
-    ``(raw id of columns[0], raw id of columns[1], ..., label)``.
+    ``(raw id of columns[0], raw id of columns[1], ..., label)``. One column is :func:`prepare`.
 
     Every identifier cell is normalized with its own column's type, and a row becomes one element
     per valid identifier, all with the row's label, each of its column's ``kind``. Counting:
@@ -260,6 +260,11 @@ def prepare_columns(rows: Iterable[tuple], columns: Sequence[IdColumn], *, regio
     columns = tuple(columns)
     if not columns:
         raise InputError("no identifier column", hint="give at least one --id-column COLUMN:TYPE")
+    if len(columns) == 1:  # exactly :func:`prepare` (rows are (id, label) then); no per-element column
+        prepared = prepare(rows, columns[0].id_type, region=region)
+        bad = {reason: n for reason, n in prepared.invalid.items() if reason != "empty"}
+        prepared.invalid_by_column = {columns[0].column: bad} if bad else {}
+        return prepared
     if len(columns) > MAX_ID_COLUMNS:
         raise InputError(f"{len(columns)} identifier columns; at most {MAX_ID_COLUMNS}")
     for column in columns:
