@@ -199,7 +199,7 @@ def read_list(file, *, id_column: str | None = None, id_type: str | None = None,
             while futures:
                 parts.append(futures.popleft().result())
                 notify("reading", sum(p.rows for p in parts), total)
-    return _merchant_list(ids.merge(parts), columns)
+    return _merchant_list(ids.merge(parts or [ids.prepare_columns([], columns, region=region)]), columns)
 
 
 def _merchant_list(prepared: ids.PreparedList, columns: tuple[ids.IdColumn, ...]) -> MerchantList:
@@ -505,7 +505,7 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
                          hint="use the secure protocol (the default), or one identifier column")
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
-    with _kernels(kernels, len(prepared.keys), cache, notify) as kernels:
+    with _kernels(kernels, len(prepared.keys), cache, notify) as kernels, _columns_named(merchant_list):
         for attempt in itertools.count():
             try:
                 with rpc_errors(server), connect(server, tls_ca, channel) as chan:
@@ -552,8 +552,30 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
     }, label_sizes=prepared.label_rows)
 
 
-def _column_names(merchant_list: MerchantList) -> list[str]:
-    return [f"{c.column}:{c.id_type}" + (f":{c.kind}" if c.id_type == "sha256" else "") for c in merchant_list.id_columns]
+# The server's refusal of identifier kinds its audience does not hold (secure_platform._check_kinds).
+_MISSING_KINDS = re.compile(r"audience holds .*: it has no ([a-z]+(?:, [a-z]+)*)")
+
+
+@contextlib.contextmanager
+def _columns_named(merchant_list: MerchantList) -> Iterator[None]:
+    """A server that holds no identifiers of some kind of the list refuses the job; the hint then
+    names the list's columns of that kind (the server knows only kinds)."""
+    try:
+        yield
+    except InputError as refused:
+        found = _MISSING_KINDS.search(refused.message)
+        columns = [c for c in merchant_list.id_columns if found and c.kind in found.group(1).split(", ")]
+        if refused.hint is not None or not columns:
+            raise
+        named = " ".join(f"--id-column {spec}" for spec in _column_names(merchant_list, columns))
+        raise InputError(refused.message, hint=f"the platform cannot match column{'s' if len(columns) > 1 else ''} "
+                                               f"{', '.join(repr(c.column) for c in columns)}: run without {named}, "
+                                               "or ask the operator which identifiers the audience holds") from None
+
+
+def _column_names(merchant_list: MerchantList, columns=None) -> list[str]:
+    return [f"{c.column}:{c.id_type}" + (f":{c.kind}" if c.id_type == "sha256" else "")
+            for c in (merchant_list.id_columns if columns is None else columns)]
 
 
 class _Conversation:
@@ -697,7 +719,7 @@ def activate(server: str, token: str, merchant_list, *, name: str, where: str,
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
     id_kind, kinds = merchant_list.session_kinds()
-    with _kernels(kernels, len(prepared.keys), cache, notify) as kernels:
+    with _kernels(kernels, len(prepared.keys), cache, notify) as kernels, _columns_named(merchant_list):
         session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=id_kind, kinds=kinds, rng=rng,
                                         kernels=kernels, ordered=True)
         with rpc_errors(server), connect(server, tls_ca, channel) as chan:
