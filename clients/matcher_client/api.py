@@ -409,8 +409,8 @@ def match(server: str, token: str, data=None, *, id_column: str | None = None, i
     ``grpc.intercept_channel`` to measure the traffic); it stays open. Every call here takes it."""
     with _progress_bars(progress) as progress:
         merchant_list, policy = read_checked(server, token, data, rows, id_column=id_column, id_type=id_type,
-                                             id_columns=id_columns, label_column=label_column, delimiter=delimiter, region=region,
-                                             hashed_kind=hashed_kind, tls_ca=tls_ca, progress=progress,
+                                             id_columns=id_columns, label_column=label_column, delimiter=delimiter,
+                                             region=region, hashed_kind=hashed_kind, tls_ca=tls_ca, progress=progress,
                                              timeout=timeout, channel=channel)
         with explained_refusals(policy, merchant_list):
             return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
@@ -434,9 +434,10 @@ def _progress_bars(progress: Progress | bool | None) -> Iterator[Progress | None
 
 
 def read_checked(server: str, token: str, data, rows=None, *, id_column: str | None = None,
-                 id_type: str | None = None, id_columns=None, label_column: str | None = None, delimiter: str | None = None, region: str = "CN",
-                 hashed_kind: str = "phone", tls_ca: str | None = None, progress: Progress | None = None,
-                 timeout: float | None = None, channel: grpc.Channel | None = None) -> tuple[MerchantList, dict]:
+                 id_type: str | None = None, id_columns=None, label_column: str | None = None,
+                 delimiter: str | None = None, region: str = "CN", hashed_kind: str = "phone",
+                 tls_ca: str | None = None, progress: Progress | None = None, timeout: float | None = None,
+                 channel: grpc.Channel | None = None) -> tuple[MerchantList, dict]:
     """The list of a job (:func:`read_list`), read only after the server answered and took the
     token (:func:`check_server`), and the policy the server publishes (for :func:`explained_refusals`).
     Local problems that need no reading (a bad id type, a missing file, an Excel workbook) come first."""
@@ -450,7 +451,8 @@ def read_checked(server: str, token: str, data, rows=None, *, id_column: str | N
     checked = check_server(server, token, tls_ca=tls_ca, timeout=min(timeout or CHECK_TIMEOUT, CHECK_TIMEOUT),
                            channel=channel)
     merchant_list = read_list(data, id_column=id_column, id_type=id_type, id_columns=id_columns,
-                              label_column=label_column, region=region, hashed_kind=hashed_kind, progress=progress, delimiter=delimiter)
+                              label_column=label_column, region=region, hashed_kind=hashed_kind, progress=progress,
+                              delimiter=delimiter)
     return merchant_list, checked.policy
 
 
@@ -709,9 +711,9 @@ def activate(server: str, token: str, merchant_list, *, name: str, where: str,
                  where="member & !holds_coupon")"""
     if not isinstance(merchant_list, MerchantList):
         merchant_list, policy = read_checked(server, token, merchant_list, None, id_column=id_column,
-                                              id_type=id_type, id_columns=id_columns, label_column=label_column, delimiter=delimiter,
-                                              region=region, hashed_kind=hashed_kind, tls_ca=tls_ca,
-                                              progress=progress, timeout=timeout, channel=channel)
+                                              id_type=id_type, id_columns=id_columns, label_column=label_column,
+                                              delimiter=delimiter, region=region, hashed_kind=hashed_kind,
+                                              tls_ca=tls_ca, progress=progress, timeout=timeout, channel=channel)
         with explained_refusals(policy, merchant_list):
             return activate(server, token, merchant_list, name=name, where=where, label=label, tls_ca=tls_ca,
                             progress=progress, kernels=kernels, timeout=timeout, rng=rng, cache=cache,
