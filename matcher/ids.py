@@ -13,11 +13,12 @@ carrying that reason.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import phonenumbers
 
@@ -51,18 +52,53 @@ class InvalidId(InputError):
 
 @dataclass
 class PreparedList:
-    """A list ready for blinding: unique match keys in first-occurrence order, one label each."""
+    """A list ready for blinding: unique match keys in first-occurrence order, one label each.
+
+    A list of several identifier columns (:func:`prepare_columns`) also says, per element, which of
+    ``columns`` it came from (``column_idx``, a byte each; its kind is that column's ``kind``) and
+    whether it is the first element sent for its row (``row_start``, a byte each); a list of one
+    column leaves ``columns`` empty and both byte arrays empty."""
 
     keys: list[str] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
     invalid: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     rows: int = 0
+    columns: tuple[IdColumn, ...] = ()
+    column_idx: bytearray = field(default_factory=bytearray)
+    row_start: bytearray = field(default_factory=bytearray)
+    invalid_rows: int = 0  # rows without any valid identifier (several columns; else sum(invalid))
+    invalid_by_column: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def label_sizes(self) -> dict[str, int]:
         """Unique keys per label, in first-seen label order (what the release policy checks)."""
         return dict(Counter(self.labels))
+
+    @property
+    def label_rows(self) -> dict[str, int]:
+        """Rows per label that sent at least one identifier: the customers behind the keys (several
+        identifier columns: a customer known by phone and email is one row, two keys). The same as
+        :attr:`label_sizes` for a list of one column."""
+        if not self.columns:
+            return self.label_sizes
+        return dict(Counter(label for label, start in zip(self.labels, self.row_start) if start))
+
+    @property
+    def rows_sent(self) -> int:
+        """Rows that sent at least one identifier."""
+        return self.row_start.count(1) if self.columns else len(self.keys)
+
+    def kinds(self) -> list[str] | None:
+        """Each key's identifier kind (the DST it is hashed under), or None for a list of one column."""
+        if not self.columns:
+            return None
+        names = [c.kind for c in self.columns]
+        return [names[i] for i in self.column_idx]
+
+    def ids_by_column(self) -> dict[str, int]:
+        """Keys sent per identifier column (a key found in two columns counts under the first)."""
+        return {c.column: self.column_idx.count(i) for i, c in enumerate(self.columns)}
 
 
 def normalize(value: str, id_type: str, *, region: str = "CN") -> str:
@@ -197,27 +233,144 @@ def prepare(
     prepared.rows = row_count
     prepared.duplicates = duplicates
     prepared.invalid = dict(invalid)
+    prepared.invalid_rows = sum(invalid.values())
+    return prepared
+
+
+# At most this many identifier columns (an element's column is one byte).
+MAX_ID_COLUMNS = 255
+
+
+def prepare_columns(rows: Iterable[tuple], columns: Sequence[IdColumn], *, region: str = "CN") -> PreparedList:
+    """Normalize, key and de-duplicate rows of several identifier columns: each row is
+    ``(raw id of columns[0], raw id of columns[1], ..., label)``. One column is :func:`prepare`.
+
+    Every identifier cell is normalized with its own column's type, and a row becomes one element
+    per valid identifier, all with the row's label, each of its column's ``kind``. Counting:
+
+    - a blank cell is normal (a customer without an email) and is not counted; a row whose cells are
+      all blank counts once as ``empty`` in ``invalid``;
+    - every non-blank cell that does not normalize counts once under its reason (``invalid_phone``,
+      ``invalid_email``, ...) in ``invalid`` and in ``invalid_by_column[column]``, even when another
+      cell of its row is valid (that cell is dropped, the row is not);
+    - ``invalid_rows``: rows without any valid identifier (all blank, or only invalid cells);
+    - an identifier whose (kind, match key) came earlier, in any row and any column of that kind,
+      counts in ``duplicates`` and is not sent again: it keeps its first row's label.
+    """
+    columns = tuple(columns)
+    if not columns:
+        raise InputError("no identifier column", hint="give at least one --id-column COLUMN:TYPE")
+    if len(columns) == 1:  # exactly :func:`prepare` (rows are (id, label) then); no per-element column
+        prepared = prepare(rows, columns[0].id_type, region=region)
+        bad = {reason: n for reason, n in prepared.invalid.items() if reason != "empty"}
+        prepared.invalid_by_column = {columns[0].column: bad} if bad else {}
+        return prepared
+    if len(columns) > MAX_ID_COLUMNS:
+        raise InputError(f"{len(columns)} identifier columns; at most {MAX_ID_COLUMNS}")
+    for column in columns:
+        _check_id_type(column.id_type)
+        if column.kind not in HASHED_KINDS + ("opaque",):
+            raise InputError(f"column '{column.column}': unknown identifier kind {column.kind!r}")
+    if any(c.id_type == "phone" for c in columns):
+        region = _check_region(region)
+    prepared = PreparedList(columns=columns)
+    kinds = list(dict.fromkeys(c.kind for c in columns))
+    seen_of = [set() for _ in kinds]  # match keys seen, per kind (the DSTs keep kinds apart)
+    plan = [(i, c.id_type, seen_of[kinds.index(c.kind)], Counter()) for i, c in enumerate(columns)]
+    width = len(columns)
+    labels_of: dict = {}  # one string object per label, however many elements carry it
+    invalid: Counter[str] = Counter()
+    keys_append, labels_append = prepared.keys.append, prepared.labels.append
+    column_append, start_append = prepared.column_idx.append, prepared.row_start.append
+    row_count = duplicates = invalid_rows = 0
+    for row in rows:
+        row_count += 1
+        label = row[width] if len(row) > width else None
+        first, valid, blank = True, False, True
+        for i, id_type, seen, bad in plan:
+            try:
+                key = match_key(row[i], id_type, region=region)
+            except InvalidId as err:
+                if err.reason != "empty":
+                    bad[err.reason] += 1
+                    blank = False
+                continue
+            valid = True
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            if first:
+                label = labels_of.setdefault(label, _clean_label(label))
+            keys_append(key)
+            labels_append(label)
+            column_append(i)
+            start_append(first)
+            first = False
+        if not valid:
+            invalid_rows += 1
+            if blank:
+                invalid["empty"] += 1
+    for i, _, _, bad in plan:
+        invalid.update(bad)
+        if bad:
+            prepared.invalid_by_column[columns[i].column] = dict(bad)
+    prepared.rows, prepared.duplicates, prepared.invalid_rows = row_count, duplicates, invalid_rows
+    prepared.invalid = dict(invalid)
     return prepared
 
 
 def merge(parts: Iterable[PreparedList]) -> PreparedList:
     """Join lists prepared from consecutive pieces of one file (e.g. on several cores), with the
-    same result as preparing the whole file at once: first occurrence wins across pieces too."""
-    merged = PreparedList()
-    seen: set[str] = set()
+    same result as preparing the whole file at once: first occurrence wins across pieces too
+    (per kind, for lists of several identifier columns, whose pieces must name the same columns)."""
+    parts = iter(parts)
+    first = next(parts, None)
+    if first is None:
+        return PreparedList()
+    parts = itertools.chain([first], parts)
+    merged = PreparedList(columns=first.columns)
+    multi = bool(first.columns)
+    kinds = list(dict.fromkeys(c.kind for c in first.columns))
+    seen_of = [set() for _ in kinds] if multi else [set()]
+    seen_by_column = [seen_of[kinds.index(c.kind)] for c in first.columns] if multi else seen_of
     invalid: Counter[str] = Counter()
+    by_column: dict[str, Counter[str]] = {}
     for part in parts:
+        if part.columns != merged.columns:
+            raise ValueError("merge: the pieces of a list name different identifier columns")
         merged.rows += part.rows
         merged.duplicates += part.duplicates
+        merged.invalid_rows += part.invalid_rows
         invalid.update(part.invalid)
-        for key, label in zip(part.keys, part.labels):
+        for column, bad in part.invalid_by_column.items():
+            by_column.setdefault(column, Counter()).update(bad)
+        if not multi:
+            seen = seen_of[0]
+            for key, label in zip(part.keys, part.labels):
+                if key in seen:
+                    merged.duplicates += 1
+                    continue
+                seen.add(key)
+                merged.keys.append(key)
+                merged.labels.append(label)
+            continue
+        # A row's elements are consecutive; its first surviving element carries the row's start.
+        starting = False
+        for key, label, column, start in zip(part.keys, part.labels, part.column_idx, part.row_start):
+            starting = starting or bool(start)
+            seen = seen_by_column[column]
             if key in seen:
                 merged.duplicates += 1
                 continue
             seen.add(key)
             merged.keys.append(key)
             merged.labels.append(label)
+            merged.column_idx.append(column)
+            merged.row_start.append(starting)
+            starting = False
     merged.invalid = dict(invalid)
+    merged.invalid_by_column = {column: dict(bad) for column, bad in by_column.items()}
     return merged
 
 

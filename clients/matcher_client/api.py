@@ -61,27 +61,118 @@ CHECK_TIMEOUT = 15.0
 
 @dataclass
 class MerchantList:
-    """A list read and prepared locally, before any network traffic."""
+    """A list read and prepared locally, before any network traffic. ``id_kind``: the kind of its
+    IDs (of several identifier columns: the first column's kind that the list holds);
+    ``id_columns``: the identifier columns it was read from."""
 
     prepared: ids.PreparedList
     id_kind: str
+    id_columns: tuple[ids.IdColumn, ...] = ()
+
+    def session_kinds(self) -> tuple[str, list[str] | None]:
+        """What the protocol sessions take: ``(id_kind, kinds)``, ``kinds`` being each key's kind when
+        the list holds keys of several kinds (else None: every key is ``id_kind``)."""
+        kinds = self.prepared.kinds()
+        if kinds is None:
+            return self.id_kind, None
+        present = set(self.prepared.column_idx)
+        held = list(dict.fromkeys(c.kind for i, c in enumerate(self.prepared.columns) if i in present))
+        if len(held) <= 1:
+            return (held or [self.id_kind])[0], None
+        return held[0], kinds
+
+    def id_columns_summary(self) -> list[dict]:
+        """For the report: each identifier column, its type and kind, the IDs it sent and its invalid cells."""
+        prepared = self.prepared
+        sent = prepared.ids_by_column() if prepared.columns else {}
+        out = []
+        for column in self.id_columns:
+            if prepared.columns:
+                n, bad = sent.get(column.column, 0), prepared.invalid_by_column.get(column.column, {})
+            else:  # one column: every key and every invalid row is its own
+                n, bad = len(prepared.keys), {r: k for r, k in prepared.invalid.items() if r != "empty"}
+            out.append({"column": column.column, "type": column.id_type, "kind": column.kind, "ids": n,
+                        "invalid": dict(bad)})
+        return out
 
 
-def read_list(file, *, id_column: str | None = None, id_type: str, label_column: str | None = None,
+def id_columns_of(id_columns=None, *, id_column: str | None = None, id_type: str | None = None,
+                  hashed_kind: str = "phone") -> tuple[ids.IdColumn, ...]:
+    """The identifier columns of a call: ``id_columns`` (each an :class:`~matcher.ids.IdColumn`, a
+    ``(column, type)`` or ``(column, "sha256", hashed kind)`` pair, or a ``"COLUMN:TYPE"`` string as
+    ``--id-column`` takes it), or the older ``id_column``/``id_type`` (one column; ``id_column`` may be
+    None for rows). Giving both is an :class:`~matcher.errors.InputError`; so is a column given twice."""
+    if id_columns is not None:
+        if id_column is not None or id_type is not None:
+            given = " and ".join(f"{name}=" for name, v in (("id_column", id_column), ("id_type", id_type))
+                                 if v is not None)
+            raise InputError(f"the identifier columns are given twice: id_columns= and {given}",
+                             hint="give id_columns=[(COLUMN, TYPE), ...] alone (or id_column= and id_type= for "
+                                  "one column)")
+        if isinstance(id_columns, (str, ids.IdColumn)) or not isinstance(id_columns, Iterable):
+            id_columns = [id_columns]
+        columns = tuple(_id_column(spec, hashed_kind) for spec in id_columns)
+        if not columns:
+            raise InputError("id_columns= is empty", hint="give at least one (COLUMN, TYPE)")
+        names = [c.column for c in columns]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise InputError(f"column {', '.join(repr(n) for n in repeated)} is given twice in id_columns=",
+                             hint="name each identifier column once")
+        return columns
+    if id_type is None:
+        raise InputError("which kind of IDs does the list hold?",
+                         hint="give id_type= (phone, email, sha256, opaque), or id_columns=[(COLUMN, TYPE), ...]")
+    return (ids.IdColumn(id_column, id_type, ids.hash_kind(id_type, hashed_kind)),)
+
+
+def _id_column(spec, hashed_kind: str) -> ids.IdColumn:
+    if isinstance(spec, ids.IdColumn):
+        ids.hash_kind(spec.id_type, spec.kind if spec.id_type == "sha256" else "phone")  # a known type and kind
+        if spec.id_type != "sha256" and spec.kind != spec.id_type:
+            raise InputError(f"column '{spec.column}': a {spec.id_type} column is hashed as {spec.id_type}, "
+                             f"not {spec.kind}")
+        return spec
+    if isinstance(spec, str):
+        return ids.parse_id_columns([spec], hashed_kind=hashed_kind)[0]
+    if isinstance(spec, (tuple, list)) and len(spec) in (2, 3) and all(isinstance(v, str) for v in spec):
+        column, id_type, *hashed = spec
+        if hashed and id_type != "sha256":
+            raise InputError(f"id_columns: {tuple(spec)!r} names what was hashed, but '{column}' is {id_type}",
+                             hint="only a sha256 column takes a third value (phone or email)")
+        return ids.IdColumn(column, id_type, ids.hash_kind(id_type, hashed[0] if hashed else hashed_kind))
+    raise InputError(f"id_columns: cannot read {spec!r}",
+                     hint='give (COLUMN, TYPE) pairs, e.g. [("phone", "phone"), ("email", "email")], or '
+                          '"COLUMN:TYPE" strings')
+
+
+def read_list(file, *, id_column: str | None = None, id_type: str | None = None, label_column: str | None = None,
               region: str = "CN", hashed_kind: str = "phone", progress: Progress | None = None,
-              parallel: bool = True, delimiter: str | None = None) -> MerchantList:
+              parallel: bool = True, delimiter: str | None = None, id_columns=None) -> MerchantList:
     """Read and normalize a list: ``file`` is a path (CSV, .csv.gz, Parquet, ``-``), a DataFrame
     (pandas, Polars, pyarrow) or rows (see :mod:`matcher_client.inputs`). Normalization
     (phonenumbers) is the slow part: batches are prepared on every core and merged in order, with
     the same result as one pass.
 
+    The IDs are in ``id_column`` (of ``id_type``), or in several columns: ``id_columns``, e.g.
+    ``[("phone", "phone"), ("email", "email"), ("openid", "opaque")]`` (see :func:`id_columns_of`).
+    Then each row sends each of its valid identifiers, under the row's label; blank cells are
+    normal; an identifier (kind and match key) seen before is a duplicate (see
+    :func:`matcher.ids.prepare_columns` for how invalid cells and rows are counted).
+
     A missing or unreadable file (or a directory) is an :class:`~matcher.errors.InputError` naming it.
     Works from any caller: a script without an ``if __name__ == "__main__":`` guard, ``python -c``
     or ``python -`` included (see :func:`_worker_context`)."""
     notify = progress or (lambda phase, done, total: None)
-    ids.hash_kind(id_type, hashed_kind)  # refuse a bad id type before reading anything
-    source = inputs.open_source(file, id_column=id_column, label_column=label_column,
-                                delimiter=tabular.parse_delimiter(delimiter))
+    wide = id_columns is not None
+    # A bad id type or column spec is refused before anything is read.
+    columns = id_columns_of(id_columns, id_column=id_column, id_type=id_type, hashed_kind=hashed_kind)
+    if wide:
+        source = inputs.open_source(file, id_columns=[c.column for c in columns], label_column=label_column,
+                                    delimiter=tabular.parse_delimiter(delimiter))
+    else:
+        source = inputs.open_source(file, id_column=id_column, label_column=label_column,
+                                    delimiter=tabular.parse_delimiter(delimiter))
     total, batches = source.total, source.batches  # a missing file failed already, before any process starts
     first = next(batches, [])
     batches = itertools.chain([first], batches)
@@ -94,21 +185,27 @@ def read_list(file, *, id_column: str | None = None, id_type: str, label_column:
         notify("reading", 0, total)
         for batch in batches:
             for lo in range(0, len(batch), _PROGRESS_ROWS):  # smaller steps, for a progress bar that moves
-                parts.append(ids.prepare(batch[lo:lo + _PROGRESS_ROWS], id_type, region=region))
+                parts.append(ids.prepare_columns(batch[lo:lo + _PROGRESS_ROWS], columns, region=region))
                 notify("reading", sum(p.rows for p in parts), total)
     else:
         parts = []
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
             futures = deque()
             for batch in batches:
-                futures.append(pool.submit(ids.prepare, batch, id_type, region=region))
+                futures.append(pool.submit(ids.prepare_columns, batch, columns, region=region))
                 while len(futures) > 2 * workers:  # bounded read-ahead
                     parts.append(futures.popleft().result())
                     notify("reading", sum(p.rows for p in parts), total)
             while futures:
                 parts.append(futures.popleft().result())
                 notify("reading", sum(p.rows for p in parts), total)
-    return MerchantList(prepared=ids.merge(parts), id_kind=ids.hash_kind(id_type, hashed_kind))
+    return _merchant_list(ids.merge(parts or [ids.prepare_columns([], columns, region=region)]), columns)
+
+
+def _merchant_list(prepared: ids.PreparedList, columns: tuple[ids.IdColumn, ...]) -> MerchantList:
+    present = set(prepared.column_idx) if prepared.columns else {0}
+    id_kind = next((c.kind for i, c in enumerate(columns) if i in present), columns[0].kind)
+    return MerchantList(prepared=prepared, id_kind=id_kind, id_columns=columns)
 
 
 def _worker_context() -> multiprocessing.context.BaseContext | None:
@@ -180,10 +277,14 @@ def _is_main_test(test: ast.expr) -> bool:
     return len(names) == 1 and len(strings) == 1
 
 
-def prepare_rows(rows: Iterable[tuple[str, str | None]], *, id_type: str, region: str = "CN",
-                 hashed_kind: str = "phone") -> MerchantList:
-    """Normalize in-memory ``(id, label)`` rows (in this process: no pool, so no start-up concerns)."""
-    return MerchantList(prepared=ids.prepare(rows, id_type, region=region), id_kind=ids.hash_kind(id_type, hashed_kind))
+def prepare_rows(rows: Iterable[tuple[str, str | None]], *, id_type: str | None = None, region: str = "CN",
+                 hashed_kind: str = "phone", id_columns=None) -> MerchantList:
+    """Normalize in-memory ``(id, label)`` rows (in this process: no pool, so no start-up concerns);
+    with ``id_columns`` (n of them), rows of ``(id 1, ..., id n, label)``."""
+    columns = id_columns_of(id_columns, id_type=id_type, hashed_kind=hashed_kind)
+    if id_columns is None:
+        return _merchant_list(ids.prepare(rows, id_type, region=region), columns)
+    return _merchant_list(ids.prepare_columns(rows, columns, region=region), columns)
 
 
 @dataclass
@@ -246,8 +347,8 @@ def explained_refusals(policy: Mapping, merchant_list: MerchantList) -> Iterator
         raise PolicyRefused(refused.message, reason=reason, hint=f"{setting}: {fix}") from None
 
 
-def match(server: str, token: str, data=None, *, id_column: str | None = None, id_type: str,
-          label_column: str | None = None, rows: Iterable | None = None, delimiter: str | None = None,
+def match(server: str, token: str, data=None, *, id_column: str | None = None, id_type: str | None = None,
+          id_columns=None, label_column: str | None = None, rows: Iterable | None = None, delimiter: str | None = None,
           region: str = "CN", hashed_kind: str = "phone", tls_ca: str | None = None,
           progress: Progress | bool | None = None, kernels: Kernels | None = None, timeout: float | None = None,
           rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, count_only: bool = False,
@@ -266,6 +367,13 @@ def match(server: str, token: str, data=None, *, id_column: str | None = None, i
       digits) are read as their digits, whole floats too (a column with gaps), NaN as blank;
     - rows: an iterable of ``(id, label)`` pairs or of bare IDs (also accepted as ``rows=``).
 
+    Several identifiers per customer: ``id_columns=[("phone", "phone"), ("email", "email"),
+    ("openid", "opaque")]`` instead of ``id_column``/``id_type`` (a column of hashed emails:
+    ``("email_sha", "sha256", "email")``; ``"COLUMN:TYPE"`` strings as ``--id-column`` takes them
+    work too). Each row then sends each of its valid identifiers under the row's label (a blank
+    cell is normal); the platform counts a member once, whichever of its identifiers the list holds.
+    Rows are then ``(id 1, ..., id n, label)`` tuples or mappings by column name.
+
     Examples::
 
         report = match(server, token, "customers.csv", id_column="phone", id_type="phone")
@@ -273,6 +381,8 @@ def match(server: str, token: str, data=None, *, id_column: str | None = None, i
                        label_column="store")
         report = match(server, token, Path("customers.parquet"), id_column="email", id_type="email")
         report = match(server, token, [("13800138000", "north"), ("13900139000", "south")], id_type="phone")
+        report = match(server, token, "customers.csv", label_column="store",
+                       id_columns=[("phone", "phone"), ("email", "email"), ("openid", "opaque")])
         report["labels"]["north"]["matched"]        # None when suppressed (below the policy's k)
         report.to_pandas(); report.plot()           # pip install 'matcher[notebook]'
 
@@ -299,8 +409,8 @@ def match(server: str, token: str, data=None, *, id_column: str | None = None, i
     ``grpc.intercept_channel`` to measure the traffic); it stays open. Every call here takes it."""
     with _progress_bars(progress) as progress:
         merchant_list, policy = read_checked(server, token, data, rows, id_column=id_column, id_type=id_type,
-                                             label_column=label_column, delimiter=delimiter, region=region,
-                                             hashed_kind=hashed_kind, tls_ca=tls_ca, progress=progress,
+                                             id_columns=id_columns, label_column=label_column, delimiter=delimiter,
+                                             region=region, hashed_kind=hashed_kind, tls_ca=tls_ca, progress=progress,
                                              timeout=timeout, channel=channel)
         with explained_refusals(policy, merchant_list):
             return run_job(server, token, merchant_list, tls_ca=tls_ca, progress=progress, kernels=kernels,
@@ -323,23 +433,26 @@ def _progress_bars(progress: Progress | bool | None) -> Iterator[Progress | None
         yield notify
 
 
-def read_checked(server: str, token: str, data, rows=None, *, id_column: str | None = None, id_type: str,
-                 label_column: str | None = None, delimiter: str | None = None, region: str = "CN",
-                 hashed_kind: str = "phone", tls_ca: str | None = None, progress: Progress | None = None,
-                 timeout: float | None = None, channel: grpc.Channel | None = None) -> tuple[MerchantList, dict]:
+def read_checked(server: str, token: str, data, rows=None, *, id_column: str | None = None,
+                 id_type: str | None = None, id_columns=None, label_column: str | None = None,
+                 delimiter: str | None = None, region: str = "CN", hashed_kind: str = "phone",
+                 tls_ca: str | None = None, progress: Progress | None = None, timeout: float | None = None,
+                 channel: grpc.Channel | None = None) -> tuple[MerchantList, dict]:
     """The list of a job (:func:`read_list`), read only after the server answered and took the
     token (:func:`check_server`), and the policy the server publishes (for :func:`explained_refusals`).
     Local problems that need no reading (a bad id type, a missing file, an Excel workbook) come first."""
     if (data is None) == (rows is None):
         raise InputError("give the list once: as data (a path, a DataFrame or rows) or as rows=")
     data = rows if data is None else data
-    ids.hash_kind(id_type, hashed_kind)  # a bad id type or hashed kind, before anything else
+    # A bad id type, hashed kind or column spec, before anything else.
+    id_columns_of(id_columns, id_column=id_column, id_type=id_type, hashed_kind=hashed_kind)
     tabular.parse_delimiter(delimiter)   # a bad --delimiter
     inputs.check_local(data)              # a missing file too: no need to ask the server about it
     checked = check_server(server, token, tls_ca=tls_ca, timeout=min(timeout or CHECK_TIMEOUT, CHECK_TIMEOUT),
                            channel=channel)
-    merchant_list = read_list(data, id_column=id_column, id_type=id_type, label_column=label_column,
-                              region=region, hashed_kind=hashed_kind, progress=progress, delimiter=delimiter)
+    merchant_list = read_list(data, id_column=id_column, id_type=id_type, id_columns=id_columns,
+                              label_column=label_column, region=region, hashed_kind=hashed_kind, progress=progress,
+                              delimiter=delimiter)
     return merchant_list, checked.policy
 
 
@@ -387,22 +500,27 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
         raise ValueError("count_only asks for no segments; give one or the other")
     if protocol == SEMI_HONEST and (count_only or segments is not None):
         raise ValueError("the semi-honest protocol always sums every segment")
+    id_kind, kinds = merchant_list.session_kinds()
+    if protocol == SEMI_HONEST and len({c.kind for c in merchant_list.id_columns}) > 1:
+        raise InputError("the semi-honest protocol matches one kind of identifier; this list has "
+                         f"{', '.join(_column_names(merchant_list))}",
+                         hint="use the secure protocol (the default), or one identifier column")
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
-    with _kernels(kernels, len(prepared.keys), cache, notify) as kernels:
+    with _kernels(kernels, len(prepared.keys), cache, notify) as kernels, _columns_named(merchant_list):
         for attempt in itertools.count():
             try:
                 with rpc_errors(server), connect(server, tls_ca, channel) as chan:
                     stub = match_pb2_grpc.MatchServiceStub(chan)
                     if protocol == SECURE:
-                        session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind,
+                        session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=id_kind, kinds=kinds,
                                                         rng=rng, kernels=kernels, protocol=mode, enrollment=enrollment)
                         start = session.start(segments=tuple(segments or ()),
                                               all_segments=not count_only and segments is None)
                         report = _secure_exchange(stub.Count, token, session, start, len(prepared.keys), notify,
                                                   timeout)
                     else:
-                        session = MerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind,
+                        session = MerchantSession(prepared.keys, prepared.labels, id_kind=id_kind,
                                                   rng=rng, kernels=kernels)
                         report = _semi_honest_exchange(stub, token, session, len(prepared.keys), notify, timeout)
                 break
@@ -420,6 +538,8 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
         "rows": prepared.rows,
         "invalid": dict(prepared.invalid),
         "duplicates": prepared.duplicates,
+        "invalid_rows": prepared.invalid_rows,
+        "id_columns": merchant_list.id_columns_summary(),
         "labels": released["labels"],
         "epsilon_spent": released["epsilon_spent"],
         "epsilon_left": released["epsilon_left"],
@@ -431,7 +551,33 @@ def run_job(server: str, token: str, merchant_list: MerchantList, *, tls_ca: str
         # What `matcher-audit prove` needs to show this report is in the log.
         "report_json": report.report_json,
         "log_entry": report.log_entry.decode(),
-    }, label_sizes=prepared.label_sizes)
+    }, label_sizes=prepared.label_rows)
+
+
+# The server's refusal of identifier kinds its audience does not hold (secure_platform._check_kinds).
+_MISSING_KINDS = re.compile(r"audience holds .*: it has no ([a-z]+(?:, [a-z]+)*)")
+
+
+@contextlib.contextmanager
+def _columns_named(merchant_list: MerchantList) -> Iterator[None]:
+    """A server that holds no identifiers of some kind of the list refuses the job; the hint then
+    names the list's columns of that kind (the server knows only kinds)."""
+    try:
+        yield
+    except InputError as refused:
+        found = _MISSING_KINDS.search(refused.message)
+        columns = [c for c in merchant_list.id_columns if found and c.kind in found.group(1).split(", ")]
+        if refused.hint is not None or not columns:
+            raise
+        named = " ".join(f"--id-column {spec}" for spec in _column_names(merchant_list, columns))
+        raise InputError(refused.message, hint=f"the platform cannot match column{'s' if len(columns) > 1 else ''} "
+                                               f"{', '.join(repr(c.column) for c in columns)}: run without {named}, "
+                                               "or ask the operator which identifiers the audience holds") from None
+
+
+def _column_names(merchant_list: MerchantList, columns=None) -> list[str]:
+    return [f"{c.column}:{c.id_type}" + (f":{c.kind}" if c.id_type == "sha256" else "")
+            for c in (merchant_list.id_columns if columns is None else columns)]
 
 
 class _Conversation:
@@ -550,31 +696,33 @@ def activate(server: str, token: str, merchant_list, *, name: str, where: str,
              kernels: Kernels | None = None, timeout: float | None = None,
              rng: Callable[[int], bytes] = os.urandom, cache: str | None = None, id_column: str | None = None,
              id_type: str | None = None, label_column: str | None = None, delimiter: str | None = None,
-             region: str = "CN", hashed_kind: str = "phone", channel: grpc.Channel | None = None) -> dict:
+             region: str = "CN", hashed_kind: str = "phone", channel: grpc.Channel | None = None,
+             id_columns=None) -> dict:
     """Opt in to tell the platform which of its members are your matches (optionally one label's),
     filtered by ``where``; the platform stores that slice for a campaign. You get a handle and a
     noisy size — never the members. The job's ε is spent whether or not the slice is large enough.
 
     ``merchant_list``: a list read already (:func:`read_list`), or anything :func:`match` takes (a
-    path, a DataFrame, rows; then give ``id_type``, and ``id_column`` for a path or a DataFrame)::
+    path, a DataFrame, rows; then give ``id_type``, and ``id_column`` for a path or a DataFrame; or
+    ``id_columns`` as :func:`match` takes them: the kinds are passed to the server, which may refuse
+    to activate a list of several identifier kinds)::
 
         activate(server, token, df, id_column="phone", id_type="phone", name="spring-coupon",
                  where="member & !holds_coupon")"""
     if not isinstance(merchant_list, MerchantList):
-        if id_type is None:
-            raise InputError("which kind of IDs does the list hold?", hint="give id_type= (phone, email, sha256, opaque)")
         merchant_list, policy = read_checked(server, token, merchant_list, None, id_column=id_column,
-                                              id_type=id_type, label_column=label_column, delimiter=delimiter,
-                                              region=region, hashed_kind=hashed_kind, tls_ca=tls_ca,
-                                              progress=progress, timeout=timeout, channel=channel)
+                                              id_type=id_type, id_columns=id_columns, label_column=label_column,
+                                              delimiter=delimiter, region=region, hashed_kind=hashed_kind,
+                                              tls_ca=tls_ca, progress=progress, timeout=timeout, channel=channel)
         with explained_refusals(policy, merchant_list):
             return activate(server, token, merchant_list, name=name, where=where, label=label, tls_ca=tls_ca,
                             progress=progress, kernels=kernels, timeout=timeout, rng=rng, cache=cache,
                             channel=channel)
     prepared = merchant_list.prepared
     notify = progress or (lambda phase, done, total: None)
-    with _kernels(kernels, len(prepared.keys), cache, notify) as kernels:
-        session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=merchant_list.id_kind, rng=rng,
+    id_kind, kinds = merchant_list.session_kinds()
+    with _kernels(kernels, len(prepared.keys), cache, notify) as kernels, _columns_named(merchant_list):
+        session = SecureMerchantSession(prepared.keys, prepared.labels, id_kind=id_kind, kinds=kinds, rng=rng,
                                         kernels=kernels, ordered=True)
         with rpc_errors(server), connect(server, tls_ca, channel) as chan:
             result = _secure_exchange(
@@ -584,7 +732,9 @@ def activate(server: str, token: str, merchant_list, *, name: str, where: str,
                                                                                label=label or "")})
     return {"handle": result.handle, "name": name, "where": where, "label": label, "noisy_size": result.noisy_size,
             "expires_at": result.expires_at, "checkpoint": result.checkpoint, "leaf_index": result.leaf_index,
-            "list_size": len(prepared.keys), "invalid": dict(prepared.invalid), "duplicates": prepared.duplicates}
+            "list_size": len(prepared.keys), "invalid": dict(prepared.invalid), "duplicates": prepared.duplicates,
+            "rows": prepared.rows, "invalid_rows": prepared.invalid_rows,
+            "id_columns": merchant_list.id_columns_summary()}
 
 
 def activations(server: str, token: str, *, tls_ca: str | None = None,

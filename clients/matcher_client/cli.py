@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from matcher import ids
 from matcher._cli import ErrorReportingGroup, when
 from matcher.errors import InputError
 from matcher_client import api
@@ -33,8 +34,14 @@ def list_job_options(command):
     """The options every job on a list takes (match, activate): server, token, file and how to read it."""
     for option in reversed([
         server_option, token_option, click.argument("file"),
-        click.option("--id-column", required=True, help="Column holding the ID."),
-        click.option("--id-type", required=True, type=click.Choice(["phone", "email", "sha256", "opaque"])),
+        click.option("--id-column", "id_columns", required=True, multiple=True, metavar="COLUMN[:TYPE]",
+                     help="An identifier column and its type: phone, email, sha256 (hashed phones; "
+                          "COLUMN:sha256:email for hashed emails) or opaque (an OpenID, a member number). "
+                          "Repeat it for customers known by several: --id-column phone:phone --id-column "
+                          "email:email --id-column openid:opaque (each row then sends each of its valid IDs; "
+                          "blank cells are fine). A bare COLUMN takes its type from --id-type."),
+        click.option("--id-type", default=None, type=click.Choice(["phone", "email", "sha256", "opaque"]),
+                     help="The type of a bare --id-column COLUMN."),
         click.option("--label-column", default=None, help="Column with a small label per row (store, tier, ...)."),
         click.option("--delimiter", default=None, metavar="CHAR",
                      help="CSV delimiter, e.g. ';' or tab (default: sniffed from the header line: , ; tab |)."),
@@ -44,7 +51,7 @@ def list_job_options(command):
         click.option("--region", default="CN", show_default=True,
                      help="Default region for phones without a country code."),
         click.option("--hashed-kind", default="phone", type=click.Choice(["phone", "email"]),
-                     help="For --id-type sha256: what was hashed."),
+                     help="For a sha256 column: what was hashed (or write COLUMN:sha256:email)."),
         tls_option,
         click.option("--timeout", type=float, default=None, help="Give up after this many seconds."),
         cache_option,
@@ -67,20 +74,40 @@ def _progress_mode(mode: str | None, quiet: bool, json_out: Path | None) -> str:
     return mode or ("json" if _to_stdout(json_out) else "bar")
 
 
-def _read_checked(server: str, token: str, tls_ca: str | None, timeout: float | None, file: str, id_column: str,
-                  id_type: str, label_column: str | None, delimiter: str | None, region: str, hashed_kind: str,
+def _id_columns(id_columns: tuple[str, ...], id_type: str | None, hashed_kind: str) -> list[ids.IdColumn]:
+    """--id-column COLUMN:TYPE (repeatable), or one bare --id-column COLUMN with --id-type."""
+    return ids.parse_id_columns(id_columns, id_type, hashed_kind=hashed_kind)
+
+
+def _read_checked(server: str, token: str, tls_ca: str | None, timeout: float | None, file: str,
+                  id_columns: list[ids.IdColumn], label_column: str | None, delimiter: str | None, region: str,
                   mode: str):
     """The server and the token first (a second), then the list (the slow part); and the server's policy."""
     with progress(mode, console) as notify:
-        merchant_list, policy = api.read_checked(server, token, file, id_column=id_column, id_type=id_type,
+        merchant_list, policy = api.read_checked(server, token, file, id_columns=id_columns,
                                                  label_column=label_column, delimiter=delimiter, region=region,
-                                                 hashed_kind=hashed_kind, tls_ca=tls_ca, progress=notify,
-                                                 timeout=timeout)
-    prepared = merchant_list.prepared
+                                                 tls_ca=tls_ca, progress=notify, timeout=timeout)
     if mode != "json":
-        console.print(f"{prepared.rows} rows: {len(prepared.keys)} unique ids, {prepared.duplicates} duplicates, "
-                      f"{sum(prepared.invalid.values())} invalid {_reasons(prepared.invalid)}", highlight=False)
+        console.print(list_summary(merchant_list), highlight=False)
     return merchant_list, policy
+
+
+def list_summary(merchant_list: api.MerchantList) -> str:
+    """One line on what was read: rows, unique IDs, duplicates and what was invalid (per column, for
+    several identifier columns)."""
+    prepared = merchant_list.prepared
+    if not prepared.columns:
+        return (f"{prepared.rows} rows: {len(prepared.keys)} unique ids, {prepared.duplicates} duplicates, "
+                f"{sum(prepared.invalid.values())} invalid {_reasons(prepared.invalid)}")
+    per_column = ", ".join(f"{name}: {n}" for name, n in prepared.ids_by_column().items())
+    empty = prepared.invalid.get("empty", 0)
+    line = (f"{prepared.rows} rows: {len(prepared.keys)} unique ids ({per_column}) from {prepared.rows_sent} rows, "
+            f"{prepared.duplicates} duplicates, {prepared.invalid_rows} rows without a valid id"
+            + (f" ({empty} blank)" if empty else ""))
+    if prepared.invalid_by_column:
+        line += "; invalid cells: " + ", ".join(f"{column} {sum(bad.values())} {_reasons(bad)}"
+                                                for column, bad in prepared.invalid_by_column.items())
+    return line
 
 
 def _write_json(json_out: Path, result: dict) -> None:
@@ -137,11 +164,15 @@ def main() -> None:
 @click.option("--enrollment-key", type=click.Path(dir_okay=False), default=None,
               help="The unbalanced protocol's key file (default: one per server and token under "
                    "~/.matcher-client or $MATCHER_CLIENT_HOME), encrypted with the token.")
-def match(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
+def match(server: str, token: str, file: str, id_columns: tuple[str, ...], id_type: str | None,
+          label_column: str | None,
           delimiter: str | None, json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None,
           timeout: float | None, cache: str | None, quiet: bool, progress_mode: str | None, plot: Path | None,
           count_only: bool, segment_names: str | None, protocol: str, enrollment_key: str | None) -> None:
     """Match the IDs in FILE and print the report.
+
+    The IDs are in the --id-column(s): one (--id-column phone:phone), or several for customers known
+    by more than one (--id-column phone:phone --id-column email:email --id-column openid:opaque).
 
     FILE is a CSV file with a header row (delimiter , ; tab or |, sniffed from the header; or
     --delimiter), gzip-compressed CSV (.csv.gz), Parquet (.parquet, needs pyarrow), or - for
@@ -156,10 +187,11 @@ def match(server: str, token: str, file: str, id_column: str, id_type: str, labe
         raise click.UsageError("--count-only and --segments ask for different things; give one")
     if protocol == "semi-honest" and (count_only or segments is not None):
         raise click.UsageError("the semi-honest protocol always counts every segment")
+    columns = _id_columns(id_columns, id_type, hashed_kind)
     _check_plot(plot)
     mode = _progress_mode(progress_mode, quiet, json_out)
-    merchant_list, policy = _read_checked(server, token, tls_ca, timeout, file, id_column, id_type, label_column,
-                                          delimiter, region, hashed_kind, mode)
+    merchant_list, policy = _read_checked(server, token, tls_ca, timeout, file, columns, label_column, delimiter,
+                                          region, mode)
     with progress(mode, console) as notify, api.explained_refusals(policy, merchant_list):
         report = api.run_job(server, token, merchant_list, tls_ca=tls_ca, progress=notify, timeout=timeout,
                              cache=cache, count_only=count_only, segments=segments,
@@ -217,16 +249,18 @@ def report_table(report: dict) -> Table:
               help="Segments the slice must satisfy, e.g. \"member & paid_with_platform & !favourited_mini_program\".")
 @click.option("--label", default=None, help="Only the matches of this label.")
 @click.option("--name", required=True, help="Campaign name the platform sees, e.g. spring-coupon.")
-def activate(server: str, token: str, file: str, id_column: str, id_type: str, label_column: str | None,
+def activate(server: str, token: str, file: str, id_columns: tuple[str, ...], id_type: str | None,
+             label_column: str | None,
              delimiter: str | None, json_out: Path | None, region: str, hashed_kind: str, tls_ca: str | None,
              timeout: float | None, cache: str | None, quiet: bool, progress_mode: str | None, where_expr: str,
              label: str | None, name: str) -> None:
     """Let the platform target your matches in FILE that satisfy --where (opt-in: the platform learns
     which of ITS members they are; you learn only a noisy size). FILE as for `match` (CSV, .csv.gz,
-    Parquet, - for stdin)."""
+    Parquet, - for stdin; --id-column as for `match`)."""
+    columns = _id_columns(id_columns, id_type, hashed_kind)
     mode = _progress_mode(progress_mode, quiet, json_out)
-    merchant_list, policy = _read_checked(server, token, tls_ca, timeout, file, id_column, id_type, label_column,
-                                          delimiter, region, hashed_kind, mode)
+    merchant_list, policy = _read_checked(server, token, tls_ca, timeout, file, columns, label_column, delimiter,
+                                          region, mode)
     with progress(mode, console) as notify, api.explained_refusals(policy, merchant_list):
         result = api.activate(server, token, merchant_list, name=name, where=where_expr, label=label, tls_ca=tls_ca,
                               progress=notify, timeout=timeout, cache=cache)

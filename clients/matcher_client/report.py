@@ -28,7 +28,9 @@ class Report(dict):
     JSON, unchanged); the methods only read it.
 
     ``label_sizes`` (not part of the JSON): unique IDs per label, known to the process that read the
-    list; it gives the ``matched`` rows their match rate. A report loaded from JSON (:meth:`load`)
+    list (for a list of several identifier columns, the rows that sent at least one ID: the
+    customers, since a member counts once however many of its IDs the list holds); it gives the
+    ``matched`` rows their match rate. A report loaded from JSON (:meth:`load`)
     without it knows the rate only when it has a single label (then it is ``list_size``)."""
 
     def __init__(self, data: Mapping[str, Any] = (), *, label_sizes: Mapping[str, int] | None = None):
