@@ -52,7 +52,9 @@ def _truth(people, rows) -> dict:
     identifiers (phones compared as numbers, emails without case)."""
     labels_of: dict[tuple[str, str], str] = {}
     for row in rows:
-        for kind, value in (("phone", row["phone"]), ("email", row["email"].lower()), ("openid", row["openid"])):
+        number = row["phone"].replace(" ", "")
+        number = number if not number or number.startswith("+") else "+86" + number
+        for kind, value in (("phone", number), ("email", row["email"].lower()), ("openid", row["openid"])):
             if value:
                 labels_of.setdefault((kind, value), row["label"])
     cells = {label: {"matched": 0, "segments": {s: 0 for s in SEGMENTS}} for label in {r["label"] for r in rows}}
@@ -104,7 +106,7 @@ def test_a_person_counts_once_through_any_identifier(operator, serve, tmp_path):
     people = _people(rng, 300)
     summary = _import(operator.db, tmp_path / "members.csv", people)
     assert summary["members"] == 300
-    exact_policy(operator.store)
+    exact_policy(operator.store, min_list_size="1")
     token = operator.token("merchant", "shop")
     served = serve()
     rows = _customers(rng, people, 150, 60)
@@ -128,7 +130,7 @@ def test_removed_by_email_is_never_matched_again(operator, serve, tmp_path):
     for p in people[:20]:
         p["email"] = p["email"] or f"user{people.index(p)}@example.com"
     _import(operator.db, tmp_path / "members.csv", people)
-    exact_policy(operator.store)
+    exact_policy(operator.store, min_list_size="1")
     token = operator.token("merchant", "shop")
     served = serve()
     rows = [{"phone": "", "email": p["email"], "openid": "", "label": "all"} for p in people[:20]] + \
@@ -150,7 +152,7 @@ def test_the_unbalanced_protocol_refuses_several_identifiers_before_charging(ope
     rng = random.Random(3)
     people = _people(rng, 50)
     _import(operator.db, tmp_path / "members.csv", people)
-    exact_policy(operator.store)
+    exact_policy(operator.store, min_list_size="1")
     token = operator.token("merchant", "shop")
     served = serve()
     path = _write_customers(tmp_path / "customers.csv", _customers(rng, people, 20, 5))
@@ -159,3 +161,28 @@ def test_the_unbalanced_protocol_refuses_several_identifiers_before_charging(ope
         _match(served, token, path, mode="unbalanced")
     assert api.budget(served.address, token)["epsilon_left"] == before
     assert _match(served, token, path, mode="auto")["protocol"] == "secure"
+
+
+def test_activation_through_any_identifier_exports_each_member_once(operator, serve, tmp_path):
+    """Blind activation on an audience of several identifiers: the slice the operator exports is
+    exactly the members met through any identifier and holding the segment, each once."""
+    import csv
+
+    rng = random.Random(11)
+    people = _people(rng, 200)
+    _import(operator.db, tmp_path / "members.csv", people)
+    exact_policy(operator.store, min_list_size="1", k="1")
+    token = operator.token("merchant", "shop")
+    served = serve()
+    rows = [dict(r, label="all") for r in _customers(rng, people, 120, 30)]
+    result = api.activate(served.address, token, _write_customers(tmp_path / "customers.csv", rows),
+                          id_columns=COLUMNS, name="coupon", where="paid")
+    cells = _truth([p for p in people if p["bits"] & 1], rows)
+    truth = sorted(p["phone"] for p in people if p["bits"] & 1 and _truth([p], rows)["all"]["matched"])
+    assert result["noisy_size"] == len(truth) == cells["all"]["matched"]  # noise none in this policy
+    out = tmp_path / "slice.csv"
+    run = CliRunner().invoke(main, ["activation", "export", "--db", str(operator.db), result["handle"],
+                                    "--out", str(out)])
+    assert run.exit_code == 0, run.output
+    with out.open() as f:
+        assert sorted(row["member_id"] for row in csv.DictReader(f)) == truth
