@@ -190,10 +190,15 @@ def parse_id_columns(specs: Iterable[str], id_type: str | None = None, *,
         if not name:
             raise InputError(f"--id-column {spec!r} names no column", hint="write COLUMN:TYPE")
         columns.append(IdColumn(name, typ, hash_kind(typ, hashed)))
+    return check_distinct(columns, "--id-column")
+
+
+def check_distinct(columns: list[IdColumn], given_as: str) -> list[IdColumn]:
+    """``columns``, unless one is named twice (an InputError naming it and where it was given)."""
     names = [c.column for c in columns]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise InputError(f"column {', '.join(repr(n) for n in repeated)} is given twice in --id-column",
+        raise InputError(f"column {', '.join(repr(n) for n in repeated)} is given twice in {given_as}",
                          hint="name each identifier column once")
     return columns
 

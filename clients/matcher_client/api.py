@@ -114,12 +114,7 @@ def id_columns_of(id_columns=None, *, id_column: str | None = None, id_type: str
         columns = tuple(_id_column(spec, hashed_kind) for spec in id_columns)
         if not columns:
             raise InputError("id_columns= is empty", hint="give at least one (COLUMN, TYPE)")
-        names = [c.column for c in columns]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise InputError(f"column {', '.join(repr(n) for n in repeated)} is given twice in id_columns=",
-                             hint="name each identifier column once")
-        return columns
+        return tuple(ids.check_distinct(list(columns), "id_columns="))
     if id_type is None:
         raise InputError("which kind of IDs does the list hold?",
                          hint="give id_type= (phone, email, sha256, opaque), or id_columns=[(COLUMN, TYPE), ...]")
