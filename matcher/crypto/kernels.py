@@ -171,6 +171,12 @@ class PoolKernels(_SplittingKernels):
         self._executor = executor or ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
             initargs=(os.getpid(),))
+        if executor is None:
+            # Start every worker now rather than at the first batch: a spawned worker spends a few
+            # hundred ms (more on a busy machine) importing numpy, cryptography and the main module
+            # and loading libcrypto_mb, which would otherwise land inside the first job.
+            for _ in range(self.workers):
+                self._executor.submit(_warm)
 
     def _map(self, fn, *columns) -> list:
         return list(self._executor.map(fn, *columns))
@@ -194,6 +200,11 @@ class PoolKernels(_SplittingKernels):
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _warm() -> None:
+    """A worker's first task: load what every kernel needs (libcrypto_mb, the native hash map)."""
+    group.available_backends()
 
 
 def _die_with_parent(parent: int) -> None:
