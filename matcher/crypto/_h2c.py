@@ -18,7 +18,8 @@ long a job takes. So the code is variable-time (branches on squareness) and batc
 
 ``_h2c_native.c`` is the same map in C (five 51-bit limbs, ref10's addition chains), built by
 setup.py when a compiler is there: 92k messages per core-second against 25k for this module
-(bench.micro_group, AMD EPYC, 2026-12-02). Since issue 16 the SHA-512 expansion of a whole batch
+(bench.micro_group, AMD EPYC, 2026-12-02; ~150k since issue 16 runs the two exponentiations of a
+message interleaved). Since issue 16 the SHA-512 expansion of a whole batch
 is in C too (``native.uniform_bytes``: 2.7 us of Python a message was a quarter of the hashing);
 this module stays the specification that tests hold the C code to.
 
