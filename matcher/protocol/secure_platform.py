@@ -49,7 +49,7 @@ import numpy as np
 from matcher.crypto import group
 from matcher.crypto.kernels import Kernels
 from matcher.errors import InputError, ProtocolDeviation, ProtocolError
-from matcher.protocol._points import PointIndex, as_point_array, completed, point_rows
+from matcher.protocol._points import PointIndex, as_point_array, completed, has_duplicate, point_rows
 from matcher.protocol.messages import (
     MATCHED_STREAM,
     MAX_CHUNK_ELEMENTS,
@@ -470,7 +470,7 @@ class SecurePlatformSession:
         stream.returned = []
         if len(returned) != stream.size:
             raise ProtocolDeviation(f"stream '{stream.name}' came back with {len(returned)} of its {stream.size} values")
-        if len(np.unique(returned.view(f"V{group.ELEMENT_SIZE}").ravel())) != len(returned):
+        if has_duplicate(returned):
             raise ProtocolDeviation(f"stream '{stream.name}' came back with a value twice")
         self._expect_fillers(stream)
         audit = PointIndex([stream.expected], [np.zeros(len(stream.expected), np.uint8)])
