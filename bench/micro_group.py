@@ -1,5 +1,7 @@
 """Per-core rates of the group primitives: hash_to_curve_batch (with the native map and with the
-pure-Python one, side by side) and X25519 on each backend.
+pure-Python one, side by side), X25519 on each backend (checked, as for points another party
+chose, and mb8 unchecked, as for our own), and the SHA-512 expansion and batch inversion in C and
+in Python.
 
 ``python -m bench.micro_group [seconds]`` prints JSON. Rates are elements per CPU-second of this
 process (``time.process_time``), so another job sharing the machine lowers them less than it
@@ -39,6 +41,19 @@ def run(seconds: float = 1.0) -> dict:
     for backend in group.available_backends():
         result["x25519_per_s"][backend] = _rate(
             lambda backend=backend: group.blind(scalar, points, backend=backend), BLIND_CHUNK, seconds)
+    if "mb8" in group.available_backends():
+        # What the kernels run for points nobody else chose (chosen=False: no cross-check).
+        result["x25519_unchecked_per_s"] = {"mb8": _rate(
+            lambda: group.blind(scalar, points, backend="mb8", chosen=False), BLIND_CHUNK, seconds)}
+    # The two loops moved to C in issue 16, beside their Python specifications.
+    rows = group._as_rows(points)
+    result["expand_message_xmd_96_per_s"] = {
+        "python": _rate(lambda: _h2c.uniform_bytes_batch_py(msgs, dst), HASH_CHUNK, seconds)}
+    result["batch_inversion_per_s"] = {"python": _rate(lambda: group._inverses_py(rows), BLIND_CHUNK, seconds)}
+    if _h2c.native is not None:
+        result["expand_message_xmd_96_per_s"]["native"] = _rate(
+            lambda: _h2c.uniform_bytes_batch(msgs, dst), HASH_CHUNK, seconds)
+        result["batch_inversion_per_s"]["native"] = _rate(lambda: group._inverses(rows), BLIND_CHUNK, seconds)
     return result
 
 

@@ -217,7 +217,16 @@ def _with_openssl(scalar: bytes, rows: np.ndarray, out: np.ndarray, redo: np.nda
 
 
 def _inverses(rows: np.ndarray) -> np.ndarray:
-    """1/u mod p of each canonical u (0 for u = 0), by Montgomery's batch inversion."""
+    """1/u mod p of each canonical u (0 for u = 0), by Montgomery's batch inversion: in C when the
+    extension was built (about 15x faster than the Python loop, which was a tenth of a checked
+    blinding), else :func:`_inverses_py`. Same bytes either way (tests compare them)."""
+    if _h2c.native is not None:
+        return np.frombuffer(_h2c.native.invert(rows.tobytes()), dtype=np.uint8).reshape(-1, ELEMENT_SIZE)
+    return _inverses_py(rows)
+
+
+def _inverses_py(rows: np.ndarray) -> np.ndarray:
+    """:func:`_inverses` with Python integers."""
     data, from_bytes = rows.tobytes(), int.from_bytes
     values = [from_bytes(data[i:i + ELEMENT_SIZE], "little") for i in range(0, len(data), ELEMENT_SIZE)]
     prefix, acc = [0] * len(values), 1

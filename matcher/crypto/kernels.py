@@ -136,8 +136,13 @@ class _SplittingKernels(Kernels):
         """A future of the bytes ``fn(*constants, piece)`` gives for each piece, joined in order."""
         raise NotImplementedError
 
+    def _ready(self) -> bool:
+        """Whether the workers are up (a pool spawned just now may still be importing)."""
+        return True
+
     def hash_to_curve(self, msgs: Sequence[bytes], dst: bytes) -> bytes:
-        if len(msgs) < 2 * _MIN_PIECE:
+        if len(msgs) < 2 * _MIN_PIECE or not self._ready():
+            # Small, or the workers are still starting: this thread hashes rather than waits for them.
             return group.hash_to_curve_batch(msgs, dst)
         pieces = [list(msgs[a:b]) for a, b in self._pieces(len(msgs))]
         return b"".join(self._map(group.hash_to_curve_batch, pieces, [dst] * len(pieces)))
@@ -171,6 +176,17 @@ class PoolKernels(_SplittingKernels):
         self._executor = executor or ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
             initargs=(os.getpid(),))
+        self._warming: list[Future] = []
+        if executor is None:
+            # Start every worker now rather than at the first batch: a spawned worker spends a few
+            # hundred ms (more on a busy machine) importing numpy, cryptography and the main module
+            # and loading libcrypto_mb, which would otherwise land inside the first job.
+            self._warming = [self._executor.submit(_warm) for _ in range(self.workers)]
+
+    def _ready(self) -> bool:
+        if self._warming and all(f.done() for f in self._warming):
+            self._warming = []
+        return not self._warming
 
     def _map(self, fn, *columns) -> list:
         return list(self._executor.map(fn, *columns))
@@ -194,6 +210,11 @@ class PoolKernels(_SplittingKernels):
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _warm() -> None:
+    """A worker's first task: load what every kernel needs (libcrypto_mb, the native hash map)."""
+    group.available_backends()
 
 
 def _die_with_parent(parent: int) -> None:

