@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench clean protos browser
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py matcher/crypto/_h2c_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
