@@ -570,3 +570,20 @@ def test_masking_scalars_add_and_take_off_a_fresh_factor():
         assert group.blind(masked, points) != group.blind(scalar, points)
         merchant = group.blind(x, group.blind(masked, points))
         assert group.blind(unmask, merchant) == group.blind(x, group.blind(scalar, points))
+
+
+@pytest.mark.parametrize("backend", group.available_backends())
+def test_blind_each_is_blind_per_element(backend):
+    """A scalar a point in one batch gives what one blind() a point gives, on both backends, for
+    distinct points and for one point shared by all; and refuses what blind() refuses."""
+    rng = random.Random(9)
+    scalars = [group.random_scalar(lambda n: rng.randbytes(n)) for _ in range(21)]
+    points = group.hash_to_curve_batch([b"p%d" % i for i in range(21)], group.dst_for("phone"))
+    expected = b"".join(group.blind(s, points[32 * i:32 * i + 32], backend=backend) for i, s in enumerate(scalars))
+    assert group.blind_each(scalars, points, backend=backend) == expected
+    shared = b"".join(group.base_mult(s, backend=backend) for s in scalars)
+    assert group.blind_each(scalars, group.BASE_POINT, backend=backend) == shared
+    with pytest.raises(InvalidPoint, match="small-order"):
+        group.blind_each(scalars[:2], points[:32] + bytes(32), backend=backend)
+    with pytest.raises(InvalidPoint, match="3 scalars for 2 points"):
+        group.blind_each(scalars[:3], points[:64], backend=backend)

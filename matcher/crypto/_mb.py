@@ -36,8 +36,9 @@ def unavailable_reason() -> str | None:
     return _load_error
 
 
-def x25519(scalar: bytes, points: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """X25519(scalar, u) for each row of the (n, 32) uint8 array ``points``.
+def x25519(scalar: bytes | np.ndarray, points: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """X25519(scalar, u) for each row of the (n, 32) uint8 array ``points``; ``scalar`` may also be
+    an (n, 32) uint8 array, a scalar for each row (each lane takes its own key).
 
     Returns the (n, 32) outputs and the element indices whose lane reported a low-order input.
     Raises RuntimeError for any other lane status (it would mean a bug in this binding).
@@ -53,18 +54,23 @@ def x25519(scalar: bytes, points: np.ndarray) -> tuple[np.ndarray, list[int]]:
     inputs[:n] = points
     inputs[n:] = np.frombuffer(_PADDING_POINT, dtype=np.uint8)
     outputs = np.empty((padded, _SIZE), dtype=np.uint8)
-    key = np.frombuffer(bytes(scalar), dtype=np.uint8).copy()
-
     offsets = np.arange(padded, dtype=np.uint64) * np.uint64(_SIZE)
+    if isinstance(scalar, np.ndarray):
+        keys = np.empty((padded, _SIZE), dtype=np.uint8)
+        keys[:n] = scalar
+        keys[n:] = keys[0]
+        key_ptrs, key_step = offsets + np.uint64(keys.ctypes.data), LANES * 8
+    else:
+        key = np.frombuffer(bytes(scalar), dtype=np.uint8).copy()
+        key_ptrs, key_step = np.full(LANES, key.ctypes.data, dtype=np.uint64), 0
     in_ptrs = offsets + np.uint64(inputs.ctypes.data)
     out_ptrs = offsets + np.uint64(outputs.ctypes.data)
-    key_ptrs = np.full(LANES, key.ctypes.data, dtype=np.uint64)
-    in_base, out_base, key_arg = in_ptrs.ctypes.data, out_ptrs.ctypes.data, key_ptrs.ctypes.data
+    in_base, out_base, key_base = in_ptrs.ctypes.data, out_ptrs.ctypes.data, key_ptrs.ctypes.data
     row_bytes = LANES * 8
 
     failed: list[tuple[int, int]] = []
     for row in range(padded // LANES):
-        status = fn(out_base + row * row_bytes, key_arg, in_base + row * row_bytes)
+        status = fn(out_base + row * row_bytes, key_base + row * key_step, in_base + row * row_bytes)
         if status:
             failed.append((row, status))
     low_order: list[int] = []

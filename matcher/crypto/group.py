@@ -28,7 +28,7 @@ ELEMENT_SIZE = 32
 ID_KINDS = ("phone", "email", "opaque")
 
 _BACKENDS = ("mb8", "openssl")
-_BASE_POINT = (9).to_bytes(ELEMENT_SIZE, "little")
+BASE_POINT = (9).to_bytes(ELEMENT_SIZE, "little")  # u = 9, the standard base point
 _P = 2**255 - 19
 # p = 2^255 - 19 as the 64-bit words (w3, w2, w1, w0) of a little-endian u, most significant first.
 _P_WORDS = (0x7FFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFED)
@@ -126,9 +126,41 @@ def blind(scalar: bytes, points: bytes | bytearray | memoryview, *, backend: str
     return out.tobytes()
 
 
+def blind_each(scalars: Sequence[bytes], points: bytes | bytearray | memoryview, *, backend: str | None = None,
+               chosen: bool = True) -> bytes:
+    """X25519(scalars[i], u_i) for the i-th 32-byte u of ``points`` (or of one u, for all), in one
+    batch: what :func:`blind` does for one scalar, with the same checks and errors, for a scalar a
+    point (fresh randomizers of one point, each r_i·P), instead of a call per element."""
+    if any(len(s) != ELEMENT_SIZE for s in scalars):
+        raise InvalidPoint(f"a scalar has other than {ELEMENT_SIZE} bytes")
+    rows = _as_rows(points)
+    if len(rows) == 1 and len(scalars) != 1:
+        rows = np.repeat(rows, len(scalars), axis=0)
+    if len(rows) != len(scalars):
+        raise InvalidPoint(f"{len(scalars)} scalars for {len(rows)} points")
+    if not len(rows):
+        return b""
+    words = rows.view("<u8")
+    _check_canonical(words)
+    keys = np.frombuffer(b"".join(scalars), dtype=np.uint8).reshape(-1, ELEMENT_SIZE)
+    if _choose(backend) == "openssl":
+        out = _with_openssl(keys, rows, np.empty_like(rows), np.ones(len(rows), dtype=bool))
+    else:
+        out, _ = _mb.x25519(keys, rows)
+        redo = _near_p(words)
+        if chosen:
+            check, _ = _mb.x25519(keys, _inverses(rows))
+            redo |= (out != check).any(axis=1)
+        out = _with_openssl(keys, rows, out, redo)
+    zero = np.flatnonzero(~out.any(axis=1))
+    if zero.size:
+        _reject_low_order(int(zero[0]))
+    return out.tobytes()
+
+
 def base_mult(scalar: bytes, *, backend: str | None = None) -> bytes:
     """X25519(scalar, 9): the scalar times the standard base point."""
-    return blind(scalar, _BASE_POINT, backend=backend)
+    return blind(scalar, BASE_POINT, backend=backend)
 
 
 def available_backends() -> list[str]:
@@ -201,13 +233,15 @@ def _mb_unchecked(scalar: bytes, rows: np.ndarray, words: np.ndarray) -> np.ndar
     return _with_openssl(scalar, rows, out, _near_p(words))
 
 
-def _with_openssl(scalar: bytes, rows: np.ndarray, out: np.ndarray, redo: np.ndarray) -> np.ndarray:
+def _with_openssl(scalar: bytes | np.ndarray, rows: np.ndarray, out: np.ndarray, redo: np.ndarray) -> np.ndarray:
     """``out`` with the rows marked in ``redo`` recomputed by OpenSSL (all zeros where OpenSSL
-    refuses: it refuses exactly the all-zero shared secret, which the caller then rejects)."""
+    refuses: it refuses exactly the all-zero shared secret, which the caller then rejects).
+    ``scalar``: one for every row, or an (n, 32) array of a scalar a row."""
     indices = np.flatnonzero(redo)
     if indices.size:
-        key = X25519PrivateKey.from_private_bytes(scalar)
+        one = None if isinstance(scalar, np.ndarray) else X25519PrivateKey.from_private_bytes(scalar)
         for index in indices.tolist():
+            key = one or X25519PrivateKey.from_private_bytes(scalar[index].tobytes())
             try:
                 out[index] = np.frombuffer(key.exchange(X25519PublicKey.from_public_bytes(rows[index].tobytes())),
                                            dtype=np.uint8)

@@ -340,9 +340,9 @@ class PlatformSession:
     def double_blinded(self) -> Iterator[BlindedChunk]:
         """b·a·H(x) for the merchant's list plus r·(a·G) per dummy, shuffled together."""
         self._expect(_State.LIST_DONE)
-        dummy_points = [group.blind(r, self._merchant_base) for rs in self._dummy_scalars for r in rs]
+        dummy_points = group.blind_each([r for rs in self._dummy_scalars for r in rs], self._merchant_base)
         dummy_labels = [label for label, rs in enumerate(self._dummy_scalars) for _ in rs]
-        points = np.concatenate(self._received + [point_rows(b"".join(dummy_points))])
+        points = np.concatenate(self._received + [point_rows(dummy_points)])
         labels = np.concatenate(self._received_labels + [np.array(dummy_labels, dtype=np.uint8)])
         self._received = self._received_labels = []
         order = self._shuffler.permutation(len(labels))
@@ -359,7 +359,7 @@ class PlatformSession:
         in this thread for pooled encryption) while the current chunk is on the wire.
         """
         self._expect(_State.STREAMING)
-        dummy_points = point_rows(b"".join(group.base_mult(r) for rs in self._dummy_scalars for r in rs))
+        dummy_points = point_rows(group.blind_each([r for rs in self._dummy_scalars for r in rs], group.BASE_POINT))
         order = self._stream_order(len(dummy_points))
         self.stream_order = order
         size = self._key.public_key.ciphertext_size
