@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--platform", type=int, default=5_000_000)
     parser.add_argument("--merchant", type=int, default=100_000)
     parser.add_argument("--job", choices=["activation", "count"], default="activation")
+    parser.add_argument("--idle-timeout", type=float, default=None,
+                        help="the server's --idle-timeout (default: its own, 60 s); a 5M stream leaves the merchant "
+                             "silent for about that long (docs/benchmarks.md, issue 16)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -94,8 +97,11 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="matcher-mem-") as tmp:
         db, token, import_s = build(Path(tmp), args.platform)
         address = f"127.0.0.1:{_free_port()}"
-        server = subprocess.Popen([_matcher_executable(), "serve", "--db", str(db), "--listen", address,
-                                   "--randomness-pool", "0", "--stream-slots", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        serve = [_matcher_executable(), "serve", "--db", str(db), "--listen", address,
+                 "--randomness-pool", "0", "--stream-slots", "0"]
+        if args.idle_timeout is not None:
+            serve += ["--idle-timeout", str(args.idle_timeout)]
+        server = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
             _wait_serving(address, server)
             rows = [(f"+86139{i:08d}", None) for i in range(args.merchant)]

@@ -36,3 +36,20 @@ def test_has_duplicate_on_a_big_random_stream_and_one_copy():
     rows[77_777, 31] ^= 1
     assert not has_duplicate(rows)
     assert not has_duplicate(rows[:0]) and not has_duplicate(rows[:1])
+
+
+def test_point_index_answers_a_big_query_slice_by_slice_as_at_once(monkeypatch):
+    from matcher.protocol import _points
+
+    rng = np.random.default_rng(7)
+    members = rng.integers(0, 256, (3000, 32), dtype=np.uint8)
+    labels = rng.integers(0, 4, 3000).astype(np.uint8)
+    query = np.concatenate([rng.integers(0, 256, (5000, 32), dtype=np.uint8), members[::3], members[:10]])
+    query = query[rng.permutation(len(query))]
+    index = _points.PointIndex([members], [labels])
+    whole = index.lookup_ids(query)
+    monkeypatch.setattr(_points, "_QUERY_SLICE", 777)
+    sliced = index.lookup_ids(query)
+    for a, b in zip(whole, sliced):
+        assert np.array_equal(a, b)
+    assert np.all(np.diff(sliced[0]) > 0)   # positions still ascend (the audit relies on it)

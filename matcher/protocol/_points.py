@@ -20,6 +20,9 @@ def as_point_array(data: bytes, count: int, limit: int | None) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8).reshape(count, ELEMENT_SIZE)
 
 
+_QUERY_SLICE = 1 << 20
+
+
 class PointIndex:
     """A sorted set of points with a label each, answering "which of these query points are members?".
 
@@ -53,6 +56,13 @@ class PointIndex:
     def _find(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if not len(self) or not len(query):
             return np.empty(0, np.int64), np.empty(0, np.int64)
+        if len(query) > _QUERY_SLICE:
+            # A slice at a time: the temporaries (prefixes, search positions: 8 bytes each per query
+            # row, several at once) stay bounded instead of growing with a 5M-value stream.
+            starts = range(0, len(query), _QUERY_SLICE)
+            parts = [self._find(query[lo:lo + _QUERY_SLICE]) for lo in starts]
+            return (np.concatenate([positions + lo for (positions, _), lo in zip(parts, starts)]),
+                    np.concatenate([at for _, at in parts]))
         wanted = _prefixes(query)
         at = np.minimum(np.searchsorted(self._prefixes, wanted), len(self) - 1)
         candidates = np.nonzero(self._prefixes[at] == wanted)[0]
