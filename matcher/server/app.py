@@ -65,8 +65,10 @@ class ServerConfig:
 class _StreamGuard:
     """Keeps job streams from starving the server: at most ``max_streams`` at once (the rest of the
     worker threads stay free for health checks and the read-only calls), at most ``per_merchant`` for
-    one merchant, and any stream that sends nothing for ``idle_timeout`` seconds is cancelled, which
-    fails its job (logged) and frees its place. A refusal says when to retry."""
+    one merchant, and any stream that neither sends nor reads for ``idle_timeout`` seconds is
+    cancelled, which fails its job (logged) and frees its place. Reading counts: while the platform
+    streams a large audience the merchant only receives and blinds, sending nothing for minutes at
+    10^6-10^7 members, and must not be cut off for it. A refusal says when to retry."""
 
     def __init__(self, max_streams: int, per_merchant: int, idle_timeout: float):
         self._max, self._per_merchant, self._idle = max_streams, per_merchant, idle_timeout
@@ -81,7 +83,10 @@ class _StreamGuard:
         def guarded(requests, context):
             ticket = self._enter(merchant, context)
             try:
-                yield from behavior(self._watched(ticket, requests), context)
+                for response in behavior(self._watched(ticket, requests), context):
+                    yield response
+                    # gRPC asks for the next response once this one is on its way: the client reads.
+                    self._touch(ticket)
             finally:
                 with self._lock:
                     self._open.pop(ticket, None)
@@ -105,10 +110,13 @@ class _StreamGuard:
 
     def _watched(self, ticket: int, requests):
         for request in requests:
-            with self._lock:
-                if ticket in self._open:
-                    self._open[ticket][2] = time.monotonic()
+            self._touch(ticket)
             yield request
+
+    def _touch(self, ticket: int) -> None:
+        with self._lock:
+            if ticket in self._open:
+                self._open[ticket][2] = time.monotonic()
 
     def _watch(self) -> None:
         while not self._halt.wait(min(1.0, self._idle / 4)):
@@ -116,7 +124,7 @@ class _StreamGuard:
             with self._lock:
                 stalled = [entry for entry in self._open.values() if now - entry[2] > self._idle]
             for merchant, context, _ in stalled:
-                log.warning("a job stream of %s sent nothing for %g s: cancelled", merchant, self._idle,
+                log.warning("a job stream of %s neither sent nor read for %g s: cancelled", merchant, self._idle,
                             extra=fields(merchant=merchant, outcome="cancelled"))
                 context.cancel()
 
