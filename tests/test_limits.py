@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import queue
 import random
+import threading
 import time
 
 import grpc
@@ -104,3 +105,79 @@ def test_budget_refusals_are_not_retried(operator, serve):
     with pytest.raises(Exception, match="budget exhausted"):
         api.match(address, token, rows=customers, id_type="phone")
     assert time.monotonic() - started < 5  # refused once, not retried with backoff
+
+
+class _Context:
+    def __init__(self):
+        self.cancelled = threading.Event()
+
+    def cancel(self):
+        self.cancelled.set()
+
+    def abort(self, code, details):
+        raise AssertionError(f"aborted: {code} {details}")
+
+
+def _guarded(guard, behavior):
+    return guard.wrap(grpc.stream_stream_rpc_method_handler(behavior), "shop").stream_stream
+
+
+def test_a_client_that_reads_a_long_stream_is_not_cut_off_but_one_that_does_nothing_is():
+    """While the platform streams a big audience the merchant only reads (for minutes at 10^7
+    members): reading keeps the stream alive. A stream in which nothing moves is still cancelled."""
+    from matcher.server.app import _StreamGuard
+
+    guard = _StreamGuard(max_streams=4, per_merchant=2, idle_timeout=0.6)
+    try:
+        def streaming(requests, context):  # sends 12 chunks over ~1.8 s, reads no request
+            for i in range(12):
+                time.sleep(0.15)
+                yield i
+
+        reading = _Context()
+        assert list(_guarded(guard, streaming)(iter(()), reading)) == list(range(12))
+        assert not reading.cancelled.is_set()
+
+        def stuck(requests, context):  # neither reads nor sends
+            context.cancelled.wait(5)
+            yield "too late"
+
+        idle = _Context()
+        started = time.monotonic()
+        list(_guarded(guard, stuck)(iter(()), idle))
+        assert idle.cancelled.is_set() and time.monotonic() - started < 3
+    finally:
+        guard.stop()
+
+
+def test_a_client_whose_stream_the_server_cancelled_gets_the_status_instead_of_hanging(operator, serve):
+    """The server cancels a stream that stalled (idle timeout); the client's next sends find no
+    reader. They raise the call's status within a second or so instead of blocking forever."""
+    from matcher_client.api import _Conversation
+
+    operator.seed(300, random.Random(4))
+    token = operator.token("merchant", "slow")
+    address = serve(idle_timeout=1.0).address
+    chan = grpc.insecure_channel(address)
+    talk = _Conversation(match_pb2_grpc.MatchServiceStub(chan).Count, token, timeout=60)
+    outcome: list = []
+
+    def client():
+        talk.send(start=match_pb2.JobStart(protocol_version=1, id_kind="phone", labels=["all"], label_sizes=[20],
+                                           merchant_base=group.base_mult(group.random_scalar())))
+        talk.expect("accepted")
+        time.sleep(2.5)  # stalls: the server cancels the stream
+        try:
+            for _ in range(50):
+                talk.send(returned_end=match_pb2.ListEnd(stream=0))
+        except grpc.RpcError as ended:
+            outcome.append(ended.code())
+        finally:
+            talk.close()
+
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "the client hung on a stream the server had cancelled"
+    assert outcome == [grpc.StatusCode.CANCELLED]
+    chan.close()

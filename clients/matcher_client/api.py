@@ -55,6 +55,8 @@ _BUSY = re.compile(r"already running \d+ jobs|server is busy|job streams open")
 Progress = Callable[[str, int, "int | None"], None]
 # Rows normalized between two progress reports, in this process (a pool reports per batch).
 _PROGRESS_ROWS = 8_192
+# How often a request waiting for room in a job stream's queue looks whether the call has ended.
+_SEND_POLL_S = 0.5
 # How long the first call, which checks the server and the token, may take.
 CHECK_TIMEOUT = 15.0
 
@@ -588,13 +590,27 @@ class _Conversation:
             yield item
 
     def send(self, **message) -> None:
-        self._outbox.put(match_pb2.MatchRequest(**message))
+        """Queue a request for gRPC. Once the call has ended (the server failed or cancelled it)
+        nobody takes requests any more: the call's status is raised instead of waiting forever."""
+        request = match_pb2.MatchRequest(**message)
+        while True:
+            try:
+                self._outbox.put(request, timeout=_SEND_POLL_S)
+                return
+            except queue.Full:
+                if not self.responses.is_active():
+                    for _ in self.responses:  # what is left, then the call's status as a grpc.RpcError
+                        pass
+                    raise ProtocolError("the server ended the job stream") from None
 
     def expect(self, kind: str):
         return getattr(_expect(self.responses, kind), kind)
 
     def close(self) -> None:
-        self._outbox.put(None)
+        try:
+            self._outbox.put_nowait(None)
+        except queue.Full:  # gRPC stopped taking requests: we are abandoning the call
+            self.responses.cancel()
 
 
 def _send_list(talk: _Conversation, session, list_size: int, notify: Progress) -> None:
