@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--idle-timeout", type=float, default=None,
                         help="the server's --idle-timeout (default: its own, 60 s); a 5M stream leaves the merchant "
                              "silent for about that long (docs/benchmarks.md, issue 16)")
+    parser.add_argument("--mode", choices=["auto", "balanced", "unbalanced"], default="auto",
+                        help="the secure protocol's mode, as matcher-client --protocol (auto: the server's choice; "
+                             "with a large audience and a small list, unbalanced)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -104,11 +107,14 @@ def main(argv: list[str] | None = None) -> dict:
         server = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
             _wait_serving(address, server)
+            # The server's high-water mark once it serves (the audience read at start-up), before any job.
+            server_ready_mib = _vm_hwm_mib(server.pid)
             rows = [(f"+86139{i:08d}", None) for i in range(args.merchant)]
             merchant_list = api.prepare_rows(rows, id_type="phone")
             started = time.perf_counter()
             if args.job == "count":
-                result = api.run_job(address, token, merchant_list, count_only=True)
+                result = api.run_job(address, token, merchant_list, count_only=True, mode=args.mode,
+                                     enrollment_key=str(Path(tmp) / "enrollment.key"))
             else:
                 result = api.activate(address, token, merchant_list, name="memory", where="member")
             job_s = time.perf_counter() - started
@@ -120,8 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "benchmark": "memory", "platform_rows": args.platform, "merchant_rows": args.merchant,
         "import_s": round(import_s, 1), "job_s": round(job_s, 1), "job": args.job,
+        "mode": args.mode, "protocol": result.get("protocol", "balanced (activation)"),
         "result": result.get("noisy_size", result.get("labels")),
-        "peak_rss_mib": {"server_main": server_mib, "server_workers": workers,
+        "peak_rss_mib": {"server_main_before_job": server_ready_mib, "server_main": server_mib, "server_workers": workers,
                          "client_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
     }
     text = json.dumps(report, indent=2)

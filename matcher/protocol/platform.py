@@ -100,6 +100,13 @@ class Audience:
         """Every identifier's H: the members' first ones (``points``), then ``extra_points``."""
         if self.extra_points is None or not len(self.extra_points):
             return self.points
+        whole = self.points.base
+        # The store reads both into one array (load_audience): then that array is every point, as is.
+        if (isinstance(whole, np.ndarray) and self.extra_points.base is whole and whole.dtype == np.uint8
+                and whole.shape == (len(self.points) + len(self.extra_points), 32) and whole.flags.c_contiguous
+                and _address(self.points) == _address(whole)
+                and _address(self.extra_points) == _address(whole) + self.points.nbytes):
+            return whole
         return np.concatenate([self.points, self.extra_points])
 
     @functools.cached_property
@@ -120,6 +127,10 @@ class Audience:
         """Rows of the members holding ``segment``, in row order."""
         bit = np.uint64(1) << np.uint64(self.segments.index(segment))
         return np.flatnonzero(self.segment_bits & bit).astype(np.int64)
+
+
+def _address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
 
 
 def packing_layout(audience: Audience, public_key: paillier.PublicKey) -> PackingLayout:

@@ -72,6 +72,50 @@ _GRID_COLUMNS = 64
 _EARLY_CHUNKS = 8
 
 
+# A blinding of more points than this (a whole returned stream: the unbalanced protocol's unmasking)
+# runs a slice at a time, into one buffer. 262,144 points are 8 MiB.
+_BLIND_SLICE = 4 * STREAM_CHUNK_ROWS
+
+
+class _SlicedKernels:
+    """The session's kernels, except that a blinding of more than ``_BLIND_SLICE`` points is done a
+    slice at a time (two slices in flight) and written into one buffer, returned done. In one batch,
+    a 5M-value stream was there five times: the caller's bytes, the kernels' pieces of it, those
+    pieces pickled to the workers, the workers' results and their join (160 MB each). Same bytes
+    (X25519 is per point), as a bytearray."""
+
+    def __init__(self, kernels: Kernels, slice_points: int | None = None):
+        self._kernels = kernels
+        self._slice_points = slice_points  # None: _BLIND_SLICE
+
+    def __getattr__(self, name: str):
+        return getattr(self._kernels, name)
+
+    def submit_blind(self, scalar: bytes, points: bytes, *, chosen: bool = True) -> Future:
+        size = group.ELEMENT_SIZE
+        n = len(points) // size
+        step = self._slice_points or _BLIND_SLICE
+        if n <= step or len(points) % size:
+            return self._kernels.submit_blind(scalar, points, chosen=chosen)
+        view = memoryview(points)
+        out = bytearray(len(points))
+        pending: deque[tuple[int, Future]] = deque()
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            pending.append((lo, self._kernels.submit_blind(scalar, bytes(view[lo * size:hi * size]), chosen=chosen)))
+            if len(pending) > 1:
+                at, done = pending.popleft()
+                _into(out, at * size, done.result())
+        while pending:
+            at, done = pending.popleft()
+            _into(out, at * size, done.result())
+        return completed(out)
+
+
+def _into(out: bytearray, at: int, data: bytes) -> None:
+    out[at:at + len(data)] = data
+
+
 class _State(enum.Enum):
     NEW = "new"
     STREAMING = "streaming"
@@ -81,11 +125,13 @@ class _State(enum.Enum):
 class _Stream:
     """One stream's secrets and bookkeeping: its scalar, its order, its audit values, what came back."""
 
-    def __init__(self, name: str, rows: np.ndarray, fillers: int, scalar: bytes,
+    def __init__(self, name: str, rows: np.ndarray | int, fillers: int, scalar: bytes,
                  slot: PrecomputedStream | None = None, points: np.ndarray | None = None,
                  outgoing_scalar: bytes | None = None, width: int = 1):
         self.name = name
-        self.rows = rows              # rows of ``points`` in this stream (before shuffling)
+        # Rows of ``points`` in this stream (before shuffling); an int n: rows 0..n-1, every member,
+        # with no array of them (8 bytes a member, 40 MB at 5M, held for the whole job).
+        self.rows = rows
         self.points = points          # H(y) the rows index: None for the session's audience
         self.fillers = fillers        # filler tuples: the audit rows and the DP padding
         self.width = width            # values a tuple: a member's identifiers, padded
@@ -115,8 +161,12 @@ class _Stream:
         self.matched_labels: np.ndarray | None = None
 
     @property
+    def members(self) -> int:
+        return self.rows if isinstance(self.rows, int) else len(self.rows)
+
+    @property
     def tuples(self) -> int:
-        return len(self.rows) + self.fillers
+        return self.members + self.fillers
 
     @property
     def size(self) -> int:
@@ -145,7 +195,7 @@ class SecurePlatformSession:
         self._audience = audience
         self._job_id = job_id
         self._rng = rng
-        self._kernels = kernels or Kernels()
+        self._kernels = _SlicedKernels(kernels or Kernels())
         self._audit_rows = audit_rows
         self._padding = padding
         self.ordered = ordered
@@ -216,12 +266,12 @@ class SecurePlatformSession:
     def _new_stream(self, name: str, key: str, fillers: int) -> _Stream:
         """Stream ``name`` (``key``: '' for every member, else the segment), with a fresh b_s or the
         idle-time slot's."""
-        rows = np.arange(len(self._audience), dtype=np.int64) if key == "" else self._audience.segment_rows(key)
+        rows = len(self._audience) if key == "" else self._audience.segment_rows(key)
         if self._width > 1:
             # Slots hold one value a member; tuples are made here (issue 19 left their precomputation).
             return _Stream(name, rows, fillers, group.random_scalar(self._rng), width=self._width)
         slot = self._precomputed(key)
-        if slot is not None and len(slot.order) != len(rows):
+        if slot is not None and len(slot.order) != (rows if isinstance(rows, int) else len(rows)):
             raise ProtocolError(f"the precomputed stream for '{name}' belongs to another audience")
         scalar = slot.scalar if slot is not None else group.random_scalar(self._rng)
         return _Stream(name, rows, fillers, scalar, slot)
@@ -408,6 +458,7 @@ class SecurePlatformSession:
         at_filler[self._shuffler.choice(total, size=stream.fillers, replace=False)] = True
         order = np.empty(total, dtype=np.int64)
         order[at_filler] = -1 - self._shuffler.permutation(stream.fillers)
+        # permutation(n) is permutation(arange(n)), draw for draw: the same order without the rows array.
         order[~at_filler] = stream.slot.order if stream.slot is not None else self._shuffler.permutation(stream.rows)
         return order
 

@@ -294,8 +294,13 @@ class AudienceTables(Database):
             if self._audience_cache and self._audience_cache[0] == version:
                 return self._audience_cache[1]
             info = self.audience_info()
-            row_ids, points, bits = self._audience_rows(info["members"])
-            extra_points, extra_owner = self._further_identifiers(row_ids)
+            n = info["members"]
+            further = self.db.execute("SELECT count(*) FROM audience_ids").fetchone()[0]
+            # Every identifier's H in one array, the members' first ones first: ``points`` and
+            # ``extra_points`` are views of it, so the tuple streams' ``all_points`` is it, not a copy.
+            every = np.empty((n + further, 32), dtype=np.uint8)
+            row_ids, points, bits = self._audience_rows(n, every[:n])
+            extra_points, extra_owner = self._further_identifiers(row_ids, every[n:])
             audience = Audience(id_kind=info["id_kind"] or "", points=points, segment_bits=bits,
                                 segments=tuple(info["segments"]), row_ids=row_ids, version=version,
                                 extra_points=extra_points, extra_owner=extra_owner,
@@ -303,9 +308,10 @@ class AudienceTables(Database):
             self._audience_cache = (version, audience)
             return audience
 
-    def _audience_rows(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every member's (row id, H(y), segment bits), in row order, as arrays of ``n`` rows."""
-        points = np.empty((n, 32), dtype=np.uint8)
+    def _audience_rows(self, n: int, points: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every member's (row id, H(y), segment bits), in row order, as arrays of ``n`` rows
+        (H(y) into ``points`` when given)."""
+        points = np.empty((n, 32), dtype=np.uint8) if points is None else points
         bits = np.empty(n, dtype=np.uint64)
         row_ids = np.empty(n, dtype=np.int64)
         cursor = self.db.execute("SELECT row_id, point, segments FROM audience ORDER BY row_id")
@@ -317,12 +323,14 @@ class AudienceTables(Database):
             at += len(rows)
         return row_ids, points, bits
 
-    def _further_identifiers(self, row_ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Every further identifier's H(y) and the audience position of its member (ascending)."""
-        n = self.db.execute("SELECT count(*) FROM audience_ids").fetchone()[0]
+    def _further_identifiers(self, row_ids: np.ndarray, points: np.ndarray | None = None
+                             ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Every further identifier's H(y) (into ``points`` when given, sized by a count made in
+        the same read) and the audience position of its member (ascending)."""
+        n = self.db.execute("SELECT count(*) FROM audience_ids").fetchone()[0] if points is None else len(points)
         if not n:
             return None, None
-        points = np.empty((n, 32), dtype=np.uint8)
+        points = np.empty((n, 32), dtype=np.uint8) if points is None else points
         owners = np.empty(n, dtype=np.int64)
         cursor = self.db.execute("SELECT row_id, point FROM audience_ids ORDER BY row_id, slot")
         at = 0
