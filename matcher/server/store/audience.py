@@ -289,7 +289,7 @@ class AudienceTables(Database):
 
     def load_audience(self) -> Audience:
         """The audience as arrays, cached until the next import changes it."""
-        with self._lock:
+        with self._lock, self.snapshot():
             version = self.get_meta("audience_version", "")
             if self._audience_cache and self._audience_cache[0] == version:
                 return self._audience_cache[1]

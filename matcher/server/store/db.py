@@ -84,6 +84,20 @@ class Database:
     # -- transactions and schema --------------------------------------------------------------
 
     @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every read inside sees the database as of its first one, so a count
+        and the rows it sizes agree while an import commits batches beside them (WAL)."""
+        conn = self.db.conn
+        if conn.in_transaction:
+            yield conn
+            return
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """An IMMEDIATE transaction: it takes the write lock up front, so check-then-write is atomic
         across threads and across processes sharing the file."""
