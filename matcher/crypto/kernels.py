@@ -203,6 +203,10 @@ class PoolKernels(_SplittingKernels):
                     joined.set_result(b"".join(f.result() for f in futures))
                 except BaseException as err:  # surfaced to whoever waits on the join
                     joined.set_exception(err)
+                finally:
+                    # The futures and this callback refer to each other: without this, every
+                    # piece's bytes would wait for the cycle collector (73 MiB at 5M members).
+                    futures.clear()
 
         for f in futures:
             f.add_done_callback(collect)
