@@ -299,7 +299,8 @@ class AudienceTables(Database):
             # Every identifier's H in one array, the members' first ones first: ``points`` and
             # ``extra_points`` are views of it, so the tuple streams' ``all_points`` is it, not a copy.
             every = np.empty((n + further, 32), dtype=np.uint8)
-            row_ids, points, bits = self._audience_rows(n, every[:n])
+            points = every[:n]
+            row_ids, bits = self._audience_rows(points)
             extra_points, extra_owner = self._further_identifiers(row_ids, every[n:])
             audience = Audience(id_kind=info["id_kind"] or "", points=points, segment_bits=bits,
                                 segments=tuple(info["segments"]), row_ids=row_ids, version=version,
@@ -308,36 +309,22 @@ class AudienceTables(Database):
             self._audience_cache = (version, audience)
             return audience
 
-    def _audience_rows(self, n: int, points: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every member's (row id, H(y), segment bits), in row order, as arrays of ``n`` rows
-        (H(y) into ``points`` when given)."""
-        points = np.empty((n, 32), dtype=np.uint8) if points is None else points
-        bits = np.empty(n, dtype=np.uint64)
-        row_ids = np.empty(n, dtype=np.int64)
-        cursor = self.db.execute("SELECT row_id, point, segments FROM audience ORDER BY row_id")
-        at = 0
-        while rows := cursor.fetchmany(65_536):
-            row_ids[at:at + len(rows)] = [r[0] for r in rows]
-            points[at:at + len(rows)] = np.frombuffer(b"".join(r[1] for r in rows), np.uint8).reshape(-1, 32)
-            bits[at:at + len(rows)] = [r[2] for r in rows]
-            at += len(rows)
-        return row_ids, points, bits
+    def _audience_rows(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every member's row id and segment bits, in row order, and its H(y) into ``points``."""
+        row_ids, bits = np.empty(len(points), dtype=np.int64), np.empty(len(points), dtype=np.uint64)
+        _read_into(self.db.execute("SELECT point, row_id, segments FROM audience ORDER BY row_id"), points, row_ids,
+                   bits)
+        return row_ids, bits
 
-    def _further_identifiers(self, row_ids: np.ndarray, points: np.ndarray | None = None
+    def _further_identifiers(self, row_ids: np.ndarray, points: np.ndarray
                              ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Every further identifier's H(y) (into ``points`` when given, sized by a count made in
-        the same read) and the audience position of its member (ascending)."""
-        n = self.db.execute("SELECT count(*) FROM audience_ids").fetchone()[0] if points is None else len(points)
-        if not n:
+        """Every further identifier's H(y) into ``points`` (sized by a count made in the same read)
+        and the audience position of its member (ascending)."""
+        if not len(points):
             return None, None
-        points = np.empty((n, 32), dtype=np.uint8) if points is None else points
-        owners = np.empty(n, dtype=np.int64)
-        cursor = self.db.execute("SELECT row_id, point FROM audience_ids ORDER BY row_id, slot")
-        at = 0
-        while rows := cursor.fetchmany(65_536):
-            owners[at:at + len(rows)] = [r[0] for r in rows]
-            points[at:at + len(rows)] = np.frombuffer(b"".join(r[1] for r in rows), np.uint8).reshape(-1, 32)
-            at += len(rows)
+        owners = np.empty(len(points), dtype=np.int64)
+        at = _read_into(self.db.execute("SELECT point, row_id FROM audience_ids ORDER BY row_id, slot"), points,
+                        owners)
         return points[:at], np.searchsorted(row_ids, owners[:at])
 
     def preprocessing_ready(self) -> bool:
@@ -347,6 +334,19 @@ class AudienceTables(Database):
         current = self.db.execute("SELECT count(*) FROM audience_history WHERE until IS NULL AND since <= ?",
                                   [seq]).fetchone()[0]
         return current == self.audience_info()["members"]
+
+
+def _read_into(cursor, points: np.ndarray, *columns: np.ndarray) -> int:
+    """Rows of (H, value, ...) into ``points`` and ``columns``, a fetch at a time; how many there were."""
+    at = 0
+    while rows := cursor.fetchmany(65_536):
+        end = at + len(rows)
+        fields = list(zip(*rows))
+        points[at:end] = np.frombuffer(b"".join(fields[0]), np.uint8).reshape(-1, 32)
+        for array, values in zip(columns, fields[1:]):
+            array[at:end] = values
+        at = end
+    return at
 
 
 def _write_identifiers(conn, batch: Sequence[MemberRow | tuple], id_kind: str) -> int:
