@@ -193,6 +193,51 @@ def parse_id_columns(specs: Iterable[str], id_type: str | None = None, *,
     return check_distinct(columns, "--id-column")
 
 
+def id_columns_of(id_columns=None, *, id_column: str | None = None, id_type: str | None = None,
+                  hashed_kind: str = "phone") -> tuple[IdColumn, ...]:
+    """The identifier columns of a call: ``id_columns`` (each an :class:`~matcher.IdColumn`, a
+    ``(column, type)`` or ``(column, "sha256", hashed kind)`` pair, or a ``"COLUMN:TYPE"`` string as
+    ``--id-column`` takes it), or the older ``id_column``/``id_type`` (one column; ``id_column`` may be
+    None for rows). Giving both is an :class:`~matcher.errors.InputError`; so is a column given twice."""
+    if id_columns is not None:
+        if id_column is not None or id_type is not None:
+            given = " and ".join(f"{name}=" for name, v in (("id_column", id_column), ("id_type", id_type))
+                                 if v is not None)
+            raise InputError(f"the identifier columns are given twice: id_columns= and {given}",
+                             hint="give id_columns=[(COLUMN, TYPE), ...] alone (or id_column= and id_type= for "
+                                  "one column)")
+        if isinstance(id_columns, (str, IdColumn)) or not isinstance(id_columns, Iterable):
+            id_columns = [id_columns]
+        columns = tuple(_id_column(spec, hashed_kind) for spec in id_columns)
+        if not columns:
+            raise InputError("id_columns= is empty", hint="give at least one (COLUMN, TYPE)")
+        return tuple(check_distinct(list(columns), "id_columns="))
+    if id_type is None:
+        raise InputError("which kind of IDs does the list hold?",
+                         hint="give id_type= (phone, email, sha256, opaque), or id_columns=[(COLUMN, TYPE), ...]")
+    return (IdColumn(id_column, id_type, hash_kind(id_type, hashed_kind)),)
+
+
+def _id_column(spec, hashed_kind: str) -> IdColumn:
+    if isinstance(spec, IdColumn):
+        hash_kind(spec.id_type, spec.kind if spec.id_type == "sha256" else "phone")  # a known type and kind
+        if spec.id_type != "sha256" and spec.kind != spec.id_type:
+            raise InputError(f"column '{spec.column}': a {spec.id_type} column is hashed as {spec.id_type}, "
+                             f"not {spec.kind}")
+        return spec
+    if isinstance(spec, str):
+        return parse_id_columns([spec], hashed_kind=hashed_kind)[0]
+    if isinstance(spec, (tuple, list)) and len(spec) in (2, 3) and all(isinstance(v, str) for v in spec):
+        column, id_type, *hashed = spec
+        if hashed and id_type != "sha256":
+            raise InputError(f"id_columns: {tuple(spec)!r} names what was hashed, but '{column}' is {id_type}",
+                             hint="only a sha256 column takes a third value (phone or email)")
+        return IdColumn(column, id_type, hash_kind(id_type, hashed[0] if hashed else hashed_kind))
+    raise InputError(f"id_columns: cannot read {spec!r}",
+                     hint='give (COLUMN, TYPE) pairs, e.g. [("phone", "phone"), ("email", "email")], or '
+                          '"COLUMN:TYPE" strings')
+
+
 def check_distinct(columns: list[IdColumn], given_as: str) -> list[IdColumn]:
     """``columns``, unless one is named twice (an InputError naming it and where it was given)."""
     names = [c.column for c in columns]

@@ -121,7 +121,7 @@ cells = st.one_of(st.tuples(st.just("blank"), st.integers(0, 2)),
 rows_of = st.lists(st.tuples(st.lists(cells, min_size=4, max_size=4), st.sampled_from(["north", " south", None, ""])),
                    max_size=80)
 COLUMN_NAMES = [c for c, _ in COLUMNS]
-ID_COLUMNS = api.id_columns_of(COLUMNS)
+ID_COLUMNS = ids.id_columns_of(COLUMNS)
 
 
 def raw_rows(rows) -> list[tuple]:
@@ -154,7 +154,7 @@ def test_the_counting_rules_on_a_small_file():
             ("12345", "nope", "", "north"),                       # two invalid cells, no valid id
             ("+86 138-0013-8000", "", "", "east"),                # phone again: nothing new, row sends nothing
             ("12345", "b@example.com", "  ", "east")]             # invalid phone dropped, email kept
-    prepared = ids.prepare_columns(rows, api.id_columns_of(["phone:phone", "email:email", "openid:opaque"]))
+    prepared = ids.prepare_columns(rows, ids.id_columns_of(["phone:phone", "email:email", "openid:opaque"]))
     assert prepared.rows == 6 and len(prepared.keys) == 4
     assert prepared.labels == ["north", "north", "south", "east"]
     assert prepared.kinds() == ["phone", "email", "opaque", "email"]
@@ -168,7 +168,7 @@ def test_the_counting_rules_on_a_small_file():
 
 def test_one_column_is_exactly_the_single_column_reading():
     rows = [("138 0013 8000", "a"), ("", "b"), ("bad", None), ("13800138000", "c")]
-    one = ids.prepare_columns(rows, api.id_columns_of([("phone", "phone")]))
+    one = ids.prepare_columns(rows, ids.id_columns_of([("phone", "phone")]))
     single = ids.prepare(rows, "phone")
     assert (one.keys, one.labels, one.invalid, one.duplicates, one.rows, one.kinds()) == \
         (single.keys, single.labels, single.invalid, single.duplicates, single.rows, None)
@@ -252,14 +252,14 @@ def test_id_columns_in_every_spelling():
     expected = (ids.IdColumn("phone", "phone", "phone"), ids.IdColumn("email", "email", "email"),
                 ids.IdColumn("oid", "opaque", "opaque"), ids.IdColumn("mail_sha", "sha256", "email"),
                 ids.IdColumn("tel_sha", "sha256", "phone"))
-    assert api.id_columns_of([("phone", "phone"), ("email", "email"), ("oid", "opaque"),
+    assert ids.id_columns_of([("phone", "phone"), ("email", "email"), ("oid", "opaque"),
                               ("mail_sha", "sha256", "email"), ("tel_sha", "sha256")]) == expected
-    assert api.id_columns_of(["phone:phone", "email:email", "oid:opaque", "mail_sha:sha256:email",
+    assert ids.id_columns_of(["phone:phone", "email:email", "oid:opaque", "mail_sha:sha256:email",
                               "tel_sha:sha256"]) == expected
-    assert api.id_columns_of(list(expected)) == expected
-    assert api.id_columns_of("phone:phone") == expected[:1]
-    assert api.id_columns_of(id_column="phone", id_type="phone") == expected[:1]
-    assert api.id_columns_of(id_column="h", id_type="sha256", hashed_kind="email") == \
+    assert ids.id_columns_of(list(expected)) == expected
+    assert ids.id_columns_of("phone:phone") == expected[:1]
+    assert ids.id_columns_of(id_column="phone", id_type="phone") == expected[:1]
+    assert ids.id_columns_of(id_column="h", id_type="sha256", hashed_kind="email") == \
         (ids.IdColumn("h", "sha256", "email"),)
 
 

@@ -98,51 +98,6 @@ class MerchantList:
         return out
 
 
-def id_columns_of(id_columns=None, *, id_column: str | None = None, id_type: str | None = None,
-                  hashed_kind: str = "phone") -> tuple[ids.IdColumn, ...]:
-    """The identifier columns of a call: ``id_columns`` (each an :class:`~matcher.ids.IdColumn`, a
-    ``(column, type)`` or ``(column, "sha256", hashed kind)`` pair, or a ``"COLUMN:TYPE"`` string as
-    ``--id-column`` takes it), or the older ``id_column``/``id_type`` (one column; ``id_column`` may be
-    None for rows). Giving both is an :class:`~matcher.errors.InputError`; so is a column given twice."""
-    if id_columns is not None:
-        if id_column is not None or id_type is not None:
-            given = " and ".join(f"{name}=" for name, v in (("id_column", id_column), ("id_type", id_type))
-                                 if v is not None)
-            raise InputError(f"the identifier columns are given twice: id_columns= and {given}",
-                             hint="give id_columns=[(COLUMN, TYPE), ...] alone (or id_column= and id_type= for "
-                                  "one column)")
-        if isinstance(id_columns, (str, ids.IdColumn)) or not isinstance(id_columns, Iterable):
-            id_columns = [id_columns]
-        columns = tuple(_id_column(spec, hashed_kind) for spec in id_columns)
-        if not columns:
-            raise InputError("id_columns= is empty", hint="give at least one (COLUMN, TYPE)")
-        return tuple(ids.check_distinct(list(columns), "id_columns="))
-    if id_type is None:
-        raise InputError("which kind of IDs does the list hold?",
-                         hint="give id_type= (phone, email, sha256, opaque), or id_columns=[(COLUMN, TYPE), ...]")
-    return (ids.IdColumn(id_column, id_type, ids.hash_kind(id_type, hashed_kind)),)
-
-
-def _id_column(spec, hashed_kind: str) -> ids.IdColumn:
-    if isinstance(spec, ids.IdColumn):
-        ids.hash_kind(spec.id_type, spec.kind if spec.id_type == "sha256" else "phone")  # a known type and kind
-        if spec.id_type != "sha256" and spec.kind != spec.id_type:
-            raise InputError(f"column '{spec.column}': a {spec.id_type} column is hashed as {spec.id_type}, "
-                             f"not {spec.kind}")
-        return spec
-    if isinstance(spec, str):
-        return ids.parse_id_columns([spec], hashed_kind=hashed_kind)[0]
-    if isinstance(spec, (tuple, list)) and len(spec) in (2, 3) and all(isinstance(v, str) for v in spec):
-        column, id_type, *hashed = spec
-        if hashed and id_type != "sha256":
-            raise InputError(f"id_columns: {tuple(spec)!r} names what was hashed, but '{column}' is {id_type}",
-                             hint="only a sha256 column takes a third value (phone or email)")
-        return ids.IdColumn(column, id_type, ids.hash_kind(id_type, hashed[0] if hashed else hashed_kind))
-    raise InputError(f"id_columns: cannot read {spec!r}",
-                     hint='give (COLUMN, TYPE) pairs, e.g. [("phone", "phone"), ("email", "email")], or '
-                          '"COLUMN:TYPE" strings')
-
-
 def read_list(file, *, id_column: str | None = None, id_type: str | None = None, label_column: str | None = None,
               region: str = "CN", hashed_kind: str = "phone", progress: Progress | None = None,
               parallel: bool = True, delimiter: str | None = None, id_columns=None) -> MerchantList:
@@ -152,7 +107,7 @@ def read_list(file, *, id_column: str | None = None, id_type: str | None = None,
     the same result as one pass.
 
     The IDs are in ``id_column`` (of ``id_type``), or in several columns: ``id_columns``, e.g.
-    ``[("phone", "phone"), ("email", "email"), ("openid", "opaque")]`` (see :func:`id_columns_of`).
+    ``[("phone", "phone"), ("email", "email"), ("openid", "opaque")]`` (see :func:`matcher.ids.id_columns_of`).
     Then each row sends each of its valid identifiers, under the row's label; blank cells are
     normal; an identifier (kind and match key) seen before is a duplicate (see
     :func:`matcher.ids.prepare_columns` for how invalid cells and rows are counted).
@@ -163,7 +118,7 @@ def read_list(file, *, id_column: str | None = None, id_type: str | None = None,
     notify = progress or (lambda phase, done, total: None)
     wide = id_columns is not None
     # A bad id type or column spec is refused before anything is read.
-    columns = id_columns_of(id_columns, id_column=id_column, id_type=id_type, hashed_kind=hashed_kind)
+    columns = ids.id_columns_of(id_columns, id_column=id_column, id_type=id_type, hashed_kind=hashed_kind)
     if wide:
         source = inputs.open_source(file, id_columns=[c.column for c in columns], label_column=label_column,
                                     delimiter=tabular.parse_delimiter(delimiter))
@@ -278,7 +233,7 @@ def prepare_rows(rows: Iterable[tuple[str, str | None]], *, id_type: str | None 
                  hashed_kind: str = "phone", id_columns=None) -> MerchantList:
     """Normalize in-memory ``(id, label)`` rows (in this process: no pool, so no start-up concerns);
     with ``id_columns`` (n of them), rows of ``(id 1, ..., id n, label)``."""
-    columns = id_columns_of(id_columns, id_type=id_type, hashed_kind=hashed_kind)
+    columns = ids.id_columns_of(id_columns, id_type=id_type, hashed_kind=hashed_kind)
     if id_columns is None:
         return _merchant_list(ids.prepare(rows, id_type, region=region), columns)
     return _merchant_list(ids.prepare_columns(rows, columns, region=region), columns)
@@ -442,7 +397,7 @@ def read_checked(server: str, token: str, data, rows=None, *, id_column: str | N
         raise InputError("give the list once: as data (a path, a DataFrame or rows) or as rows=")
     data = rows if data is None else data
     # A bad id type, hashed kind or column spec, before anything else.
-    id_columns_of(id_columns, id_column=id_column, id_type=id_type, hashed_kind=hashed_kind)
+    ids.id_columns_of(id_columns, id_column=id_column, id_type=id_type, hashed_kind=hashed_kind)
     tabular.parse_delimiter(delimiter)   # a bad --delimiter
     inputs.check_local(data)              # a missing file too: no need to ask the server about it
     checked = check_server(server, token, tls_ca=tls_ca, timeout=min(timeout or CHECK_TIMEOUT, CHECK_TIMEOUT),

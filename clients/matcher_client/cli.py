@@ -74,11 +74,6 @@ def _progress_mode(mode: str | None, quiet: bool, json_out: Path | None) -> str:
     return mode or ("json" if _to_stdout(json_out) else "bar")
 
 
-def _id_columns(id_columns: tuple[str, ...], id_type: str | None, hashed_kind: str) -> list[ids.IdColumn]:
-    """--id-column COLUMN:TYPE (repeatable), or one bare --id-column COLUMN with --id-type."""
-    return ids.parse_id_columns(id_columns, id_type, hashed_kind=hashed_kind)
-
-
 def _read_checked(server: str, token: str, tls_ca: str | None, timeout: float | None, file: str,
                   id_columns: list[ids.IdColumn], label_column: str | None, delimiter: str | None, region: str,
                   mode: str):
@@ -187,7 +182,7 @@ def match(server: str, token: str, file: str, id_columns: tuple[str, ...], id_ty
         raise click.UsageError("--count-only and --segments ask for different things; give one")
     if protocol == "semi-honest" and (count_only or segments is not None):
         raise click.UsageError("the semi-honest protocol always counts every segment")
-    columns = _id_columns(id_columns, id_type, hashed_kind)
+    columns = ids.parse_id_columns(id_columns, id_type, hashed_kind=hashed_kind)
     _check_plot(plot)
     mode = _progress_mode(progress_mode, quiet, json_out)
     merchant_list, policy = _read_checked(server, token, tls_ca, timeout, file, columns, label_column, delimiter,
@@ -257,7 +252,7 @@ def activate(server: str, token: str, file: str, id_columns: tuple[str, ...], id
     """Let the platform target your matches in FILE that satisfy --where (opt-in: the platform learns
     which of ITS members they are; you learn only a noisy size). FILE as for `match` (CSV, .csv.gz,
     Parquet, - for stdin; --id-column as for `match`)."""
-    columns = _id_columns(id_columns, id_type, hashed_kind)
+    columns = ids.parse_id_columns(id_columns, id_type, hashed_kind=hashed_kind)
     mode = _progress_mode(progress_mode, quiet, json_out)
     merchant_list, policy = _read_checked(server, token, tls_ca, timeout, file, columns, label_column, delimiter,
                                           region, mode)

@@ -128,20 +128,8 @@ _SEGMENT_HINT = ("segment values must be 1/0, true/false or yes/no (blank is not
                  "or pass --skip-invalid to import the other rows")
 
 
-def id_columns_of(id_columns: Sequence[ids.IdColumn] = (), id_column: str | None = None,
-                  id_type: str | None = None, hashed_kind: str = "phone") -> list[ids.IdColumn]:
-    """The identifier columns: ``id_columns``, or the one ``id_column`` of ``id_type``."""
-    if id_columns:
-        if id_column is not None:
-            raise InputError("give the identifier columns once: id_columns, or id_column and id_type")
-        return list(id_columns)
-    if id_column is None or id_type is None:
-        raise InputError("no identifier column", hint="give --id-column COLUMN:TYPE")
-    return [ids.IdColumn(id_column, id_type, ids.hash_kind(id_type, hashed_kind))]
-
-
 def import_file(store: Store, path: str, *, id_column: str | None = None, id_type: str | None = None,
-                id_columns: Sequence[ids.IdColumn] = (), segments: Sequence[str] = (),
+                id_columns: Sequence[ids.IdColumn] | None = None, segments: Sequence[str] = (),
                 region: str = "CN", hashed_kind: str = "phone", kernels: Kernels | None = None,
                 progress: Callable[[int], None] | None = None, skip_invalid: bool = False,
                 workers: int = 1, drop_segments: Sequence[str] = (), delimiter: str | None = None,
@@ -170,7 +158,7 @@ def import_file(store: Store, path: str, *, id_column: str | None = None, id_typ
         raise InputError("segment names must be distinct")
     if mode not in IMPORT_MODES:
         raise InputError(f"unknown import mode {mode!r}", hint=f"use one of {', '.join(IMPORT_MODES)}")
-    columns = id_columns_of(id_columns, id_column, id_type, hashed_kind)
+    columns = ids.id_columns_of(id_columns, id_column=id_column, id_type=id_type, hashed_kind=hashed_kind)
     # A segment the audience lacks becomes a new column after the existing ones, whatever order the
     # flag lists them in: each segment keeps its bit (see Store.segments_after_import).
     segments = store.segments_after_import(segments, drop_segments)
@@ -389,7 +377,7 @@ def _further_points(store: Store, kernels: Kernels, held: Sequence[tuple[tuple[i
 
 
 def remove_file(store: Store, path: str, *, id_column: str | None = None, id_type: str | None = None,
-                id_columns: Sequence[ids.IdColumn] = (), region: str = "CN", hashed_kind: str = "phone",
+                id_columns: Sequence[ids.IdColumn] | None = None, region: str = "CN", hashed_kind: str = "phone",
                 delimiter: str | None = None) -> ImportSummary:
     """Remove the members ``path`` names (members who left, or asked to be forgotten), all at once
     when the file has been read: see :meth:`Store.remove_members`. A member is named by any of its
@@ -397,7 +385,7 @@ def remove_file(store: Store, path: str, *, id_column: str | None = None, id_typ
     ``id_column`` of ``id_type``); it goes with all of them. Ids that do not normalize are counted
     per reason, as an import counts them (per ``column:reason`` for several columns, where a blank
     cell names nobody); ids that are not members are left alone."""
-    columns = id_columns_of(id_columns, id_column, id_type, hashed_kind)
+    columns = ids.id_columns_of(id_columns, id_column=id_column, id_type=id_type, hashed_kind=hashed_kind)
     info = store.audience_info()
     held = info["id_kinds"] or [info["id_kind"]]
     foreign = [c for c in columns if c.kind not in held]
