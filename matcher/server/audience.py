@@ -314,17 +314,18 @@ def _import(store: Store, path: str, name: str, *, columns: Sequence[ids.IdColum
             hashed = kernels.hash_to_curve([keys[i].encode() for i in fresh], dst) if fresh else b""
             points = {i: hashed[32 * j:32 * j + 32] for j, i in enumerate(fresh)}
             further = batch.further or [()] * len(keys)
-            held = store.known_identifiers(keys) if several else {}
+            stored = store.known_identifiers(keys) if several else {}
             rows = []
             for i, (m, k, b) in enumerate(zip(members, keys, bits)):
-                if k in known and known[k][0] == b and held.get(k, ()) == tuple(sorted(further[i])):
+                if k in known and known[k][0] == b and (not several or stored.get(k, ()) == tuple(sorted(further[i]))):
                     summary.unchanged += 1
                     continue
                 rows.append((m, k, points[i] if i in points else known[k][1], b, further[i]))
             if rows:
                 found = _further_points(store, kernels, [row[4] for row in rows]) if several else {}
-                yield [MemberRow(m, k, p, b, tuple((slot, kind, key, found[kind, key]) for slot, kind, key in held))
-                       for m, k, p, b, held in rows]
+                yield [MemberRow(m, k, p, b, tuple((slot, id_kind, key, found[id_kind, key])
+                                                   for slot, id_kind, key in identifiers))
+                       for m, k, p, b, identifiers in rows]
 
     if replace:
         store.begin_replacement()
