@@ -113,17 +113,7 @@ def blind(scalar: bytes, points: bytes | bytearray | memoryview, *, backend: str
     """
     if len(scalar) != ELEMENT_SIZE:
         raise InvalidPoint(f"scalar has {len(scalar)} bytes, expected {ELEMENT_SIZE}")
-    rows = _as_rows(points)
-    words = rows.view("<u8")   # (n, 4) little-endian 64-bit words, least significant first
-    _check_canonical(words)
-    name = _choose(backend)
-    if name == "openssl":
-        return _openssl_blind(bytes(scalar), rows.tobytes())
-    out = _mb_checked(bytes(scalar), rows, words) if chosen else _mb_unchecked(bytes(scalar), rows, words)
-    zero = np.flatnonzero(~out.any(axis=1))
-    if zero.size:
-        _reject_low_order(int(zero[0]))
-    return out.tobytes()
+    return _blind_rows(bytes(scalar), _as_rows(points), backend, chosen)
 
 
 def blind_each(scalars: Sequence[bytes], points: bytes | bytearray | memoryview, *, backend: str | None = None,
@@ -140,18 +130,20 @@ def blind_each(scalars: Sequence[bytes], points: bytes | bytearray | memoryview,
         raise InvalidPoint(f"{len(scalars)} scalars for {len(rows)} points")
     if not len(rows):
         return b""
-    words = rows.view("<u8")
+    return _blind_rows(np.frombuffer(b"".join(scalars), dtype=np.uint8).reshape(-1, ELEMENT_SIZE), rows, backend,
+                       chosen)
+
+
+def _blind_rows(scalar: bytes | np.ndarray, rows: np.ndarray, backend: str | None, chosen: bool) -> bytes:
+    """:func:`blind` of ``rows`` with one scalar, or with a scalar a row (an (n, 32) array)."""
+    words = rows.view("<u8")   # (n, 4) little-endian 64-bit words, least significant first
     _check_canonical(words)
-    keys = np.frombuffer(b"".join(scalars), dtype=np.uint8).reshape(-1, ELEMENT_SIZE)
     if _choose(backend) == "openssl":
-        out = _with_openssl(keys, rows, np.empty_like(rows), np.ones(len(rows), dtype=bool))
+        if isinstance(scalar, bytes):
+            return _openssl_blind(scalar, rows.tobytes())
+        out = _with_openssl(scalar, rows, np.empty_like(rows), np.ones(len(rows), dtype=bool))
     else:
-        out, _ = _mb.x25519(keys, rows)
-        redo = _near_p(words)
-        if chosen:
-            check, _ = _mb.x25519(keys, _inverses(rows))
-            redo |= (out != check).any(axis=1)
-        out = _with_openssl(keys, rows, out, redo)
+        out = _mb_checked(scalar, rows, words) if chosen else _mb_unchecked(scalar, rows, words)
     zero = np.flatnonzero(~out.any(axis=1))
     if zero.size:
         _reject_low_order(int(zero[0]))
@@ -208,7 +200,7 @@ def _near_p(words: np.ndarray) -> np.ndarray:
     return (w3 == _P_WORDS[0]) & (w2 == _P_WORDS[1]) & (w1 == _P_WORDS[2]) & (w0 >= np.uint64(0xFFFFFFFF00000000))
 
 
-def _mb_checked(scalar: bytes, rows: np.ndarray, words: np.ndarray) -> np.ndarray:
+def _mb_checked(scalar: bytes | np.ndarray, rows: np.ndarray, words: np.ndarray) -> np.ndarray:
     """mb8's X25519 of every row, each output confirmed by a second, independent mb8 computation.
 
     libcrypto_mb's field subtraction adds p back only once, so when a partially reduced operand
@@ -227,7 +219,7 @@ def _mb_checked(scalar: bytes, rows: np.ndarray, words: np.ndarray) -> np.ndarra
     return _with_openssl(scalar, rows, out, (out != check).any(axis=1) | _near_p(words))
 
 
-def _mb_unchecked(scalar: bytes, rows: np.ndarray, words: np.ndarray) -> np.ndarray:
+def _mb_unchecked(scalar: bytes | np.ndarray, rows: np.ndarray, words: np.ndarray) -> np.ndarray:
     """mb8's X25519 of points nobody chose, with only the near-p sliver sent to OpenSSL."""
     out, _ = _mb.x25519(scalar, rows)
     return _with_openssl(scalar, rows, out, _near_p(words))
