@@ -178,3 +178,18 @@ def test_cli_takes_repeated_id_columns_and_the_old_form(operator, tmp_path):
                "--id-type", "email", "--json")
     assert old.exit_code == 0, old.output
     assert json.loads(old.stdout[old.stdout.index("{"):])["removed"] == 2
+
+
+def test_load_audience_reads_one_snapshot_while_an_import_commits_beside_it(operator, tmp_path):
+    """The counts that size load_audience's arrays and the rows it reads come from one read
+    transaction: members another connection commits in between are not seen (WAL)."""
+    from matcher.server.store import Store
+
+    import_file(operator.store, write(tmp_path / "m.csv", PEOPLE), id_columns=COLUMNS, segments=["paid"])
+    writer = Store(operator.db)
+    with operator.store.snapshot():
+        before = operator.store.db.execute("SELECT count(*) FROM audience").fetchone()[0]
+        import_file(writer, write(tmp_path / "n.csv", [("13800000009", "z@x.com", "", 1)]), id_columns=COLUMNS,
+                    segments=["paid"])
+        assert operator.store.db.execute("SELECT count(*) FROM audience").fetchone()[0] == before == 4
+    assert len(operator.store.load_audience()) == 5
