@@ -171,7 +171,7 @@ class PoolKernels(_SplittingKernels):
     """Splits each batch over a local process pool."""
 
     def __init__(self, workers: int | None = None, executor: Executor | None = None):
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or usable_cores()
         # spawn, not fork: the server process holds gRPC threads, which do not survive a fork.
         self._executor = executor or ProcessPoolExecutor(
             max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
@@ -280,6 +280,16 @@ def kernels_for(executor: str) -> Kernels:
 
 def local_kernels(parallel: bool = True) -> Kernels:
     """The best kernels for this machine: a process pool when there is more than one core."""
-    if parallel and (os.cpu_count() or 1) > 1:
+    if parallel and usable_cores() > 1:
         return PoolKernels()
     return Kernels()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, a container's cpuset), not the
+    machine's count, so that a server pinned to 4 of 64 cores starts 4 workers rather than 64
+    processes fighting over 4 cores."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -168,7 +167,7 @@ def audience_import(db: Path, file: str, id_column: tuple[str, ...], id_type: st
 
     from matcher import tabular
     from matcher.server.audience import id_problem, import_file, segment_problem
-    from matcher.crypto.kernels import kernels_for
+    from matcher.crypto.kernels import kernels_for, usable_cores
 
     columns = _id_columns(id_column, id_type, hashed_kind)
     store = Store(db)
@@ -188,7 +187,7 @@ def audience_import(db: Path, file: str, id_column: tuple[str, ...], id_type: st
         summary = import_file(store, file, id_columns=columns, segments=names, region=region,
                               hashed_kind=hashed_kind, kernels=kernels, skip_invalid=skip_invalid,
                               progress=lambda n: progress.advance(task, n), drop_segments=drop,
-                              workers=(os.cpu_count() or 1) if (total or 0) > 200_000 else 1,
+                              workers=usable_cores() if (total or 0) > 200_000 else 1,
                               delimiter=tabular.parse_delimiter(delimiter), mode=mode)
     reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(summary.invalid.items()))
     removed_text = f", removed {summary.removed} the file does not name" if mode == "replace" else ""
