@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Iterator, Mapping
 import grpc
 
 from matcher import ids, tabular
-from matcher.crypto.kernels import Kernels, local_kernels
+from matcher.crypto.kernels import Kernels, local_kernels, usable_cores
 from matcher.errors import InputError, LimitExceeded, PolicyRefused, ProtocolDeviation, ProtocolError
 from matcher.protocol.merchant import MerchantSession
 from matcher.protocol.messages import PROTOCOL_CHOICES, SECURE, SEMI_HONEST, AudienceChunk, BlindedChunk
@@ -128,7 +128,7 @@ def read_list(file, *, id_column: str | None = None, id_type: str | None = None,
     total, batches = source.total, source.batches  # a missing file failed already, before any process starts
     first = next(batches, [])
     batches = itertools.chain([first], batches)
-    workers = os.cpu_count() or 1
+    workers = usable_cores()
     # One batch or less (stdin, a generator: known once the first batch is short) is not worth a pool.
     small = (total is not None and total <= tabular.BATCH_ROWS) or len(first) < tabular.BATCH_ROWS
     context = None if not parallel or workers == 1 or small else _worker_context()
