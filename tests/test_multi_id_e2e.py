@@ -186,3 +186,43 @@ def test_activation_through_any_identifier_exports_each_member_once(operator, se
     assert run.exit_code == 0, run.output
     with out.open() as f:
         assert sorted(row["member_id"] for row in csv.DictReader(f)) == truth
+
+
+def test_attack_untupling_over_grpc_fails_charged_and_suspends(operator, serve, tmp_path, monkeypatch):
+    """A modified client returns a tuple audience's values in one flat shuffle, so that each of a
+    person's identifiers would land in a tuple of its own and count on its own (one person listed
+    by phone, email and OpenID would count three times). Over real gRPC the platform's audit sees the
+    tuples broken: no report, the job's ε stays spent, and the merchant is suspended."""
+    import numpy as np
+
+    from matcher.crypto import group
+    from matcher.errors import AuthenticationError, ProtocolDeviation
+    from matcher.protocol.secure_merchant import SecureMerchantSession
+
+    rng = random.Random(23)
+    people = _people(rng, 80)
+    for p in people[:10]:  # targets known to the merchant by all three identifiers
+        p["email"], p["openid"] = p["email"] or f"user{people.index(p)}@example.com", p["openid"] or f"oid-t{people.index(p)}"
+    _import(operator.db, tmp_path / "members.csv", people)
+    exact_policy(operator.store, min_list_size="1")
+    token = operator.token("merchant", "shop")
+    served = serve()
+    rows = [{"phone": p["phone"], "email": p["email"], "openid": p["openid"], "label": "all"} for p in people[:10]]
+    path = _write_customers(tmp_path / "customers.csv", rows)
+    assert _match(served, token, path, count_only=True)["labels"]["all"]["matched"] == 10  # honest: once each
+
+    original = SecureMerchantSession.transform_returned
+
+    def untupled(self, index, values):
+        values = original(self, index, values)
+        records = values.view(f"V{group.ELEMENT_SIZE}").ravel()
+        np.random.default_rng(5).shuffle(records)
+        return values
+
+    monkeypatch.setattr(SecureMerchantSession, "transform_returned", untupled)
+    with pytest.raises(ProtocolDeviation, match="tuple"):
+        _match(served, token, path, count_only=True)
+    assert operator.store.db.execute("SELECT state FROM budget").fetchall()[-1] == ("committed",)
+    assert operator.store.db.execute("SELECT disabled FROM principals WHERE name = 'shop'").fetchone() == (1,)
+    with pytest.raises(AuthenticationError):
+        api.budget(served.address, token)
