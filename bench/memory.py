@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mode", choices=["auto", "balanced", "unbalanced"], default="auto",
                         help="the secure protocol's mode, as matcher-client --protocol (auto: the server's choice; "
                              "with a large audience and a small list, unbalanced)")
+    parser.add_argument("--memray", default=None, metavar="FILE.bin",
+                        help="run the server under memray, writing its capture here (peaks are then memray's, "
+                             "not a benchmark's: it costs memory and time)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -100,7 +103,10 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="matcher-mem-") as tmp:
         db, token, import_s = build(Path(tmp), args.platform)
         address = f"127.0.0.1:{_free_port()}"
-        serve = [_matcher_executable(), "serve", "--db", str(db), "--listen", address,
+        server_program = [_matcher_executable()]
+        if args.memray:
+            server_program = [sys.executable, "-m", "memray", "run", "-q", "-o", args.memray, *server_program]
+        serve = [*server_program, "serve", "--db", str(db), "--listen", address,
                  "--randomness-pool", "0", "--stream-slots", "0"]
         if args.idle_timeout is not None:
             serve += ["--idle-timeout", str(args.idle_timeout)]
