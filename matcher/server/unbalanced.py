@@ -178,5 +178,6 @@ def _append_pieces(conn: sqlite3.Connection, enrollment_id: int, bits: int, togg
             conn.execute("DELETE FROM enrollment_pieces WHERE enrollment_id = ? AND bucket = ?",
                          [enrollment_id, bucket])
             piece, top = compact([*stored, piece]), -1
-        rows.append((enrollment_id, bucket, top + 1, piece.tobytes()))
+        # A view of the toggles, not bytes: a first sync's pieces are a whole copy (76 MB at 5M).
+        rows.append((enrollment_id, bucket, top + 1, memoryview(piece)))
     conn.executemany("INSERT INTO enrollment_pieces (enrollment_id, bucket, idx, tags) VALUES (?, ?, ?, ?)", rows)
