@@ -24,6 +24,8 @@ unknown customer holds. The policy's ``protocol`` setting and the job's log entr
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable
 
@@ -32,10 +34,14 @@ import numpy as np
 from matcher.crypto import group
 from matcher.errors import ProtocolError
 from matcher.protocol._points import point_rows
-from matcher.protocol._tags import first_of_each, present, sort_tags, tags_of
+from matcher.protocol._tags import empty_tags, first_of_each, present, sort_tags, tags_of
 from matcher.protocol.messages import UNBALANCED
 from matcher.protocol.platform import Audience
-from matcher.protocol.secure_platform import SecurePlatformSession, _Stream
+from matcher.protocol.secure_platform import STREAM_CHUNK_ROWS, SecurePlatformSession, _Stream
+
+# The returned stream is unmasked and tagged this many values at a time (8 MiB of points), two
+# slices in flight: the job holds 16 bytes a value of tags, not the unmasked stream (32) beside them.
+UNMASK_SLICE_ROWS = 4 * STREAM_CHUNK_ROWS
 
 
 @dataclass(frozen=True)
@@ -100,12 +106,35 @@ class UnbalancedPlatformSession(SecurePlatformSession):
         assert isinstance(stream, _CopyStream)
         real = np.ones(len(returned), bool)
         real[filler_positions] = False
-        # Merchant-chosen points, but the tags only meet this job's T_s: a wrong mb8 result on a
-        # crafted point is one more tag that matches nothing (see SecurePlatformSession.receive_blinded).
-        unmasked = point_rows(self._kernels.submit_blind(
-            stream.unmask, np.ascontiguousarray(returned[real]).tobytes(), chosen=False).result()) if real.any() \
-            else returned[:0]
-        toggles = sort_tags(tags_of(unmasked))
-        hit = present([stream.copy.stored(stream.list_tags), toggles], stream.list_tags)  # read before the sync is stored
+        toggles = self._unmasked_tags(stream.unmask, returned, real)
+        toggles.sort()
+        stored = sort_tags(stream.copy.stored(stream.list_tags))  # read before the sync is stored
+        hit = present([stored, toggles], stream.list_tags)
         self._synced(stream.key, stream.merchant_base, toggles)
         return np.bincount(stream.list_labels[hit], minlength=len(self._start.labels))
+
+    def _unmasked_tags(self, unmask: bytes, returned: np.ndarray, real: np.ndarray) -> np.ndarray:
+        """The tags of ``unmask``·v (c taken off) for the ``real`` rows v of ``returned``, in their
+        order: a slice of the stream at a time, so that the unmasked points never exist all at once."""
+        tags = empty_tags(int(real.sum()))
+        pending: deque[tuple[int, Future]] = deque()
+
+        def collect() -> None:
+            at, unmasked = pending.popleft()
+            points = point_rows(unmasked.result())
+            tags[at:at + len(points)] = tags_of(points)
+
+        done = 0
+        for lo in range(0, len(returned), UNMASK_SLICE_ROWS):
+            values = returned[lo:lo + UNMASK_SLICE_ROWS][real[lo:lo + UNMASK_SLICE_ROWS]]
+            if not len(values):
+                continue
+            # Merchant-chosen points, but the tags only meet this job's T_s: a wrong mb8 result on a
+            # crafted point is one more tag that matches nothing (see SecurePlatformSession.receive_blinded).
+            pending.append((done, self._kernels.submit_blind(unmask, values.tobytes(), chosen=False)))
+            done += len(values)
+            if len(pending) > 1:
+                collect()
+        while pending:
+            collect()
+        return tags

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from matcher.crypto import group, pool
-from matcher.protocol._tags import bucket_bits, buckets, compact, from_bytes, sort_tags
+from matcher.protocol._tags import bucket_bits, buckets, compact, from_bytes
 from matcher.server.store import Store
 
 # Pieces of toggles an enrollment gathers before they are merged into one.
@@ -123,8 +123,8 @@ def stored_tags(store: Store, copy: Enrollment, query: np.ndarray) -> np.ndarray
 def save_sync(store: Store, merchant_id: int, stream: str, *, key_id: bytes, merchant_base: bytes,
               was: Enrollment | None, synced: int, toggles: np.ndarray) -> bool:
     """Append one sync's toggles to the copy (a new copy when ``was`` is None). False, and nothing
-    written, when another job moved the copy since ``was`` was read: its own sync covered this one."""
-    toggles = sort_tags(toggles)
+    written, when another job moved the copy since ``was`` was read: its own sync covered this one.
+    ``toggles`` are sorted (the session sorts them to count): not sorted again here, a copy of them."""
     with store.transaction() as conn:
         row = conn.execute("SELECT id, synced FROM enrollments WHERE merchant_id = ? AND stream = ?",
                            [merchant_id, stream]).fetchone()
