@@ -3,6 +3,9 @@ same tags, the same stored copy and the same counts as before."""
 
 from __future__ import annotations
 
+import random
+import weakref
+
 import numpy as np
 import pytest
 
@@ -13,7 +16,9 @@ from matcher.protocol._points import point_rows
 from matcher.protocol._tags import buckets, compact, from_bytes, present, sort_tags, tags_of
 from matcher.protocol.unbalanced_platform import UnbalancedPlatformSession
 from matcher.server import unbalanced
+from tests.conftest import ground_truth
 from tests.test_protocol import make_audience
+from tests.test_unbalanced import _customers, _job
 
 
 def _random_tags(n: int, seed: int) -> np.ndarray:
@@ -90,3 +95,30 @@ def test_a_sync_of_sorted_toggles_stores_each_bucket_sorted_and_toggles_tags(ope
         copy = unbalanced.enrollment(store, merchant.id, "")
         assert (present([sort_tags(unbalanced.stored_tags(store, copy, tags))], tags) == in_copy).all()
     assert max(len(p) for p in _stored_pieces(store, copy.id).values()) <= 2
+
+
+def test_a_stream_s_delta_is_released_once_the_stream_is_sent(operator, serve, monkeypatch):
+    members, token = operator.seed(300, random.Random(11))
+    deltas: list[weakref.ref] = []
+    alive_at_count: list[int] = []
+    read_delta, count = unbalanced.delta, UnbalancedPlatformSession._count
+
+    def delta(*args, **kwargs):
+        values = read_delta(*args, **kwargs)
+        deltas.append(weakref.ref(values))
+        return values
+
+    def counted(self, *args):
+        alive_at_count.append(sum(ref() is not None for ref in deltas))
+        return count(self, *args)
+
+    monkeypatch.setattr(unbalanced, "delta", delta)
+    monkeypatch.setattr(UnbalancedPlatformSession, "_count", counted)
+    served = serve()
+    customers = _customers(random.Random(12), 100, 400)
+    report, _ = _job(served, token, customers, segments=["member", "holds_coupon"])
+    truth = ground_truth(members, customers)
+    assert report["labels"] == {label: {"matched": cell["matched"],
+                                        "segments": {s: cell["segments"][s] for s in ("member", "holds_coupon")}}
+                                for label, cell in truth.items()}
+    assert alive_at_count == [2, 1, 0]  # three streams: each delta gone once its stream went out

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -58,11 +58,13 @@ class _CopyStream(_Stream):
     def __init__(self, name: str, key: str, copy: StoredCopy, fillers: int, masked: bytes, unmask: bytes):
         # The delta goes out as c·b_s·H(y) for a fresh c: its values never repeat between jobs, so the
         # merchant cannot tell a member leaving (a value it was sent before) from an audit row.
-        super().__init__(name, np.arange(len(copy.delta), dtype=np.int64), fillers, copy.scalar, points=copy.delta,
-                         outgoing_scalar=masked)
+        # The delta's rows are all of it, 0..n-1: a count, not an array of them.
+        super().__init__(name, len(copy.delta), fillers, copy.scalar, points=copy.delta, outgoing_scalar=masked)
         self.unmask = unmask    # takes c off what comes back: a_s·b_s·H(y), the copy's tags
         self.key = key          # '' = every member, else the segment
-        self.copy = copy
+        # Not the StoredCopy itself: its delta (32 B a member) goes once the stream has been sent.
+        self.stored = copy.stored
+        self.kept_base = copy.merchant_base
         self.list_tags = tags_of(np.empty((0, 32), np.uint8))
         self.list_labels = np.empty(0, np.uint8)
 
@@ -88,7 +90,7 @@ class UnbalancedPlatformSession(SecurePlatformSession):
 
     def _check_merchant_base(self, index: int, stream: _Stream, merchant_base: bytes) -> None:
         assert isinstance(stream, _CopyStream)
-        kept = stream.copy.merchant_base
+        kept = stream.kept_base
         if kept is not None and merchant_base != kept:
             self._key_changed(stream.key)
             raise ProtocolError(f"the list for stream '{stream.name}' was blinded with another key than the copy "
@@ -102,13 +104,19 @@ class UnbalancedPlatformSession(SecurePlatformSession):
         first = first_of_each(tags)
         stream.list_tags, stream.list_labels = tags[first], labels[first]
 
+    def stream(self, index: int) -> Iterator[bytes]:
+        yield from super().stream(index)
+        # Sent: what comes back is counted by its tags, so the delta's H(y) (32 B a member, a whole
+        # copy's worth on a merchant's first job) need not wait for the end of the job.
+        self._streams[index].points = None
+
     def _count(self, stream: _Stream, returned: np.ndarray, filler_positions: np.ndarray) -> np.ndarray:
         assert isinstance(stream, _CopyStream)
         real = np.ones(len(returned), bool)
         real[filler_positions] = False
         toggles = self._unmasked_tags(stream.unmask, returned, real)
         toggles.sort()
-        stored = sort_tags(stream.copy.stored(stream.list_tags))  # read before the sync is stored
+        stored = sort_tags(stream.stored(stream.list_tags))  # read before the sync is stored
         hit = present([stored, toggles], stream.list_tags)
         self._synced(stream.key, stream.merchant_base, toggles)
         return np.bincount(stream.list_labels[hit], minlength=len(self._start.labels))
