@@ -79,7 +79,7 @@ def delta(store: Store, bit: int | None, *, since: int, upto: int) -> np.ndarray
             kept.append(np.frombuffer(b"".join(points[i] for i in changed), np.uint8).reshape(-1, group.ELEMENT_SIZE))
     if not kept:
         return np.empty((0, group.ELEMENT_SIZE), np.uint8)
-    values = np.concatenate(kept)
+    values = _joined(kept)
     if since < 0:  # at most one record of a member is open at ``upto``
         return values
     # One member's records are disjoint intervals, all with its H(y) (row ids can be reused by
@@ -87,6 +87,19 @@ def delta(store: Store, bit: int | None, *, since: int, upto: int) -> np.ndarray
     # its records did.
     unique, counts = np.unique(values.view(f"V{group.ELEMENT_SIZE}").ravel(), return_counts=True)
     return np.frombuffer(unique[counts % 2 == 1].tobytes(), np.uint8).reshape(-1, group.ELEMENT_SIZE).copy()
+
+
+def _joined(pieces: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate(pieces), each piece let go (its slot set to None) once copied: a first copy's
+    delta is every member, and the pieces and their join were whole at once (2 x 153 MiB at 5M).
+    The join's pages are only touched as they are written."""
+    joined = np.empty((sum(len(piece) for piece in pieces), group.ELEMENT_SIZE), np.uint8)
+    at = 0
+    for i, piece in enumerate(pieces):
+        joined[at:at + len(piece)] = piece
+        at += len(piece)
+        pieces[i] = piece = None
+    return joined
 
 
 @dataclass(frozen=True)
