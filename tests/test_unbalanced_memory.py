@@ -97,7 +97,7 @@ def test_a_sync_of_sorted_toggles_stores_each_bucket_sorted_and_toggles_tags(ope
     assert max(len(p) for p in _stored_pieces(store, copy.id).values()) <= 2
 
 
-def test_a_stream_s_delta_is_released_once_the_stream_is_sent(operator, serve, monkeypatch):
+def test_a_stream_s_delta_and_order_are_released_once_the_stream_is_sent(operator, serve, monkeypatch):
     members, token = operator.seed(300, random.Random(11))
     deltas: list[weakref.ref] = []
     alive_at_count: list[int] = []
@@ -108,9 +108,10 @@ def test_a_stream_s_delta_is_released_once_the_stream_is_sent(operator, serve, m
         deltas.append(weakref.ref(values))
         return values
 
-    def counted(self, *args):
+    def counted(self, stream, *args):
         alive_at_count.append(sum(ref() is not None for ref in deltas))
-        return count(self, *args)
+        assert stream.order is None
+        return count(self, stream, *args)
 
     monkeypatch.setattr(unbalanced, "delta", delta)
     monkeypatch.setattr(UnbalancedPlatformSession, "_count", counted)

@@ -106,9 +106,11 @@ class UnbalancedPlatformSession(SecurePlatformSession):
 
     def stream(self, index: int) -> Iterator[bytes]:
         yield from super().stream(index)
-        # Sent: what comes back is counted by its tags, so the delta's H(y) (32 B a member, a whole
-        # copy's worth on a merchant's first job) need not wait for the end of the job.
-        self._streams[index].points = None
+        # Sent: what comes back is counted by its tags, so neither the delta's H(y) (32 B a member,
+        # a whole copy's worth on a merchant's first job) nor the order (8 B; only an activation maps
+        # positions back, and it never runs unbalanced) need wait for the end of the job.
+        sent = self._streams[index]
+        sent.points = sent.order = None
 
     def _count(self, stream: _Stream, returned: np.ndarray, filler_positions: np.ndarray) -> np.ndarray:
         assert isinstance(stream, _CopyStream)
