@@ -8,15 +8,17 @@ job is an activation (or with ``--job count`` a count-only match), which streams
 exactly like a match but without the Paillier ciphertexts, whose encryption would take minutes
 online. The server runs without precomputation (no pool, no stream slots), so the job is alone. Per-row memory of a match is the
 same arrays plus at most a few chunks of ciphertexts in flight. Peak RSS is the kernel's
-high-water mark (VmHWM) of the server process and of each pool worker, and of the client (this
-process, reset after the database is built: ``bench_process_with_import`` is its ru_maxrss, import
-included, which earlier runs reported as the client's), read after the job.
+high-water mark (VmHWM) of the server process and of each pool worker, and ru_maxrss of the
+client process (this one; the database is built in another, since 2026-12-07: before, the
+client's figure included the import's), read after the job.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import resource
 import subprocess
@@ -39,16 +41,6 @@ def _vm_hwm_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
-
-
-def _reset_own_hwm() -> bool:
-    """Resets this process's VmHWM (Linux 4.0+), so that the client's peak read after the job is the
-    job's: this process also built the 5M-row database, whose import peak ru_maxrss keeps."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 def _children(pid: int) -> list[int]:
@@ -112,7 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
     from matcher_client import api
 
     with tempfile.TemporaryDirectory(prefix="matcher-mem-") as tmp:
-        db, token, import_s = build(Path(tmp), args.platform)
+        # The import runs in a process of its own: this one is the client, and a 5M-row import's
+        # freed memory stayed in its RSS (a reset high-water mark still counted it).
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as builder:
+            db, token, import_s = builder.submit(build, Path(tmp), args.platform).result()
         address = f"127.0.0.1:{_free_port()}"
         server_program = [_matcher_executable()]
         if args.memray:
@@ -124,9 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
         server = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
             _wait_serving(address, server)
-            # The server's high-water mark once it serves (the audience read at start-up), before any job.
+            # The server's high-water mark once it serves, before any job (the audience is read by the first
+            # balanced one; before 2026-12-07 at start-up).
             server_ready_mib = _vm_hwm_mib(server.pid)
-            client_hwm_reset = _reset_own_hwm()
             rows = [(f"+86139{i:08d}", None) for i in range(args.merchant)]
             merchant_list = api.prepare_rows(rows, id_type="phone")
             started = time.perf_counter()
@@ -147,8 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         "mode": args.mode, "protocol": result.get("protocol", "balanced (activation)"),
         "result": result.get("noisy_size", result.get("labels")),
         "peak_rss_mib": {"server_main_before_job": server_ready_mib, "server_main": server_mib, "server_workers": workers,
-                         "client_main": _vm_hwm_mib(os.getpid()) if client_hwm_reset else None,
-                         "bench_process_with_import": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+                         "client_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
     }
     text = json.dumps(report, indent=2)
     if args.out:
