@@ -24,6 +24,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,6 +42,47 @@ def _vm_hwm_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def _vm_rss_mib(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class _PhaseSampler(threading.Thread):
+    """The server's RSS every ``period`` seconds, and the client's progress phases: the highest RSS
+    of each run of one phase (blinding, matching, returning, ...: a run per stream), which says
+    where in the job the high-water mark was."""
+
+    def __init__(self, pid: int, period: float = 0.2):
+        super().__init__(daemon=True)
+        self._pid, self._period = pid, period
+        self._halt = threading.Event()
+        self._t0 = time.perf_counter()
+        self.phases: list[dict] = []
+
+    def progress(self, phase: str, done: int, total: int | None) -> None:
+        if not self.phases or self.phases[-1]["phase"] != phase:
+            self.phases.append({"phase": phase, "from_s": round(time.perf_counter() - self._t0, 1),
+                                "server_rss_max_mib": round(_vm_rss_mib(self._pid) or 0.0, 1)})
+
+    def run(self) -> None:
+        while not self._halt.wait(self._period):
+            rss = _vm_rss_mib(self._pid)
+            if rss is not None and self.phases:
+                last = self.phases[-1]
+                last["server_rss_max_mib"] = max(last["server_rss_max_mib"], round(rss, 1))
+
+    def stop(self) -> list[dict]:
+        self._halt.set()
+        self.join()
+        return self.phases
 
 
 def _children(pid: int) -> list[int]:
@@ -124,13 +166,18 @@ def main(argv: list[str] | None = None) -> dict:
             server_ready_mib = _vm_hwm_mib(server.pid)
             rows = [(f"+86139{i:08d}", None) for i in range(args.merchant)]
             merchant_list = api.prepare_rows(rows, id_type="phone")
+            sampler = _PhaseSampler(server.pid)
+            sampler.progress("start", 0, None)
+            sampler.start()
             started = time.perf_counter()
             if args.job == "count":
                 result = api.run_job(address, token, merchant_list, count_only=True, mode=args.mode,
-                                     enrollment_key=str(Path(tmp) / "enrollment.key"))
+                                     enrollment_key=str(Path(tmp) / "enrollment.key"), progress=sampler.progress)
             else:
-                result = api.activate(address, token, merchant_list, name="memory", where="member")
+                result = api.activate(address, token, merchant_list, name="memory", where="member",
+                                      progress=sampler.progress)
             job_s = time.perf_counter() - started
+            phases = sampler.stop()
             server_mib = _vm_hwm_mib(server.pid)
             workers = {pid: _vm_hwm_mib(pid) for pid in _children(server.pid)}
         finally:
@@ -143,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         "result": result.get("noisy_size", result.get("labels")),
         "peak_rss_mib": {"server_main_before_job": server_ready_mib, "server_main": server_mib, "server_workers": workers,
                          "client_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+        "server_rss_by_client_phase": phases,
     }
     text = json.dumps(report, indent=2)
     if args.out:
