@@ -124,12 +124,3 @@ def test_a_stream_s_delta_and_order_are_released_once_the_stream_is_sent(operato
                                 for label, cell in truth.items()}
     assert alive_at_count == [2, 1, 0]  # three streams: each delta gone once its stream went out
 
-
-def test_a_delta_s_pieces_are_joined_in_order_and_let_go_as_they_are_copied():
-    rng = np.random.default_rng(4)
-    pieces = [rng.integers(0, 256, (n, 32), dtype=np.uint8) for n in (5, 0, 1, 17)]
-    expected = np.concatenate(pieces)
-    refs = [weakref.ref(piece) for piece in pieces]
-    joined = unbalanced._joined(pieces)
-    assert joined.tobytes() == expected.tobytes() and joined.shape == expected.shape
-    assert pieces == [None] * 4 and all(ref() is None for ref in refs)
