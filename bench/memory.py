@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mode", choices=["auto", "balanced", "unbalanced"], default="auto",
                         help="the secure protocol's mode, as matcher-client --protocol (auto: the server's choice; "
                              "with a large audience and a small list, unbalanced)")
+    parser.add_argument("--after-balanced", action="store_true",
+                        help="run a balanced count-only job first (the server then holds the audience it read), "
+                             "and measure the job after it: the peak of that job is its phases' highest RSS")
     parser.add_argument("--memray", default=None, metavar="FILE.bin",
                         help="run the server under memray, writing its capture here (peaks are then memray's, "
                              "not a benchmark's: it costs memory and time)")
@@ -166,6 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
             server_ready_mib = _vm_hwm_mib(server.pid)
             rows = [(f"+86139{i:08d}", None) for i in range(args.merchant)]
             merchant_list = api.prepare_rows(rows, id_type="phone")
+            first_job_mib = None
+            if args.after_balanced:
+                api.run_job(address, token, merchant_list, count_only=True, mode="balanced")
+                first_job_mib = _vm_hwm_mib(server.pid)
             sampler = _PhaseSampler(server.pid)
             sampler.progress("start", 0, None)
             sampler.start()
@@ -192,6 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "client_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
         "server_rss_by_client_phase": phases,
     }
+    if first_job_mib is not None:
+        report["peak_rss_mib"]["server_main_after_the_balanced_job_before"] = first_job_mib
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")
