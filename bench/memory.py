@@ -9,18 +9,22 @@ exactly like a match but without the Paillier ciphertexts, whose encryption woul
 online. The server runs without precomputation (no pool, no stream slots), so the job is alone. Per-row memory of a match is the
 same arrays plus at most a few chunks of ciphertexts in flight. Peak RSS is the kernel's
 high-water mark (VmHWM) of the server process and of each pool worker, and ru_maxrss of the
-client process, read after the job.
+client process (this one; the database is built in another, since 2026-12-07: before, the
+client's figure included the import's), read after the job.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +42,47 @@ def _vm_hwm_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def _vm_rss_mib(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+class _PhaseSampler(threading.Thread):
+    """The server's RSS every ``period`` seconds, and the client's progress phases: the highest RSS
+    of each run of one phase (blinding, matching, returning, ...: a run per stream), which says
+    where in the job the high-water mark was."""
+
+    def __init__(self, pid: int, period: float = 0.2):
+        super().__init__(daemon=True)
+        self._pid, self._period = pid, period
+        self._halt = threading.Event()
+        self._t0 = time.perf_counter()
+        self.phases: list[dict] = []
+
+    def progress(self, phase: str, done: int, total: int | None) -> None:
+        if not self.phases or self.phases[-1]["phase"] != phase:
+            self.phases.append({"phase": phase, "from_s": round(time.perf_counter() - self._t0, 1),
+                                "server_rss_max_mib": round(_vm_rss_mib(self._pid) or 0.0, 1)})
+
+    def run(self) -> None:
+        while not self._halt.wait(self._period):
+            rss = _vm_rss_mib(self._pid)
+            if rss is not None and self.phases:
+                last = self.phases[-1]
+                last["server_rss_max_mib"] = max(last["server_rss_max_mib"], round(rss, 1))
+
+    def stop(self) -> list[dict]:
+        self._halt.set()
+        self.join()
+        return self.phases
 
 
 def _children(pid: int) -> list[int]:
@@ -92,32 +137,54 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--mode", choices=["auto", "balanced", "unbalanced"], default="auto",
                         help="the secure protocol's mode, as matcher-client --protocol (auto: the server's choice; "
                              "with a large audience and a small list, unbalanced)")
+    parser.add_argument("--after-balanced", action="store_true",
+                        help="run a balanced count-only job first (the server then holds the audience it read), "
+                             "and measure the job after it: the peak of that job is its phases' highest RSS")
+    parser.add_argument("--memray", default=None, metavar="FILE.bin",
+                        help="run the server under memray, writing its capture here (peaks are then memray's, "
+                             "not a benchmark's: it costs memory and time)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
     from matcher_client import api
 
     with tempfile.TemporaryDirectory(prefix="matcher-mem-") as tmp:
-        db, token, import_s = build(Path(tmp), args.platform)
+        # The import runs in a process of its own: this one is the client, and a 5M-row import's
+        # freed memory stayed in its RSS (a reset high-water mark still counted it).
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as builder:
+            db, token, import_s = builder.submit(build, Path(tmp), args.platform).result()
         address = f"127.0.0.1:{_free_port()}"
-        serve = [_matcher_executable(), "serve", "--db", str(db), "--listen", address,
+        server_program = [_matcher_executable()]
+        if args.memray:
+            server_program = [sys.executable, "-m", "memray", "run", "-q", "-o", args.memray, *server_program]
+        serve = [*server_program, "serve", "--db", str(db), "--listen", address,
                  "--randomness-pool", "0", "--stream-slots", "0"]
         if args.idle_timeout is not None:
             serve += ["--idle-timeout", str(args.idle_timeout)]
         server = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         try:
             _wait_serving(address, server)
-            # The server's high-water mark once it serves (the audience read at start-up), before any job.
+            # The server's high-water mark once it serves, before any job (the audience is read by the first
+            # balanced one; before 2026-12-07 at start-up).
             server_ready_mib = _vm_hwm_mib(server.pid)
             rows = [(f"+86139{i:08d}", None) for i in range(args.merchant)]
             merchant_list = api.prepare_rows(rows, id_type="phone")
+            first_job_mib = None
+            if args.after_balanced:
+                api.run_job(address, token, merchant_list, count_only=True, mode="balanced")
+                first_job_mib = _vm_hwm_mib(server.pid)
+            sampler = _PhaseSampler(server.pid)
+            sampler.progress("start", 0, None)
+            sampler.start()
             started = time.perf_counter()
             if args.job == "count":
                 result = api.run_job(address, token, merchant_list, count_only=True, mode=args.mode,
-                                     enrollment_key=str(Path(tmp) / "enrollment.key"))
+                                     enrollment_key=str(Path(tmp) / "enrollment.key"), progress=sampler.progress)
             else:
-                result = api.activate(address, token, merchant_list, name="memory", where="member")
+                result = api.activate(address, token, merchant_list, name="memory", where="member",
+                                      progress=sampler.progress)
             job_s = time.perf_counter() - started
+            phases = sampler.stop()
             server_mib = _vm_hwm_mib(server.pid)
             workers = {pid: _vm_hwm_mib(pid) for pid in _children(server.pid)}
         finally:
@@ -130,7 +197,10 @@ def main(argv: list[str] | None = None) -> dict:
         "result": result.get("noisy_size", result.get("labels")),
         "peak_rss_mib": {"server_main_before_job": server_ready_mib, "server_main": server_mib, "server_workers": workers,
                          "client_main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024},
+        "server_rss_by_client_phase": phases,
     }
+    if first_job_mib is not None:
+        report["peak_rss_mib"]["server_main_after_the_balanced_job_before"] = first_job_mib
     text = json.dumps(report, indent=2)
     if args.out:
         Path(args.out).write_text(text + "\n")

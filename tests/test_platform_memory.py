@@ -8,7 +8,7 @@ import pytest
 from matcher.crypto import group
 from matcher.crypto.kernels import Kernels
 from matcher.errors import MatcherError
-from matcher.protocol import secure_platform
+from matcher.protocol import secure_platform, unbalanced_platform
 from matcher.protocol._points import has_duplicate
 from matcher.protocol.secure_platform import SecurePlatformSession, _SlicedKernels, _Stream
 from tests.test_protocol import make_audience
@@ -56,4 +56,5 @@ def test_unbalanced_counts_are_exact_when_the_unmasking_runs_in_slices(operator,
     from tests.test_unbalanced import test_counts_are_exact_first_and_later_jobs_and_later_jobs_send_only_changes
 
     monkeypatch.setattr(secure_platform, "_BLIND_SLICE", 33)
+    monkeypatch.setattr(unbalanced_platform, "UNMASK_SLICE_ROWS", 33)
     test_counts_are_exact_first_and_later_jobs_and_later_jobs_send_only_changes(operator, serve, tmp_path)

@@ -26,6 +26,10 @@ def tags_of(points: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(points[:, :TAG_BYTES]).view(_TAG).ravel()
 
 
+def empty_tags(n: int) -> np.ndarray:
+    return np.empty(n, _TAG)
+
+
 def from_bytes(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype=_TAG)
 
@@ -34,12 +38,14 @@ def sort_tags(tags: np.ndarray) -> np.ndarray:
     return np.sort(tags)
 
 
-def present(tag_pieces: list[np.ndarray], query: np.ndarray) -> np.ndarray:
-    """For each query tag, whether it is in the copy: it occurs in an odd number of the pieces."""
-    stored = np.sort(np.concatenate(tag_pieces)) if tag_pieces else np.empty(0, _TAG)
-    if not len(stored) or not len(query):
-        return np.zeros(len(query), bool)
-    count = np.searchsorted(stored, query, "right") - np.searchsorted(stored, query, "left")
+def present(sorted_pieces: list[np.ndarray], query: np.ndarray) -> np.ndarray:
+    """For each query tag, whether it is in the copy: it occurs an odd number of times over the
+    pieces, each sorted (a tag may repeat within one). Searched piece by piece, not joined: the
+    toggles of a merchant's first job are the whole copy."""
+    count = np.zeros(len(query), np.int64)
+    for piece in sorted_pieces:
+        if len(piece) and len(query):
+            count += np.searchsorted(piece, query, "right") - np.searchsorted(piece, query, "left")
     return count % 2 == 1
 
 
@@ -62,8 +68,9 @@ def bucket_bits(expected_tags: int) -> int:
 
 
 def buckets(tags: np.ndarray, bits: int) -> np.ndarray:
-    """The bucket of each tag: its first ``bits`` bits."""
+    """The bucket of each tag: its first ``bits`` bits, as uint32. Read in place from the tags'
+    leading 4 bytes (no copy of the tags: a first sync's toggles are a whole copy)."""
     if bits == 0 or not len(tags):
-        return np.zeros(len(tags), np.int64)
-    lead = np.frombuffer(tags.tobytes(), ">u4").reshape(-1, TAG_BYTES // 4)[:, 0]
-    return (lead >> np.uint32(32 - bits)).astype(np.int64)
+        return np.zeros(len(tags), np.uint32)
+    lead = np.ascontiguousarray(tags).view(">u4")[::TAG_BYTES // 4]
+    return lead >> np.uint32(32 - bits)

@@ -24,18 +24,24 @@ unknown customer holds. The policy's ``protocol`` setting and the job's log entr
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from matcher.crypto import group
 from matcher.errors import ProtocolError
 from matcher.protocol._points import point_rows
-from matcher.protocol._tags import first_of_each, present, sort_tags, tags_of
+from matcher.protocol._tags import empty_tags, first_of_each, present, sort_tags, tags_of
 from matcher.protocol.messages import UNBALANCED
 from matcher.protocol.platform import Audience
-from matcher.protocol.secure_platform import SecurePlatformSession, _Stream
+from matcher.protocol.secure_platform import STREAM_CHUNK_ROWS, SecurePlatformSession, _Stream
+
+# The returned stream is unmasked and tagged this many values at a time (8 MiB of points), two
+# slices in flight: the job holds 16 bytes a value of tags, not the unmasked stream (32) beside them.
+UNMASK_SLICE_ROWS = 4 * STREAM_CHUNK_ROWS
 
 
 @dataclass(frozen=True)
@@ -52,11 +58,13 @@ class _CopyStream(_Stream):
     def __init__(self, name: str, key: str, copy: StoredCopy, fillers: int, masked: bytes, unmask: bytes):
         # The delta goes out as c·b_s·H(y) for a fresh c: its values never repeat between jobs, so the
         # merchant cannot tell a member leaving (a value it was sent before) from an audit row.
-        super().__init__(name, np.arange(len(copy.delta), dtype=np.int64), fillers, copy.scalar, points=copy.delta,
-                         outgoing_scalar=masked)
+        # The delta's rows are all of it, 0..n-1: a count, not an array of them.
+        super().__init__(name, len(copy.delta), fillers, copy.scalar, points=copy.delta, outgoing_scalar=masked)
         self.unmask = unmask    # takes c off what comes back: a_s·b_s·H(y), the copy's tags
         self.key = key          # '' = every member, else the segment
-        self.copy = copy
+        # Not the StoredCopy itself: its delta (32 B a member) goes once the stream has been sent.
+        self.stored = copy.stored
+        self.kept_base = copy.merchant_base
         self.list_tags = tags_of(np.empty((0, 32), np.uint8))
         self.list_labels = np.empty(0, np.uint8)
 
@@ -82,7 +90,7 @@ class UnbalancedPlatformSession(SecurePlatformSession):
 
     def _check_merchant_base(self, index: int, stream: _Stream, merchant_base: bytes) -> None:
         assert isinstance(stream, _CopyStream)
-        kept = stream.copy.merchant_base
+        kept = stream.kept_base
         if kept is not None and merchant_base != kept:
             self._key_changed(stream.key)
             raise ProtocolError(f"the list for stream '{stream.name}' was blinded with another key than the copy "
@@ -96,16 +104,47 @@ class UnbalancedPlatformSession(SecurePlatformSession):
         first = first_of_each(tags)
         stream.list_tags, stream.list_labels = tags[first], labels[first]
 
+    def stream(self, index: int) -> Iterator[bytes]:
+        yield from super().stream(index)
+        # Sent: what comes back is counted by its tags, so neither the delta's H(y) (32 B a member,
+        # a whole copy's worth on a merchant's first job) nor the order (8 B; only an activation maps
+        # positions back, and it never runs unbalanced) need wait for the end of the job.
+        sent = self._streams[index]
+        sent.points = sent.order = None
+
     def _count(self, stream: _Stream, returned: np.ndarray, filler_positions: np.ndarray) -> np.ndarray:
         assert isinstance(stream, _CopyStream)
         real = np.ones(len(returned), bool)
         real[filler_positions] = False
-        # Merchant-chosen points, but the tags only meet this job's T_s: a wrong mb8 result on a
-        # crafted point is one more tag that matches nothing (see SecurePlatformSession.receive_blinded).
-        unmasked = point_rows(self._kernels.submit_blind(
-            stream.unmask, np.ascontiguousarray(returned[real]).tobytes(), chosen=False).result()) if real.any() \
-            else returned[:0]
-        toggles = sort_tags(tags_of(unmasked))
-        hit = present([stream.copy.stored(stream.list_tags), toggles], stream.list_tags)  # read before the sync is stored
+        toggles = self._unmasked_tags(stream.unmask, returned, real)
+        toggles.sort()
+        stored = sort_tags(stream.stored(stream.list_tags))  # read before the sync is stored
+        hit = present([stored, toggles], stream.list_tags)
         self._synced(stream.key, stream.merchant_base, toggles)
         return np.bincount(stream.list_labels[hit], minlength=len(self._start.labels))
+
+    def _unmasked_tags(self, unmask: bytes, returned: np.ndarray, real: np.ndarray) -> np.ndarray:
+        """The tags of ``unmask``·v (c taken off) for the ``real`` rows v of ``returned``, in their
+        order: a slice of the stream at a time, so that the unmasked points never exist all at once."""
+        tags = empty_tags(int(real.sum()))
+        pending: deque[tuple[int, Future]] = deque()
+
+        def collect() -> None:
+            at, unmasked = pending.popleft()
+            points = point_rows(unmasked.result())
+            tags[at:at + len(points)] = tags_of(points)
+
+        done = 0
+        for lo in range(0, len(returned), UNMASK_SLICE_ROWS):
+            values = returned[lo:lo + UNMASK_SLICE_ROWS][real[lo:lo + UNMASK_SLICE_ROWS]]
+            if not len(values):
+                continue
+            # Merchant-chosen points, but the tags only meet this job's T_s: a wrong mb8 result on a
+            # crafted point is one more tag that matches nothing (see SecurePlatformSession.receive_blinded).
+            pending.append((done, self._kernels.submit_blind(unmask, values.tobytes(), chosen=False)))
+            done += len(values)
+            if len(pending) > 1:
+                collect()
+        while pending:
+            collect()
+        return tags

@@ -218,6 +218,8 @@ class _Precomputer(threading.Thread):
     def _stream_slot_wanted(self) -> str | None:
         """The stream that lacks a slot: '' (every member) first, then each segment's (the secure
         protocol's segment streams); None when all have ``stream_slots``."""
+        if not self._stream_slots:
+            return None  # before the audience is read: the randomness pool alone does not need it
         store = self._runner.store
         audience = store.load_audience()
         # Spent slots, and those of an older snapshot (a new import), are useless.
@@ -318,8 +320,11 @@ def _bind(add_port: Callable[[], int], listen: str) -> int:
 def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     store = Store(config.db, clock=config.clock)
     keys = keys_mod.load(keys_mod.key_path_for(config.db))
-    # Read the audience into memory now, not during the first merchant's job.
-    log.info("audience loaded: %d members", len(store.load_audience()))
+    # The audience's arrays (48 B a member, 229 MiB at 5M) are read by the first job that streams it
+    # (balanced, or an activation; then kept until an import) or by the precomputer making stream
+    # slots, not here: an unbalanced job never reads them, and a server that runs only those would
+    # hold them for nothing.
+    log.info("audience: %d members", store.audience_info()["members"])
     audit_log = AuditLog.for_store(store, keys.signer)
     kernels = config.kernels or local_kernels(config.parallel)
     recorder = PrometheusRecorder() if config.metrics else None
@@ -369,7 +374,7 @@ def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     if recovered:
         log.warning("%d jobs interrupted by the last stop ended as failed (logged with their charge)", recovered)
     # Slots taken by jobs a crash interrupted are spent; slots of an older audience are useless.
-    store.drop_stream_slots(keep_version=store.load_audience().version, at_startup=True)
+    store.drop_stream_slots(keep_version=store.get_meta("audience_version", ""), at_startup=True)
     filler = (_Precomputer(runner, config.randomness_pool, config.stream_slots)
               if config.randomness_pool > 0 or config.stream_slots > 0 else None)
     matcher_server = MatcherServer(server, store, runner, health_servicer, filler,

@@ -1,0 +1,55 @@
+"""The server reads the audience into memory for the first job that streams it, not at start-up:
+an unbalanced job never reads it (issue 16, mem16b), and balanced jobs after one are exact and
+share one read."""
+
+from __future__ import annotations
+
+import random
+
+from matcher.server.store import Store
+from matcher_client import api
+from tests.conftest import ground_truth, wait_until
+from tests.test_unbalanced import _customers, _job
+
+
+def test_the_audience_is_read_by_the_first_balanced_job_not_at_start_up_nor_by_an_unbalanced_job(
+        operator, serve, monkeypatch):
+    members, token = operator.seed(300, random.Random(21))
+    customers = _customers(random.Random(22), 100, 400)
+    truth = ground_truth(members, customers)
+    reads: list[int] = []
+    read_rows = Store._audience_rows
+
+    def audience_rows(self, points):
+        reads.append(len(points))
+        return read_rows(self, points)
+
+    monkeypatch.setattr(Store, "_audience_rows", audience_rows)
+    served = serve()
+    assert reads == []
+
+    unbalanced, _ = _job(served, token, customers)
+    assert unbalanced["protocol"] == "unbalanced" and unbalanced["labels"] == truth
+    assert reads == []
+
+    for _ in range(2):
+        balanced = api.match(served.address, token, rows=customers, id_type="phone", mode="balanced")
+        assert balanced["protocol"] == "secure" and balanced["labels"] == truth
+        assert reads == [len(members)]  # read once, by the first balanced job
+
+    again, _ = _job(served, token, customers)
+    assert again["protocol"] == "unbalanced" and again["labels"] == truth
+
+
+def test_a_server_with_stream_slots_reads_the_audience_while_idle(operator, serve, monkeypatch):
+    members, token = operator.seed(200, random.Random(23))
+    reads: list[int] = []
+    read_rows = Store._audience_rows
+    monkeypatch.setattr(Store, "_audience_rows", lambda self, points: (reads.append(len(points)),
+                                                                        read_rows(self, points))[1])
+    served = serve(stream_slots=1)
+    assert wait_until(lambda: operator.store.stream_slots(operator.store.get_meta("audience_version", "")) >= 1)
+    assert reads and reads[0] == len(members)
+    customers = _customers(random.Random(24), 50, 250)
+    report = api.match(served.address, token, rows=customers, id_type="phone", mode="balanced")
+    assert report["labels"] == ground_truth(members, customers)
