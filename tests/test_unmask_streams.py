@@ -188,7 +188,8 @@ def test_a_copy_sent_first_counts_under_its_own_label_once():
 
 @pytest.mark.parametrize("bad, error", [(u_bytes(0), "small-order"), (u_bytes(1), "small-order"),
                                         (u_bytes(P - 1), "small-order"), (u_bytes(ORDER_8_U), "small-order"),
-                                        (u_bytes(P + 1), "not a canonical"), (u_bytes(2**255 + 9), "not a canonical")])
+                                        (u_bytes(P + 1), "not a canonical"), (u_bytes(2**255 + 9), "not a canonical")],
+                         ids=["u0", "u1", "u-1", "order8", "p+1", "top-bit"])
 @pytest.mark.parametrize("n_listed", [200, 12])  # counted by unblinding, and by T_s
 def test_a_list_element_blind_would_refuse_is_refused_either_way(bad, error, n_listed):
     ids = list(range(30, 30 + n_listed))
@@ -223,6 +224,7 @@ def tampering(how: str, holder: dict):
 
             spare = [r for r in (row(i) for i in NOT_LISTED) if r is not None]
             target = row(41)
+            assert len(spare) >= 6 and (target is not None or stream.name == "s0")  # s0: members 0..9
             if how == "twin_of_target" and target is not None:
                 values[spare[0]] = np.frombuffer(twin(values[target].tobytes()), np.uint8)
             elif how == "twin_instead_of_target" and target is not None:

@@ -122,17 +122,20 @@ def blindable(points: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray
     """Per 32-byte u of ``points``, whether :func:`blind` takes it: canonical and not of small order.
     The same verdicts as blind's checks, without multiplying."""
     rows = points if isinstance(points, np.ndarray) else _as_rows(points)
-    w0, w1, w2, w3 = rows.view("<u8").T
-    at_least_p = (w3 == _P_WORDS[0]) & (w2 == _P_WORDS[1]) & (w1 == _P_WORDS[2]) & (w0 >= np.uint64(_P_WORDS[3]))
-    small = (rows[:, None, :] == _SMALL_ORDER_ROWS[None, :, :]).all(axis=2).any(axis=1)
-    return ~((w3 >> np.uint64(63) != 0) | at_least_p | small)
+    words = np.ascontiguousarray(rows).view("<u8")
+    w0, w1, w2, w3 = words.T
+    bad = (w3 >> np.uint64(63) != 0) | \
+        ((w3 == _P_WORDS[0]) & (w2 == _P_WORDS[1]) & (w1 == _P_WORDS[2]) & (w0 >= np.uint64(_P_WORDS[3])))
+    for small in _SMALL_ORDER_ROWS.view("<u8"):
+        bad |= (w0 == small[0]) & (w1 == small[1]) & (w2 == small[2]) & (w3 == small[3])
+    return ~bad
 
 
 def check_blindable(points: bytes | bytearray | memoryview | np.ndarray) -> None:
     """Raises what :func:`blind` would raise for ``points`` (non-canonical first, then small order),
     without multiplying: for a merchant's points that are compared rather than blinded."""
     rows = points if isinstance(points, np.ndarray) else _as_rows(points)
-    _check_canonical(rows.view("<u8"))
+    _check_canonical(np.ascontiguousarray(rows).view("<u8"))
     bad = np.flatnonzero(~blindable(rows))
     if bad.size:
         _reject_low_order(int(bad[0]))

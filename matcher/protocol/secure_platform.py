@@ -72,6 +72,11 @@ _GRID_COLUMNS = 64
 _EARLY_CHUNKS = 8
 
 
+# A stream is counted by unblinding the returned values when its non-audit values (members and DP
+# padding) are at most this share of the list; otherwise T_s is made as the list arrives. Measured
+# in docs/benchmarks.md (issue 16, "unblinding"): TODO.
+_UNBLIND_BELOW = 0.75
+
 # A blinding of more points than this (a whole returned stream: the unbalanced protocol's unmasking)
 # runs a slice at a time, into one buffer. 262,144 points are 8 MiB.
 _BLIND_SLICE = 4 * STREAM_CHUNK_ROWS
@@ -136,15 +141,18 @@ class _Stream:
         self.fillers = fillers        # filler tuples: the audit rows and the DP padding
         self.width = width            # values a tuple: a member's identifiers, padded
         self.scalar = scalar          # b_s: T_s = b_s·(the list copy)
+        # Takes b_s off the returned values, which are then looked up among the list copy's own values
+        # (no T_s); None: the count looks the returned values up in T_s. Chosen by _choose_count.
+        self.unblinding: bytes | None = None
         self.outgoing_scalar = outgoing_scalar or scalar  # what the members' H(y) go out blinded with
         self.slot = slot              # b_s, the members' order and b_s·H(y), made while the server was idle
         self.order: np.ndarray | None = None  # tuple position -> audience row, or -1-d for filler tuple d
-        self.table: list[Future] = []          # b_s·(a_s·H(x)) of the list copy, in pieces
+        self.table: list[Future] = []          # b_s·(a_s·H(x)) of the list copy (unblinding: a_s·H(x)), in pieces
         self.received_labels: list[np.ndarray] = []
         self.received_per_label: np.ndarray | None = None
         self.merchant_base: bytes | None = None
         self.list_done = False
-        self.index: PointIndex | None = None   # the list copy's b_s·(a_s·H(x)), from finish_list to the count
+        self.index: PointIndex | None = None   # T_s (unblinding: the list copy), from finish_list to the count
         self.returned: np.ndarray | None = None  # a·v as they come back, filled up to returned_count
         self.returned_count = 0
         self.expected: np.ndarray | None = None  # what a·(filler value d) must be, row d (tuple d // width)
@@ -263,18 +271,34 @@ class SecurePlatformSession:
     def _width(self) -> int:
         return self._audience.width
 
+    @property
+    def unblinded(self) -> tuple[bool, ...]:
+        """Per stream, whether it is counted by unblinding the returned values (else against T_s)."""
+        return tuple(s.unblinding is not None for s in self._streams)
+
     def _new_stream(self, name: str, key: str, fillers: int) -> _Stream:
         """Stream ``name`` (``key``: '' for every member, else the segment), with a fresh b_s or the
         idle-time slot's."""
         rows = len(self._audience) if key == "" else self._audience.segment_rows(key)
         if self._width > 1:
             # Slots hold one value a member; tuples are made here (issue 19 left their precomputation).
-            return _Stream(name, rows, fillers, group.random_scalar(self._rng), width=self._width)
+            return self._choose_count(_Stream(name, rows, fillers, group.random_scalar(self._rng), width=self._width))
         slot = self._precomputed(key)
         if slot is not None and len(slot.order) != (rows if isinstance(rows, int) else len(rows)):
             raise ProtocolError(f"the precomputed stream for '{name}' belongs to another audience")
         scalar = slot.scalar if slot is not None else group.random_scalar(self._rng)
-        return _Stream(name, rows, fillers, scalar, slot)
+        return self._choose_count(_Stream(name, rows, fillers, scalar, slot))
+
+    def _choose_count(self, stream: _Stream) -> _Stream:
+        """Counts ``stream`` by unblinding when that is clearly cheaper: it costs one X25519 for each
+        returned member value, after the last one is back, where T_s costs one for each list element,
+        while the list arrives. Decided on sizes the merchant already knows (the declared list, the
+        stream's announced size less its audit rows: members plus DP padding), never on the true
+        size of a segment. docs/threat-model.md, "Counting by unblinding", has why both ways count alike."""
+        values = stream.size - self._audit_rows * stream.width
+        if values <= _UNBLIND_BELOW * self._start.list_size:
+            stream.unblinding = group.unblinding_scalar(stream.outgoing_scalar)  # None for ~2^-124 of scalars
+        return stream
 
     def _wanted_segments(self, start: JobStart) -> list[str]:
         if self.ordered:
@@ -319,7 +343,9 @@ class SecurePlatformSession:
         # the merchant's, but T_s never leaves this process and only ever meets values the merchant
         # returns, so a wrong mb8 result on a crafted point could neither reveal b_s nor change a
         # count: mb8's cross-check (group.blind, chosen=True) buys nothing here and costs 2.5x.
-        stream.table.append(self._kernels.submit_blind(stream.scalar, points.tobytes(), chosen=False))
+        # Counted by unblinding, the copy is kept as it came (checked at finish_list, as blind would).
+        stream.table.append(completed(points.tobytes()) if stream.unblinding is not None else
+                            self._kernels.submit_blind(stream.scalar, points.tobytes(), chosen=False))
         stream.received_labels.append(labels.copy())
 
     def finish_list(self, index: int, merchant_base: bytes) -> None:
@@ -339,6 +365,8 @@ class SecurePlatformSession:
         table = np.concatenate([point_rows(f.result()) for f in stream.table]) if stream.table else \
             np.empty((0, group.ELEMENT_SIZE), np.uint8)
         labels = np.concatenate(stream.received_labels) if stream.received_labels else np.empty(0, np.uint8)
+        if stream.unblinding is not None:
+            group.check_blindable(table)  # refused as T_s's blinding would refuse it, at the same step
         self._index_list(stream, table, labels)
         stream.table = stream.received_labels = []
         stream.list_done = True
@@ -566,7 +594,10 @@ class SecurePlatformSession:
     def _count(self, stream: _Stream, returned: np.ndarray, filler_positions: np.ndarray) -> np.ndarray:
         """Per-label counts of the returned tuples that hold a value of the list copy: each tuple (a
         member) counts once, under the first of the labels (in label order) of the values it holds."""
-        positions, labels = stream.index.lookup(returned)
+        if stream.unblinding is None:
+            positions, labels = stream.index.lookup(returned)
+        else:
+            positions, labels = self._unblinded_hits(stream, returned, filler_positions)
         stream.index = None
         if stream.width > 1 and len(positions):
             tuples = positions // stream.width
@@ -577,6 +608,31 @@ class SecurePlatformSession:
             stream.matched_positions = positions
             stream.matched_labels = labels
         return np.bincount(labels, minlength=len(self._start.labels))
+
+    def _unblinded_hits(self, stream: _Stream, returned: np.ndarray,
+                        filler_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`_count` gets from T_s, by unblinding instead: the positions in ``returned`` of
+        the values that meet the list copy, and each one's label. A returned a_s·b_s·H(y) unblinds to
+        a_s·H(y), which is a list element's value exactly when b_s·(that element) is the returned
+        value, for elements of the prime-order subgroup (an honest copy holds no other)."""
+        real = np.ones(len(returned), bool)
+        real[filler_positions] = False
+        # A value blind refuses (non-canonical, small order) is never in T_s either: it meets nothing.
+        real &= group.blindable(returned)
+        candidates = np.flatnonzero(real)
+        if not len(candidates):
+            return np.empty(0, np.int64), np.empty(0, np.uint8)
+        # Merchant-chosen points, but unblinded values never leave this process and only meet the
+        # merchant's list: as for T_s (receive_blinded), mb8's cross-check buys nothing here.
+        unblinded = point_rows(self._kernels.submit_blind(
+            stream.unblinding, np.ascontiguousarray(returned[candidates]).tobytes(), chosen=False).result())
+        at, element, labels = stream.index.lookup_ids(unblinded)
+        # Two returned values that differ by a small-order point (distinct, so both passed the
+        # audit's duplicate check) unblind alike, as X25519 clears the cofactor: they meet one list
+        # element, which counts once, as with T_s, where only one of them could be in T_s.
+        _, first = np.unique(element, return_index=True)
+        first.sort()
+        return candidates[at[first]], labels[first]
 
     def aggregates(self) -> dict[str, LabelAggregate]:
         """True per-label counts: stream 0 is the matched count, the others one segment each."""
