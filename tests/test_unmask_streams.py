@@ -263,3 +263,24 @@ def test_crafted_returned_values_change_no_count_beyond_the_replaced_rows(how, m
     platform = run_secure(audience(), LIST, ["a"] * 200, merchant_cls=tampering(how, holder))
     assert platform.unblinded == (True, True, True)
     assert counts(platform) == truth(MEMBERS, LIST, ["a"] * 200, 2)
+
+
+def test_tuples_counted_by_unblinding_count_a_person_once():
+    """Several identifiers a member (issue 19): listing all three of member 7's identifiers, among
+    60 strangers', counts it once; the tuple rule holds when the stream is unblinded."""
+    from tests.test_multi_id_protocol import KINDS, multi_audience, person, run as run_tuples
+    from tests.test_multi_id_protocol import truth as tuple_truth
+
+    members = [person(i, 3) for i in range(10)]
+    bits = [i % 2 for i in range(10)]
+    audience = multi_audience(members, bits, 1)
+    elements = ([(kind, f"{kind[0]}7", "target") for kind in KINDS]
+                + [(kind, f"{kind[0]}{100 + i}", "strangers") for i in range(20) for kind in KINDS]
+                + [("email", "e3", "strangers")])
+    platform = run_tuples(audience, elements)
+    assert platform.unblinded == (True, True)
+    got = counts(platform)
+    assert got == tuple_truth(members, bits, elements, 1)
+    assert got["target"] == [1, [1]] and got["strangers"] == [1, [1]]
+    activation = run_tuples(audience, elements, ordered=True)
+    assert activation.unblinded == (True,) and activation.matched_rows().tolist() == [3, 7]
