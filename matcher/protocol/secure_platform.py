@@ -74,7 +74,8 @@ _EARLY_CHUNKS = 8
 
 # A stream is counted by unblinding the returned values when its non-audit values (members and DP
 # padding) are at most this share of the list; otherwise T_s is made as the list arrives. Measured
-# in docs/benchmarks.md (issue 16, "unblinding"): TODO.
+# with bench.e2e (issue 16, 2 shared cores): at 200k x 200k, 5 segments (~100k members each, share
+# 0.5) server CPU fell 14.3-15.4 -> 11.0-11.3 s; stream 0 unblinded too (share 1.0) gained nothing.
 _UNBLIND_BELOW = 0.75
 
 # A blinding of more points than this (a whole returned stream: the unbalanced protocol's unmasking)
@@ -164,6 +165,9 @@ class _Stream:
         self.sent = False
         self.finished = False
         self.counts: np.ndarray | None = None  # per label, the list copy's values the stream met
+        # Unblinding: the returned positions being unblinded and the kernels' future of their values,
+        # from finish_stream until the count is read (_settle).
+        self.unblinding_pending: tuple[np.ndarray, Future] | None = None
         # Ordered jobs only: the stream positions that met the list copy, and their labels.
         self.matched_positions: np.ndarray | None = None
         self.matched_labels: np.ndarray | None = None
@@ -569,7 +573,13 @@ class SecurePlatformSession:
             raise ProtocolDeviation(f"stream '{stream.name}' failed its audit: values that a_s·(the stream) must "
                                     "contain are missing, so it was not blinded with the one scalar behind a_s·G")
         self._audit_tuples(stream, at, filler)
-        stream.counts = self._count(stream, returned, at)
+        if stream.unblinding is None:
+            stream.counts = self._count(stream, returned, at)
+        else:
+            # Counted when the counts are read: the kernels unblind this stream while the next copy of
+            # the list arrives, and this thread goes back to reading it. (Waiting here kept the
+            # merchant's next copy unread for seconds at 1M: its client gave up sending.)
+            stream.unblinding_pending = self._submit_unblinding(stream, returned, at)
         stream.finished = True
         if all(s.finished for s in self._streams):
             self._state = _State.DONE
@@ -592,13 +602,15 @@ class SecurePlatformSession:
                                     f"returned {'tuple by tuple' if width > 1 else 'as sent'}")
 
     def _count(self, stream: _Stream, returned: np.ndarray, filler_positions: np.ndarray) -> np.ndarray:
-        """Per-label counts of the returned tuples that hold a value of the list copy: each tuple (a
-        member) counts once, under the first of the labels (in label order) of the values it holds."""
-        if stream.unblinding is None:
-            positions, labels = stream.index.lookup(returned)
-        else:
-            positions, labels = self._unblinded_hits(stream, returned, filler_positions)
+        """Per-label counts of the returned tuples that hold a value of T_s."""
+        positions, labels = stream.index.lookup(returned)
         stream.index = None
+        return self._tally(stream, positions, labels)
+
+    def _tally(self, stream: _Stream, positions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Per-label counts of the returned tuples that hold a value of the list copy (at ``positions``
+        of the returned stream, with ``labels``): each tuple (a member) counts once, under the first of
+        the labels (in label order) of the values it holds."""
         if stream.width > 1 and len(positions):
             tuples = positions // stream.width
             first = np.lexsort((labels, tuples))
@@ -609,34 +621,45 @@ class SecurePlatformSession:
             stream.matched_labels = labels
         return np.bincount(labels, minlength=len(self._start.labels))
 
-    def _unblinded_hits(self, stream: _Stream, returned: np.ndarray,
-                        filler_positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """What :meth:`_count` gets from T_s, by unblinding instead: the positions in ``returned`` of
-        the values that meet the list copy, and each one's label. A returned a_s·b_s·H(y) unblinds to
-        a_s·H(y), which is a list element's value exactly when b_s·(that element) is the returned
-        value, for elements of the prime-order subgroup (an honest copy holds no other)."""
+    def _submit_unblinding(self, stream: _Stream, returned: np.ndarray,
+                           filler_positions: np.ndarray) -> tuple[np.ndarray, Future]:
+        """The positions of the returned values that are not audit values, and the kernels' future of
+        b_s⁻¹ times each: a returned a_s·b_s·H(y) unblinds to a_s·H(y), which is a list element's
+        value exactly when b_s·(that element) is the returned value, for elements of the prime-order
+        subgroup (an honest copy holds no other)."""
         real = np.ones(len(returned), bool)
         real[filler_positions] = False
         # A value blind refuses (non-canonical, small order) is never in T_s either: it meets nothing.
         real &= group.blindable(returned)
         candidates = np.flatnonzero(real)
         if not len(candidates):
-            return np.empty(0, np.int64), np.empty(0, np.uint8)
+            return candidates, completed(b"")
         # Merchant-chosen points, but unblinded values never leave this process and only meet the
         # merchant's list: as for T_s (receive_blinded), mb8's cross-check buys nothing here.
-        unblinded = point_rows(self._kernels.submit_blind(
-            stream.unblinding, np.ascontiguousarray(returned[candidates]).tobytes(), chosen=False).result())
-        at, element, labels = stream.index.lookup_ids(unblinded)
+        return candidates, self._kernels.submit_blind(
+            stream.unblinding, np.ascontiguousarray(returned[candidates]).tobytes(), chosen=False)
+
+    def _settle(self, stream: _Stream) -> None:
+        """Counts an unblinded stream once its values are back from the kernels: what :meth:`_count`
+        gets from T_s, from the list copy's own values instead."""
+        if stream.unblinding_pending is None:
+            return
+        candidates, future = stream.unblinding_pending
+        stream.unblinding_pending = None
+        at, element, labels = stream.index.lookup_ids(point_rows(future.result()))
+        stream.index = None
         # Two returned values that differ by a small-order point (distinct, so both passed the
         # audit's duplicate check) unblind alike, as X25519 clears the cofactor: they meet one list
         # element, which counts once, as with T_s, where only one of them could be in T_s.
         _, first = np.unique(element, return_index=True)
         first.sort()
-        return candidates[at[first]], labels[first]
+        stream.counts = self._tally(stream, candidates[at[first]], labels[first])
 
     def aggregates(self) -> dict[str, LabelAggregate]:
         """True per-label counts: stream 0 is the matched count, the others one segment each."""
         self._expect(_State.DONE)
+        for stream in self._streams:
+            self._settle(stream)
         matched, *segments = self._streams
         return {label: LabelAggregate(matched=int(matched.counts[i]),
                                       segments={s.name: int(s.counts[i]) for s in segments})
@@ -649,6 +672,7 @@ class SecurePlatformSession:
         if not self.ordered:
             raise ProtocolError("only an ordered (activation) job learns which rows matched")
         stream = self._streams[0]
+        self._settle(stream)
         positions = stream.matched_positions
         if self._activation_label is not None:
             positions = positions[stream.matched_labels == self._start.labels.index(self._activation_label)]
