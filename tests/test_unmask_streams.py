@@ -284,3 +284,13 @@ def test_tuples_counted_by_unblinding_count_a_person_once():
     assert got["target"] == [1, [1]] and got["strangers"] == [1, [1]]
     activation = run_tuples(audience, elements, ordered=True)
     assert activation.unblinded == (True,) and activation.matched_rows().tolist() == [3, 7]
+
+
+def test_a_stream_unblinded_in_many_slices_counts_the_same(monkeypatch):
+    """Large streams are unblinded a slice at a time, none awaited until the counts are read."""
+    from matcher.protocol import secure_platform
+
+    monkeypatch.setattr(secure_platform, "_BLIND_SLICE", 7)
+    platform = run_secure(audience(), LIST, ["a" if i % 2 else "b" for i in LIST])
+    assert platform.unblinded == (True, True, True)
+    assert counts(platform) == truth(MEMBERS, LIST, ["a" if i % 2 else "b" for i in LIST], 2)

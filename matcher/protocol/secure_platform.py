@@ -97,6 +97,15 @@ class _SlicedKernels:
     def __getattr__(self, name: str):
         return getattr(self._kernels, name)
 
+    def submit_slices(self, scalar: bytes, points: np.ndarray, rows: np.ndarray, *,
+                      chosen: bool = True) -> list[Future]:
+        """The blinding of ``points[rows]``, as futures of consecutive slices of ``_BLIND_SLICE``
+        points, none awaited: for a caller that must not wait (submit_blind waits for all but the last
+        slices). The points are held once more, as the slices' bytes."""
+        step = self._slice_points or _BLIND_SLICE
+        return [self._kernels.submit_blind(scalar, np.ascontiguousarray(points[rows[lo:lo + step]]).tobytes(),
+                                           chosen=chosen) for lo in range(0, len(rows), step)]
+
     def submit_blind(self, scalar: bytes, points: bytes, *, chosen: bool = True) -> Future:
         size = group.ELEMENT_SIZE
         n = len(points) // size
@@ -165,9 +174,9 @@ class _Stream:
         self.sent = False
         self.finished = False
         self.counts: np.ndarray | None = None  # per label, the list copy's values the stream met
-        # Unblinding: the returned positions being unblinded and the kernels' future of their values,
-        # from finish_stream until the count is read (_settle).
-        self.unblinding_pending: tuple[np.ndarray, Future] | None = None
+        # Unblinding: the returned positions being unblinded and the kernels' futures of their values
+        # (a slice each), from finish_stream until the count is read (_settle).
+        self.unblinding_pending: tuple[np.ndarray, list[Future]] | None = None
         # Ordered jobs only: the stream positions that met the list copy, and their labels.
         self.matched_positions: np.ndarray | None = None
         self.matched_labels: np.ndarray | None = None
@@ -622,9 +631,9 @@ class SecurePlatformSession:
         return np.bincount(labels, minlength=len(self._start.labels))
 
     def _submit_unblinding(self, stream: _Stream, returned: np.ndarray,
-                           filler_positions: np.ndarray) -> tuple[np.ndarray, Future]:
-        """The positions of the returned values that are not audit values, and the kernels' future of
-        b_s⁻¹ times each: a returned a_s·b_s·H(y) unblinds to a_s·H(y), which is a list element's
+                           filler_positions: np.ndarray) -> tuple[np.ndarray, list[Future]]:
+        """The positions of the returned values that are not audit values, and the kernels' futures of
+        b_s⁻¹ times each (a slice each): a returned a_s·b_s·H(y) unblinds to a_s·H(y), which is a list element's
         value exactly when b_s·(that element) is the returned value, for elements of the prime-order
         subgroup (an honest copy holds no other)."""
         real = np.ones(len(returned), bool)
@@ -632,21 +641,20 @@ class SecurePlatformSession:
         # A value blind refuses (non-canonical, small order) is never in T_s either: it meets nothing.
         real &= group.blindable(returned)
         candidates = np.flatnonzero(real)
-        if not len(candidates):
-            return candidates, completed(b"")
         # Merchant-chosen points, but unblinded values never leave this process and only meet the
         # merchant's list: as for T_s (receive_blinded), mb8's cross-check buys nothing here.
-        return candidates, self._kernels.submit_blind(
-            stream.unblinding, np.ascontiguousarray(returned[candidates]).tobytes(), chosen=False)
+        return candidates, self._kernels.submit_slices(stream.unblinding, returned, candidates, chosen=False)
 
     def _settle(self, stream: _Stream) -> None:
         """Counts an unblinded stream once its values are back from the kernels: what :meth:`_count`
         gets from T_s, from the list copy's own values instead."""
         if stream.unblinding_pending is None:
             return
-        candidates, future = stream.unblinding_pending
+        candidates, slices = stream.unblinding_pending
         stream.unblinding_pending = None
-        at, element, labels = stream.index.lookup_ids(point_rows(future.result()))
+        unblinded = np.concatenate([point_rows(f.result()) for f in slices]) if slices else \
+            np.empty((0, group.ELEMENT_SIZE), np.uint8)
+        at, element, labels = stream.index.lookup_ids(unblinded)
         stream.index = None
         # Two returned values that differ by a small-order point (distinct, so both passed the
         # audit's duplicate check) unblind alike, as X25519 clears the cofactor: they meet one list
