@@ -99,6 +99,48 @@ def masking_scalars(scalar: bytes, rng: Callable[[int], bytes] = os.urandom) -> 
             return masked, unmask
 
 
+def unblinding_scalar(scalar: bytes) -> bytes | None:
+    """A scalar that takes ``scalar``'s blinding off again on the prime-order subgroup:
+    blind(unblinding, x·blind(scalar, P)) == x·P, for P of prime order and any scalar x. X25519's
+    clamped scalars reach about half the residues mod the order, but a u-coordinate is that of Q and
+    of -Q, so the inverse or its negation will do, and one of them is reachable for every scalar but
+    a fraction of about 2^-124 (then None)."""
+    inverse = pow(_clamped(scalar), -1, _ORDER)
+    return _scalar_for(inverse) or _scalar_for(_ORDER - inverse)
+
+
+# The canonical u of every point of small order, on the curve (orders 2, 4, 8) and on its twist
+# (2, 4): exactly the inputs whose X25519 is all zeros whatever the (clamped) scalar.
+_SMALL_ORDER_U = (0, 1, _P - 1,
+                  325606250916557431795983626356110631294008115727848805560023387167927233504,
+                  39382357235489614581723060781553021112529911719440698176882885853963445705823)
+_SMALL_ORDER_ROWS = np.frombuffer(b"".join(u.to_bytes(ELEMENT_SIZE, "little") for u in _SMALL_ORDER_U),
+                                  dtype=np.uint8).reshape(-1, ELEMENT_SIZE)
+
+
+def blindable(points: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
+    """Per 32-byte u of ``points``, whether :func:`blind` takes it: canonical and not of small order.
+    The same verdicts as blind's checks, without multiplying."""
+    rows = points if isinstance(points, np.ndarray) else _as_rows(points)
+    words = np.ascontiguousarray(rows).view("<u8")
+    w0, w1, w2, w3 = words.T
+    bad = (w3 >> np.uint64(63) != 0) | \
+        ((w3 == _P_WORDS[0]) & (w2 == _P_WORDS[1]) & (w1 == _P_WORDS[2]) & (w0 >= np.uint64(_P_WORDS[3])))
+    for small in _SMALL_ORDER_ROWS.view("<u8"):
+        bad |= (w0 == small[0]) & (w1 == small[1]) & (w2 == small[2]) & (w3 == small[3])
+    return ~bad
+
+
+def check_blindable(points: bytes | bytearray | memoryview | np.ndarray) -> None:
+    """Raises what :func:`blind` would raise for ``points`` (non-canonical first, then small order),
+    without multiplying: for a merchant's points that are compared rather than blinded."""
+    rows = points if isinstance(points, np.ndarray) else _as_rows(points)
+    _check_canonical(np.ascontiguousarray(rows).view("<u8"))
+    bad = np.flatnonzero(~blindable(rows))
+    if bad.size:
+        _reject_low_order(int(bad[0]))
+
+
 def blind(scalar: bytes, points: bytes | bytearray | memoryview, *, backend: str | None = None,
           chosen: bool = True) -> bytes:
     """X25519(scalar, u) for every consecutive 32-byte u in ``points``, concatenated in order.

@@ -72,6 +72,12 @@ _GRID_COLUMNS = 64
 _EARLY_CHUNKS = 8
 
 
+# A stream is counted by unblinding the returned values when its non-audit values (members and DP
+# padding) are at most this share of the list; otherwise T_s is made as the list arrives. Measured
+# with bench.e2e (issue 16, 2 shared cores): at 200k x 200k, 5 segments (~100k members each, share
+# 0.5) server CPU fell 14.3-15.4 -> 11.0-11.3 s; stream 0 unblinded too (share 1.0) gained nothing.
+_UNBLIND_BELOW = 0.75
+
 # A blinding of more points than this (a whole returned stream: the unbalanced protocol's unmasking)
 # runs a slice at a time, into one buffer. 262,144 points are 8 MiB.
 _BLIND_SLICE = 4 * STREAM_CHUNK_ROWS
@@ -90,6 +96,15 @@ class _SlicedKernels:
 
     def __getattr__(self, name: str):
         return getattr(self._kernels, name)
+
+    def submit_slices(self, scalar: bytes, points: np.ndarray, rows: np.ndarray, *,
+                      chosen: bool = True) -> list[Future]:
+        """The blinding of ``points[rows]``, as futures of consecutive slices of ``_BLIND_SLICE``
+        points, none awaited: for a caller that must not wait (submit_blind waits for all but the last
+        slices). The points are held once more, as the slices' bytes."""
+        step = self._slice_points or _BLIND_SLICE
+        return [self._kernels.submit_blind(scalar, np.ascontiguousarray(points[rows[lo:lo + step]]).tobytes(),
+                                           chosen=chosen) for lo in range(0, len(rows), step)]
 
     def submit_blind(self, scalar: bytes, points: bytes, *, chosen: bool = True) -> Future:
         size = group.ELEMENT_SIZE
@@ -136,15 +151,18 @@ class _Stream:
         self.fillers = fillers        # filler tuples: the audit rows and the DP padding
         self.width = width            # values a tuple: a member's identifiers, padded
         self.scalar = scalar          # b_s: T_s = b_s·(the list copy)
+        # Takes b_s off the returned values, which are then looked up among the list copy's own values
+        # (no T_s); None: the count looks the returned values up in T_s. Chosen by _choose_count.
+        self.unblinding: bytes | None = None
         self.outgoing_scalar = outgoing_scalar or scalar  # what the members' H(y) go out blinded with
         self.slot = slot              # b_s, the members' order and b_s·H(y), made while the server was idle
         self.order: np.ndarray | None = None  # tuple position -> audience row, or -1-d for filler tuple d
-        self.table: list[Future] = []          # b_s·(a_s·H(x)) of the list copy, in pieces
+        self.table: list[Future] = []          # b_s·(a_s·H(x)) of the list copy (unblinding: a_s·H(x)), in pieces
         self.received_labels: list[np.ndarray] = []
         self.received_per_label: np.ndarray | None = None
         self.merchant_base: bytes | None = None
         self.list_done = False
-        self.index: PointIndex | None = None   # the list copy's b_s·(a_s·H(x)), from finish_list to the count
+        self.index: PointIndex | None = None   # T_s (unblinding: the list copy), from finish_list to the count
         self.returned: np.ndarray | None = None  # a·v as they come back, filled up to returned_count
         self.returned_count = 0
         self.expected: np.ndarray | None = None  # what a·(filler value d) must be, row d (tuple d // width)
@@ -156,6 +174,9 @@ class _Stream:
         self.sent = False
         self.finished = False
         self.counts: np.ndarray | None = None  # per label, the list copy's values the stream met
+        # Unblinding: the returned positions being unblinded and the kernels' futures of their values
+        # (a slice each), from finish_stream until the count is read (_settle).
+        self.unblinding_pending: tuple[np.ndarray, list[Future]] | None = None
         # Ordered jobs only: the stream positions that met the list copy, and their labels.
         self.matched_positions: np.ndarray | None = None
         self.matched_labels: np.ndarray | None = None
@@ -263,18 +284,34 @@ class SecurePlatformSession:
     def _width(self) -> int:
         return self._audience.width
 
+    @property
+    def unblinded(self) -> tuple[bool, ...]:
+        """Per stream, whether it is counted by unblinding the returned values (else against T_s)."""
+        return tuple(s.unblinding is not None for s in self._streams)
+
     def _new_stream(self, name: str, key: str, fillers: int) -> _Stream:
         """Stream ``name`` (``key``: '' for every member, else the segment), with a fresh b_s or the
         idle-time slot's."""
         rows = len(self._audience) if key == "" else self._audience.segment_rows(key)
         if self._width > 1:
             # Slots hold one value a member; tuples are made here (issue 19 left their precomputation).
-            return _Stream(name, rows, fillers, group.random_scalar(self._rng), width=self._width)
+            return self._choose_count(_Stream(name, rows, fillers, group.random_scalar(self._rng), width=self._width))
         slot = self._precomputed(key)
         if slot is not None and len(slot.order) != (rows if isinstance(rows, int) else len(rows)):
             raise ProtocolError(f"the precomputed stream for '{name}' belongs to another audience")
         scalar = slot.scalar if slot is not None else group.random_scalar(self._rng)
-        return _Stream(name, rows, fillers, scalar, slot)
+        return self._choose_count(_Stream(name, rows, fillers, scalar, slot))
+
+    def _choose_count(self, stream: _Stream) -> _Stream:
+        """Counts ``stream`` by unblinding when that is clearly cheaper: it costs one X25519 for each
+        returned member value, after the last one is back, where T_s costs one for each list element,
+        while the list arrives. Decided on sizes the merchant already knows (the declared list, the
+        stream's announced size less its audit rows: members plus DP padding), never on the true
+        size of a segment. docs/threat-model.md, "Counting by unblinding", has why both ways count alike."""
+        values = stream.size - self._audit_rows * stream.width
+        if values <= _UNBLIND_BELOW * self._start.list_size:
+            stream.unblinding = group.unblinding_scalar(stream.outgoing_scalar)  # None for ~2^-124 of scalars
+        return stream
 
     def _wanted_segments(self, start: JobStart) -> list[str]:
         if self.ordered:
@@ -319,7 +356,9 @@ class SecurePlatformSession:
         # the merchant's, but T_s never leaves this process and only ever meets values the merchant
         # returns, so a wrong mb8 result on a crafted point could neither reveal b_s nor change a
         # count: mb8's cross-check (group.blind, chosen=True) buys nothing here and costs 2.5x.
-        stream.table.append(self._kernels.submit_blind(stream.scalar, points.tobytes(), chosen=False))
+        # Counted by unblinding, the copy is kept as it came (checked at finish_list, as blind would).
+        stream.table.append(completed(points.tobytes()) if stream.unblinding is not None else
+                            self._kernels.submit_blind(stream.scalar, points.tobytes(), chosen=False))
         stream.received_labels.append(labels.copy())
 
     def finish_list(self, index: int, merchant_base: bytes) -> None:
@@ -339,6 +378,8 @@ class SecurePlatformSession:
         table = np.concatenate([point_rows(f.result()) for f in stream.table]) if stream.table else \
             np.empty((0, group.ELEMENT_SIZE), np.uint8)
         labels = np.concatenate(stream.received_labels) if stream.received_labels else np.empty(0, np.uint8)
+        if stream.unblinding is not None:
+            group.check_blindable(table)  # refused as T_s's blinding would refuse it, at the same step
         self._index_list(stream, table, labels)
         stream.table = stream.received_labels = []
         stream.list_done = True
@@ -541,7 +582,13 @@ class SecurePlatformSession:
             raise ProtocolDeviation(f"stream '{stream.name}' failed its audit: values that a_s·(the stream) must "
                                     "contain are missing, so it was not blinded with the one scalar behind a_s·G")
         self._audit_tuples(stream, at, filler)
-        stream.counts = self._count(stream, returned, at)
+        if stream.unblinding is None:
+            stream.counts = self._count(stream, returned, at)
+        else:
+            # Counted when the counts are read: the kernels unblind this stream while the next copy of
+            # the list arrives, and this thread goes back to reading it. (Waiting here kept the
+            # merchant's next copy unread for seconds at 1M: its client gave up sending.)
+            stream.unblinding_pending = self._submit_unblinding(stream, returned, at)
         stream.finished = True
         if all(s.finished for s in self._streams):
             self._state = _State.DONE
@@ -564,10 +611,15 @@ class SecurePlatformSession:
                                     f"returned {'tuple by tuple' if width > 1 else 'as sent'}")
 
     def _count(self, stream: _Stream, returned: np.ndarray, filler_positions: np.ndarray) -> np.ndarray:
-        """Per-label counts of the returned tuples that hold a value of the list copy: each tuple (a
-        member) counts once, under the first of the labels (in label order) of the values it holds."""
+        """Per-label counts of the returned tuples that hold a value of T_s."""
         positions, labels = stream.index.lookup(returned)
         stream.index = None
+        return self._tally(stream, positions, labels)
+
+    def _tally(self, stream: _Stream, positions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Per-label counts of the returned tuples that hold a value of the list copy (at ``positions``
+        of the returned stream, with ``labels``): each tuple (a member) counts once, under the first of
+        the labels (in label order) of the values it holds."""
         if stream.width > 1 and len(positions):
             tuples = positions // stream.width
             first = np.lexsort((labels, tuples))
@@ -578,9 +630,44 @@ class SecurePlatformSession:
             stream.matched_labels = labels
         return np.bincount(labels, minlength=len(self._start.labels))
 
+    def _submit_unblinding(self, stream: _Stream, returned: np.ndarray,
+                           filler_positions: np.ndarray) -> tuple[np.ndarray, list[Future]]:
+        """The positions of the returned values that are not audit values, and the kernels' futures of
+        b_s⁻¹ times each (a slice each): a returned a_s·b_s·H(y) unblinds to a_s·H(y), which is a list element's
+        value exactly when b_s·(that element) is the returned value, for elements of the prime-order
+        subgroup (an honest copy holds no other)."""
+        real = np.ones(len(returned), bool)
+        real[filler_positions] = False
+        # A value blind refuses (non-canonical, small order) is never in T_s either: it meets nothing.
+        real &= group.blindable(returned)
+        candidates = np.flatnonzero(real)
+        # Merchant-chosen points, but unblinded values never leave this process and only meet the
+        # merchant's list: as for T_s (receive_blinded), mb8's cross-check buys nothing here.
+        return candidates, self._kernels.submit_slices(stream.unblinding, returned, candidates, chosen=False)
+
+    def _settle(self, stream: _Stream) -> None:
+        """Counts an unblinded stream once its values are back from the kernels: what :meth:`_count`
+        gets from T_s, from the list copy's own values instead."""
+        if stream.unblinding_pending is None:
+            return
+        candidates, slices = stream.unblinding_pending
+        stream.unblinding_pending = None
+        unblinded = np.concatenate([point_rows(f.result()) for f in slices]) if slices else \
+            np.empty((0, group.ELEMENT_SIZE), np.uint8)
+        at, element, labels = stream.index.lookup_ids(unblinded)
+        stream.index = None
+        # Two returned values that differ by a small-order point (distinct, so both passed the
+        # audit's duplicate check) unblind alike, as X25519 clears the cofactor: they meet one list
+        # element, which counts once, as with T_s, where only one of them could be in T_s.
+        _, first = np.unique(element, return_index=True)
+        first.sort()
+        stream.counts = self._tally(stream, candidates[at[first]], labels[first])
+
     def aggregates(self) -> dict[str, LabelAggregate]:
         """True per-label counts: stream 0 is the matched count, the others one segment each."""
         self._expect(_State.DONE)
+        for stream in self._streams:
+            self._settle(stream)
         matched, *segments = self._streams
         return {label: LabelAggregate(matched=int(matched.counts[i]),
                                       segments={s.name: int(s.counts[i]) for s in segments})
@@ -593,6 +680,7 @@ class SecurePlatformSession:
         if not self.ordered:
             raise ProtocolError("only an ordered (activation) job learns which rows matched")
         stream = self._streams[0]
+        self._settle(stream)
         positions = stream.matched_positions
         if self._activation_label is not None:
             positions = positions[stream.matched_labels == self._start.labels.index(self._activation_label)]
