@@ -331,14 +331,29 @@ def _counting_interceptor(wire: WireLog):
                     wire.count(request, "sent")
                     yield request
 
-            def counted(responses):
-                for response in responses:
-                    wire.count(response, "received")
-                    yield response
-
-            return counted(continuation(client_call_details, requests()))
+            return _CountedCall(continuation(client_call_details, requests()), wire)
 
     return Counting()
+
+
+class _CountedCall:
+    """The call's responses, counted as they are read; everything else (``is_active``, ``cancel``,
+    ``code``: what the client uses to notice an ended call) is the call's own. A plain generator
+    here once made the client's send poll fail with an AttributeError instead of the call's status."""
+
+    def __init__(self, call, wire: WireLog):
+        self._call, self._wire = call, wire
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        response = next(self._call)
+        self._wire.count(response, "received")
+        return response
+
+    def __getattr__(self, name: str):
+        return getattr(self._call, name)
 
 
 def _free_port() -> int:
