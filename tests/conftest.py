@@ -46,6 +46,20 @@ def wait_until(predicate, timeout: float = 60.0) -> bool:
     return predicate()
 
 
+def exchange_streams(platform, merchant) -> None:
+    """Every stream of a secure job between the two engines, in process: the list copy up, the
+    stream down, the merchant's blinded values back, then the platform's audit and count."""
+    for s in range(len(merchant.stream_names)):
+        for chunk in merchant.blinded_chunks(s):
+            platform.receive_blinded(s, chunk)
+        platform.finish_list(s, merchant.merchant_base(s))
+        for points in platform.stream(s):
+            merchant.receive_stream(s, points)
+        for points in merchant.returned_chunks(s):
+            platform.receive_returned(s, points)
+        platform.finish_stream(s)
+
+
 def phone(i: int) -> str:
     """A valid, distinct CN mobile number for each i."""
     return f"+86138{i:08d}"

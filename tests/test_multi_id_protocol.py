@@ -20,6 +20,7 @@ from matcher.protocol.platform import Audience
 from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher.protocol.secure_platform import SecurePlatformSession
 from tests.test_secure_protocol import seeded
+from tests.conftest import exchange_streams
 
 KINDS = ("phone", "email", "opaque")
 
@@ -67,15 +68,7 @@ def run(audience, elements, *, merchant_cls=SecureMerchantSession, audit_rows=16
                             rng=seeded(seed + 1), chunk_size=chunk_size, ordered=ordered)
     start = merchant.start(all_segments=segments is None, segments=segments or ())
     merchant.accept(platform.start(start))
-    for s in range(len(merchant.stream_names)):
-        for chunk in merchant.blinded_chunks(s):
-            platform.receive_blinded(s, chunk)
-        platform.finish_list(s, merchant.merchant_base(s))
-        for points in platform.stream(s):
-            merchant.receive_stream(s, points)
-        for points in merchant.returned_chunks(s):
-            platform.receive_returned(s, points)
-        platform.finish_stream(s)
+    exchange_streams(platform, merchant)
     return platform
 
 

@@ -14,6 +14,7 @@ from matcher.errors import InputError, ProtocolDeviation, ProtocolError
 from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher.protocol.secure_platform import SecurePlatformSession
 from tests.test_protocol import key_of, make_audience, truth
+from tests.conftest import exchange_streams
 
 
 def seeded(seed: int):
@@ -31,15 +32,7 @@ def run_secure(audience, merchant_ids, labels, *, segments=None, audit_rows=16, 
                             chunk_size=64, ordered=ordered)
     start = merchant.start(all_segments=segments is None, segments=segments or ())
     merchant.accept(platform.start(start))
-    for s in range(len(merchant.stream_names)):
-        for chunk in merchant.blinded_chunks(s):
-            platform.receive_blinded(s, chunk)
-        platform.finish_list(s, merchant.merchant_base(s))
-        for points in platform.stream(s):
-            merchant.receive_stream(s, points)
-        for points in merchant.returned_chunks(s):
-            platform.receive_returned(s, points)
-        platform.finish_stream(s)
+    exchange_streams(platform, merchant)
     return platform
 
 

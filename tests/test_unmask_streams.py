@@ -28,6 +28,7 @@ from matcher.protocol.secure_merchant import SecureMerchantSession
 from matcher.protocol.secure_platform import SecurePlatformSession
 from tests.test_protocol import key_of, make_audience, truth
 from tests.test_secure_protocol import run_secure
+from tests.conftest import exchange_streams
 
 P = 2**255 - 19
 A = 486662
@@ -114,15 +115,7 @@ def test_an_idle_time_slot_is_unblinded_with_its_own_scalar():
                                      precomputed=lambda key: slot if key == "" else None)
     merchant = SecureMerchantSession([key_of(i) for i in LIST], ["all"] * 200, id_kind="phone", chunk_size=64)
     merchant.accept(platform.start(merchant.start(all_segments=True)))
-    for s in range(3):
-        for chunk in merchant.blinded_chunks(s):
-            platform.receive_blinded(s, chunk)
-        platform.finish_list(s, merchant.merchant_base(s))
-        for points in platform.stream(s):
-            merchant.receive_stream(s, points)
-        for points in merchant.returned_chunks(s):
-            platform.receive_returned(s, points)
-        platform.finish_stream(s)
+    exchange_streams(platform, merchant)
     assert platform.unblinded == (True, True, True)
     assert counts(platform) == truth(MEMBERS, LIST, ["all"] * 200, 2)
 
