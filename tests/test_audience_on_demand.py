@@ -25,7 +25,7 @@ def test_the_audience_is_read_by_the_first_balanced_job_not_at_start_up_nor_by_a
         return read_rows(self, points)
 
     monkeypatch.setattr(Store, "_audience_rows", audience_rows)
-    served = serve()
+    served = serve(audience_at_start=0)  # as for an audience above the start-up threshold
     assert reads == []
 
     unbalanced, _ = _job(served, token, customers)
@@ -47,9 +47,27 @@ def test_a_server_with_stream_slots_reads_the_audience_while_idle(operator, serv
     read_rows = Store._audience_rows
     monkeypatch.setattr(Store, "_audience_rows", lambda self, points: (reads.append(len(points)),
                                                                         read_rows(self, points))[1])
-    served = serve(stream_slots=1)
+    served = serve(stream_slots=1, audience_at_start=0)
     assert wait_until(lambda: operator.store.stream_slots(operator.store.get_meta("audience_version", "")) >= 1)
     assert reads and reads[0] == len(members)
     customers = _customers(random.Random(24), 50, 250)
     report = api.match(served.address, token, rows=customers, id_type="phone", mode="balanced")
     assert report["labels"] == ground_truth(members, customers)
+
+
+def test_a_small_audience_is_read_at_start_up_so_the_first_job_does_not_wait(operator, serve, monkeypatch):
+    members, token = operator.seed(150, random.Random(25))
+    reads: list[int] = []
+    read_rows = Store._audience_rows
+    monkeypatch.setattr(Store, "_audience_rows", lambda self, points: (reads.append(len(points)),
+                                                                        read_rows(self, points))[1])
+    served = serve(audience_at_start=150)
+    assert reads == [len(members)]  # before any job
+    customers = _customers(random.Random(26), 40, 200)
+    report = api.match(served.address, token, rows=customers, id_type="phone", mode="balanced")
+    assert report["labels"] == ground_truth(members, customers)
+    assert reads == [len(members)]  # the job used that read
+
+    reads.clear()
+    serve(audience_at_start=149)  # one member over the threshold: left for the first job
+    assert reads == []

@@ -60,6 +60,9 @@ class ServerConfig:
     stream_slots: int = 0
     # HOST:PORT of the Prometheus endpoint (matcher.server.metrics); None = no metrics, nothing recorded.
     metrics: str | None = None
+    # An audience of at most this many members is read into memory at start-up; a bigger one when a
+    # job first streams it, or by the precomputer while idle. 0: never at start-up.
+    audience_at_start: int = 2_000_000
 
 
 class _StreamGuard:
@@ -320,11 +323,17 @@ def _bind(add_port: Callable[[], int], listen: str) -> int:
 def build_server(config: ServerConfig) -> tuple[MatcherServer, int]:
     store = Store(config.db, clock=config.clock)
     keys = keys_mod.load(keys_mod.key_path_for(config.db))
-    # The audience's arrays (48 B a member, 229 MiB at 5M) are read by the first job that streams it
-    # (balanced, or an activation; then kept until an import) or by the precomputer making stream
-    # slots, not here: an unbalanced job never reads them, and a server that runs only those would
-    # hold them for nothing.
-    log.info("audience: %d members", store.audience_info()["members"])
+    # The audience's arrays (48 B a member, 229 MiB at 5M) are read here when they are small, so
+    # that the first balanced job does not wait for them. A bigger audience is read by the first job
+    # that streams it (balanced, or an activation; then kept until an import) or by the precomputer
+    # making stream slots: an unbalanced job never reads it, and a server that runs only those
+    # would hold it for nothing.
+    members = store.audience_info()["members"]
+    if 0 < members <= config.audience_at_start:
+        members = len(store.load_audience())
+        log.info("audience loaded: %d members", members)
+    else:
+        log.info("audience: %d members (read when a job first streams it)", members)
     audit_log = AuditLog.for_store(store, keys.signer)
     kernels = config.kernels or local_kernels(config.parallel)
     recorder = PrometheusRecorder() if config.metrics else None

@@ -536,6 +536,12 @@ def audit_key(db: Path) -> None:
               help="Job streams to precompute while idle (a scalar b, an order and b·H(y) of every member: "
                    "32 bytes a member on disk, about 550 with the Paillier ciphertexts the semi-honest protocol "
                    "needs when it is enabled), each used by one job; 0 computes them during the job.")
+@click.option("--audience-at-start", default=2_000_000, show_default=True, type=click.IntRange(0),
+              metavar="MEMBERS",
+              help="Read an audience of at most this many members into memory at start-up (about 50 bytes a "
+                   "member), so the first balanced job does not wait for it; a bigger one is read by the first "
+                   "job that streams it, or while idle when --stream-slots is above 0. Unbalanced jobs never "
+                   "need it. 0: never at start-up.")
 @click.option("--grace", default=10.0, show_default=True, type=click.FloatRange(0, 600),
               help="Seconds running jobs get to finish after SIGTERM before they are failed (an accepted job stays charged).")
 @click.option("--idle-timeout", default=60.0, show_default=True, type=click.FloatRange(1, 3600),
@@ -551,7 +557,7 @@ def audit_key(db: Path) -> None:
               help="json: one JSON object a line on stderr (timestamp, level, logger, message, job_id, merchant, "
                    "phase, duration, outcome).")
 def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, workers: int, executor: str,
-          randomness_pool: str, stream_slots: int, grace: float, idle_timeout: float,
+          randomness_pool: str, stream_slots: int, audience_at_start: int, grace: float, idle_timeout: float,
           streams_per_merchant: int, metrics: str | None, log_format: str) -> None:
     """Serve MatchService and AuditService until SIGTERM or Ctrl-C, then shut down gracefully.
 
@@ -579,7 +585,8 @@ def serve(db: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, wo
     server, port = build_server(ServerConfig(db=db, listen=listen, tls_cert=tls_cert, tls_key=tls_key,
                                              max_workers=workers, kernels=kernels, randomness_pool=pool_values,
                                              stream_slots=stream_slots, idle_timeout=idle_timeout,
-                                             streams_per_merchant=streams_per_merchant, metrics=metrics))
+                                             streams_per_merchant=streams_per_merchant, metrics=metrics,
+                                             audience_at_start=audience_at_start))
     stopping = threading.Event()
 
     def shutdown(signum, frame):
