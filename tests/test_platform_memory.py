@@ -10,7 +10,7 @@ from matcher.crypto.kernels import Kernels
 from matcher.errors import MatcherError
 from matcher.protocol import secure_platform, unbalanced_platform
 from matcher.protocol._points import has_duplicate
-from matcher.protocol.secure_platform import SecurePlatformSession, _SlicedKernels, _Stream
+from matcher.protocol.secure_platform import SecurePlatformSession, _Stream, _submit_slices
 from tests.test_protocol import make_audience
 
 
@@ -19,19 +19,26 @@ def _points(n: int, seed: int = 3) -> bytes:
                                      b"matcher-test-memory")
 
 
+def _sliced(scalar: bytes, points: bytes, **kwargs) -> bytes:
+    rows = np.frombuffer(points, np.uint8).reshape(-1, 32)
+    slices = _submit_slices(Kernels(), scalar, rows, np.arange(len(rows)), **kwargs)
+    return b"".join(f.result() for f in slices)
+
+
 @pytest.mark.parametrize("n", [0, 1, 6, 7, 8, 50])
-def test_sliced_blinding_is_the_one_batch_blinding(n):
+def test_sliced_blinding_is_the_one_batch_blinding(n, monkeypatch):
+    monkeypatch.setattr(secure_platform, "_BLIND_SLICE", 7)
     scalar, points = group.random_scalar(), _points(n)
     whole = Kernels().submit_blind(scalar, points, chosen=False).result()
-    sliced = _SlicedKernels(Kernels(), slice_points=7).submit_blind(scalar, points, chosen=False).result()
-    assert bytes(sliced) == whole
+    assert _sliced(scalar, points, chosen=False) == whole
 
 
-def test_sliced_blinding_still_refuses_a_bad_point():
+def test_sliced_blinding_still_refuses_a_bad_point(monkeypatch):
+    monkeypatch.setattr(secure_platform, "_BLIND_SLICE", 4)
     points = bytearray(_points(20))
     points[15 * 32:16 * 32] = bytes(32)  # u = 0: small order
     with pytest.raises(MatcherError):
-        _SlicedKernels(Kernels(), slice_points=4).submit_blind(group.random_scalar(), bytes(points)).result()
+        _sliced(group.random_scalar(), bytes(points))
 
 
 def test_the_order_of_every_member_is_the_one_an_array_of_rows_gave():

@@ -78,57 +78,18 @@ _EARLY_CHUNKS = 8
 # 0.5) server CPU fell 14.3-15.4 -> 11.0-11.3 s; stream 0 unblinded too (share 1.0) gained nothing.
 _UNBLIND_BELOW = 0.75
 
-# A blinding of more points than this (a whole returned stream: the unbalanced protocol's unmasking)
-# runs a slice at a time, into one buffer. 262,144 points are 8 MiB.
+# Values a kernels batch of the unblinding holds: 262,144 points are 8 MiB.
 _BLIND_SLICE = 4 * STREAM_CHUNK_ROWS
 
 
-class _SlicedKernels:
-    """The session's kernels, except that a blinding of more than ``_BLIND_SLICE`` points is done a
-    slice at a time (two slices in flight) and written into one buffer, returned done. In one batch,
-    a 5M-value stream was there five times: the caller's bytes, the kernels' pieces of it, those
-    pieces pickled to the workers, the workers' results and their join (160 MB each). Same bytes
-    (X25519 is per point), as a bytearray."""
-
-    def __init__(self, kernels: Kernels, slice_points: int | None = None):
-        self._kernels = kernels
-        self._slice_points = slice_points  # None: _BLIND_SLICE
-
-    def __getattr__(self, name: str):
-        return getattr(self._kernels, name)
-
-    def submit_slices(self, scalar: bytes, points: np.ndarray, rows: np.ndarray, *,
-                      chosen: bool = True) -> list[Future]:
-        """The blinding of ``points[rows]``, as futures of consecutive slices of ``_BLIND_SLICE``
-        points, none awaited: for a caller that must not wait (submit_blind waits for all but the last
-        slices). The points are held once more, as the slices' bytes."""
-        step = self._slice_points or _BLIND_SLICE
-        return [self._kernels.submit_blind(scalar, np.ascontiguousarray(points[rows[lo:lo + step]]).tobytes(),
-                                           chosen=chosen) for lo in range(0, len(rows), step)]
-
-    def submit_blind(self, scalar: bytes, points: bytes, *, chosen: bool = True) -> Future:
-        size = group.ELEMENT_SIZE
-        n = len(points) // size
-        step = self._slice_points or _BLIND_SLICE
-        if n <= step or len(points) % size:
-            return self._kernels.submit_blind(scalar, points, chosen=chosen)
-        view = memoryview(points)
-        out = bytearray(len(points))
-        pending: deque[tuple[int, Future]] = deque()
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            pending.append((lo, self._kernels.submit_blind(scalar, bytes(view[lo * size:hi * size]), chosen=chosen)))
-            if len(pending) > 1:
-                at, done = pending.popleft()
-                _into(out, at * size, done.result())
-        while pending:
-            at, done = pending.popleft()
-            _into(out, at * size, done.result())
-        return completed(out)
-
-
-def _into(out: bytearray, at: int, data: bytes) -> None:
-    out[at:at + len(data)] = data
+def _submit_slices(kernels: Kernels, scalar: bytes, points: np.ndarray, rows: np.ndarray, *,
+                   chosen: bool = True) -> list[Future]:
+    """The blinding of ``points[rows]``, as futures of consecutive slices of ``_BLIND_SLICE`` points,
+    none awaited, so that the caller can go on reading while the kernels work; one batch would put
+    the whole stream in the kernels' pieces, their pickles and their join at once. The points are
+    held once more, as the slices' bytes."""
+    return [kernels.submit_blind(scalar, np.ascontiguousarray(points[rows[lo:lo + _BLIND_SLICE]]).tobytes(),
+                                 chosen=chosen) for lo in range(0, len(rows), _BLIND_SLICE)]
 
 
 class _State(enum.Enum):
@@ -216,7 +177,7 @@ class SecurePlatformSession:
         self._audience = audience
         self._job_id = job_id
         self._rng = rng
-        self._kernels = _SlicedKernels(kernels or Kernels())
+        self._kernels = kernels or Kernels()
         self._audit_rows = audit_rows
         self._padding = padding
         self.ordered = ordered
@@ -643,7 +604,7 @@ class SecurePlatformSession:
         candidates = np.flatnonzero(real)
         # Merchant-chosen points, but unblinded values never leave this process and only meet the
         # merchant's list: as for T_s (receive_blinded), mb8's cross-check buys nothing here.
-        return candidates, self._kernels.submit_slices(stream.unblinding, returned, candidates, chosen=False)
+        return candidates, _submit_slices(self._kernels, stream.unblinding, returned, candidates, chosen=False)
 
     def _settle(self, stream: _Stream) -> None:
         """Counts an unblinded stream once its values are back from the kernels: what :meth:`_count`
