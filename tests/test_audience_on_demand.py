@@ -1,10 +1,12 @@
-"""The server reads the audience into memory for the first job that streams it, not at start-up:
-an unbalanced job never reads it (issue 16, mem16b), and balanced jobs after one are exact and
-share one read."""
+"""The server reads an audience above ``audience_at_start`` members into memory for the first job
+that streams it, not at start-up: an unbalanced job never reads it (issue 16, mem16b), and balanced
+jobs after one are exact and share one read. A smaller one is read at start-up."""
 
 from __future__ import annotations
 
 import random
+
+import pytest
 
 from matcher.server.store import Store
 from matcher_client import api
@@ -12,19 +14,25 @@ from tests.conftest import ground_truth, wait_until
 from tests.test_unbalanced import _customers, _job
 
 
-def test_the_audience_is_read_by_the_first_balanced_job_not_at_start_up_nor_by_an_unbalanced_job(
-        operator, serve, monkeypatch):
-    members, token = operator.seed(300, random.Random(21))
-    customers = _customers(random.Random(22), 100, 400)
-    truth = ground_truth(members, customers)
-    reads: list[int] = []
+@pytest.fixture
+def reads(monkeypatch) -> list[int]:
+    """The members of each read of the audience into memory, in order, by any Store."""
+    seen: list[int] = []
     read_rows = Store._audience_rows
 
     def audience_rows(self, points):
-        reads.append(len(points))
+        seen.append(len(points))
         return read_rows(self, points)
 
     monkeypatch.setattr(Store, "_audience_rows", audience_rows)
+    return seen
+
+
+def test_the_audience_is_read_by_the_first_balanced_job_not_at_start_up_nor_by_an_unbalanced_job(
+        operator, serve, reads):
+    members, token = operator.seed(300, random.Random(21))
+    customers = _customers(random.Random(22), 100, 400)
+    truth = ground_truth(members, customers)
     served = serve(audience_at_start=0)  # as for an audience above the start-up threshold
     assert reads == []
 
@@ -41,12 +49,8 @@ def test_the_audience_is_read_by_the_first_balanced_job_not_at_start_up_nor_by_a
     assert again["protocol"] == "unbalanced" and again["labels"] == truth
 
 
-def test_a_server_with_stream_slots_reads_the_audience_while_idle(operator, serve, monkeypatch):
+def test_a_server_with_stream_slots_reads_the_audience_while_idle(operator, serve, reads):
     members, token = operator.seed(200, random.Random(23))
-    reads: list[int] = []
-    read_rows = Store._audience_rows
-    monkeypatch.setattr(Store, "_audience_rows", lambda self, points: (reads.append(len(points)),
-                                                                        read_rows(self, points))[1])
     served = serve(stream_slots=1, audience_at_start=0)
     assert wait_until(lambda: operator.store.stream_slots(operator.store.get_meta("audience_version", "")) >= 1)
     assert reads and reads[0] == len(members)
@@ -55,12 +59,8 @@ def test_a_server_with_stream_slots_reads_the_audience_while_idle(operator, serv
     assert report["labels"] == ground_truth(members, customers)
 
 
-def test_a_small_audience_is_read_at_start_up_so_the_first_job_does_not_wait(operator, serve, monkeypatch):
+def test_a_small_audience_is_read_at_start_up_so_the_first_job_does_not_wait(operator, serve, reads):
     members, token = operator.seed(150, random.Random(25))
-    reads: list[int] = []
-    read_rows = Store._audience_rows
-    monkeypatch.setattr(Store, "_audience_rows", lambda self, points: (reads.append(len(points)),
-                                                                        read_rows(self, points))[1])
     served = serve(audience_at_start=150)
     assert reads == [len(members)]  # before any job
     customers = _customers(random.Random(26), 40, 200)

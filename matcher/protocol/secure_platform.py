@@ -524,7 +524,8 @@ class SecurePlatformSession:
         stream.returned[at:stream.returned_count] = values
 
     def finish_stream(self, index: int) -> None:
-        """Audit the returned stream, then count it per label against T_s."""
+        """Audit the returned stream, then count it per label: against T_s now, or by unblinding once
+        the counts are read."""
         self._expect(_State.STREAMING)
         stream = self._stream_at(index)
         if not stream.sent or stream.finished:
