@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from typing import Iterator
 
 import grpc
@@ -109,7 +110,7 @@ class MatchServicer(match_pb2_grpc.MatchServiceServicer):
             yield from exchange(job, requests, context)
         except MatcherError as err:
             if job is not None:
-                if context.is_active() or isinstance(err, ProtocolDeviation):
+                if isinstance(err, ProtocolDeviation) or not _went_away(context, err):
                     job.fail(err)
                 else:
                     # The client went away: the error is the handler seeing it, racing the cancel
@@ -229,11 +230,32 @@ def _job_start(start: match_pb2.JobStart) -> JobStart:
     return job_start_from_proto(start)
 
 
+class _StreamEnded(ProtocolError):
+    """The requests stopped before the job was done: a client that closed its side early, or one
+    that cancelled the call (see :func:`_went_away`)."""
+
+
+# How long a stream that ended early is given to show a cancel (only that error path waits).
+_CANCEL_SETTLE_S = 0.5
+
+
+def _went_away(context, err: MatcherError) -> bool:
+    """Whether the client cancelled the call. gRPC can end a cancelled call's requests (as if the
+    client had closed its side) a moment before it marks the call inactive, so a stream that ended
+    early waits up to ``_CANCEL_SETTLE_S`` to tell the two apart; any other error is decided now."""
+    deadline = time.monotonic() + (_CANCEL_SETTLE_S if isinstance(err, _StreamEnded) else 0.0)
+    while context.is_active():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def _next(requests, *expected: str):
     """The next request, which must be one of the expected kinds (a truncated stream is an error)."""
     request = next(requests, None)
     if request is None:
-        raise ProtocolError(f"the stream ended while the server waited for {' or '.join(expected)}")
+        raise _StreamEnded(f"the stream ended while the server waited for {' or '.join(expected)}")
     kind = request.WhichOneof("msg")
     if kind not in expected:
         raise ProtocolError(f"expected {' or '.join(expected)}, got {kind or 'an empty message'}")
